@@ -1,0 +1,1 @@
+//! IPAM: placeholder, being written.

@@ -1,0 +1,2 @@
+//! The `netlet-cni` binary: see the library for everything.
+fn main() {}
