@@ -6,9 +6,24 @@
 //!
 //! # Layout
 //! - [`error`], [`version`], [`result`]: the protocol's vocabulary.
+//! - [`env`], [`config`]: the `CNI_*` environment and the network config on stdin.
+//! - [`plugin`]: one invocation — dispatch, version gating, error JSON; [`logging`] to a file.
+//! - [`commands`]: ADD, DEL, CHECK, GC, STATUS, one file each, and the IPAM choice.
 //! - [`ipam`]: the built-in host-local compatible allocator and delegation to external IPAM.
+//! - [`link`], [`netns`]: netlink (rtnetlink) and namespace switching; [`naming`] of host veths.
+//! - [`masq`], [`sysctl`]: masquerade rules and forwarding in the node namespace.
 
+pub mod commands;
+pub mod config;
+pub mod env;
 pub mod error;
 pub mod ipam;
+pub mod link;
+pub mod logging;
+pub mod masq;
+pub mod naming;
+pub mod netns;
+pub mod plugin;
 pub mod result;
+pub mod sysctl;
 pub mod version;

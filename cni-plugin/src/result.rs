@@ -188,7 +188,11 @@ impl CniResult {
             .ok_or_else(|| cni_err!(DecodingFailure, "result is not a JSON object"))?;
         let field = |k: &str| obj.get(k).cloned().unwrap_or(Value::Null);
         let decode = |what: &str, e: serde_json::Error| {
-            cni_err!(DecodingFailure, format!("decoding result field {what:?}"), "{e}")
+            cni_err!(
+                DecodingFailure,
+                format!("decoding result field {what:?}"),
+                "{e}"
+            )
         };
         let interfaces: Vec<Interface> = match field("interfaces") {
             Value::Null => vec![],
@@ -206,7 +210,12 @@ impl CniResult {
                     serde_json::from_value(i).map_err(|e| decode("ips", e))
                 })
                 .collect::<Result<_>>()?,
-            _ => return Err(cni_err!(DecodingFailure, "result field \"ips\" is not a list")),
+            _ => {
+                return Err(cni_err!(
+                    DecodingFailure,
+                    "result field \"ips\" is not a list"
+                ))
+            }
         };
         for ip in &ips {
             if let Some(i) = ip.interface {
@@ -264,7 +273,10 @@ mod tests {
             }],
             routes: vec![Route {
                 mtu: Some(1400),
-                ..Route::via("0.0.0.0/0".parse().unwrap(), Some("10.1.1.1".parse().unwrap()))
+                ..Route::via(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.1.1.1".parse().unwrap()),
+                )
             }],
             dns: Dns::default(),
         }

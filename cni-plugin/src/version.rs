@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn rejects_unknown_versions_with_code_1() {
         for s in ["0.2.0", "1.2.0", "", "1.1", "v1.1.0"] {
-            assert_eq!(CniVersion::parse(s).unwrap_err().code, ErrorCode::IncompatibleVersion);
+            assert_eq!(
+                CniVersion::parse(s).unwrap_err().code,
+                ErrorCode::IncompatibleVersion
+            );
         }
     }
 

@@ -20,7 +20,11 @@ impl NetNs {
     pub fn new(tag: &str) -> Self {
         crate::require_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect();
         let name = format!("nlt-{tag}-{}-{n}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
@@ -66,7 +70,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if let Ok(o) = out {
             if !o.status.success() {
                 eprintln!(
@@ -99,7 +105,18 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn veth_between(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) {
     a.run_ok(
         "ip",
-        &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()],
+        &[
+            "link",
+            "add",
+            a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
     );
     a.run_ok("ip", &["link", "set", a_if, "up"]);
     b.run_ok("ip", &["link", "set", b_if, "up"]);
