@@ -15,6 +15,8 @@
 
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod fuzz_props;
 pub mod env;
 pub mod error;
 pub mod ipam;
