@@ -15,10 +15,10 @@
 
 pub mod commands;
 pub mod config;
-#[cfg(test)]
-mod fuzz_props;
 pub mod env;
 pub mod error;
+#[cfg(test)]
+mod fuzz_props;
 pub mod ipam;
 pub mod link;
 pub mod logging;

@@ -1,2 +1,81 @@
-//! `cargo xtask`: placeholder, being written.
-fn main() {}
+//! `cargo xtask`: the one entry point for netlet developers and CI.
+//!
+//! # Layout
+//! - [`deps`]: installs the Debian packages the project needs.
+//! - [`test`]: fmt, clippy, the workspace tests and the e2e suites, with one pass/fail tally.
+//! - [`bench`]: benchmarks (`bench cni`: our plugin against the reference bridge plugin).
+//! - [`demo`]: two containers on one node wired by netlet-cni, pinging each other.
+//! - [`cni_exec`]: invokes a CNI plugin exactly as a container runtime does.
+//! - [`interrupt`]: Ctrl-C becomes an error, so namespace guards still clean up.
+//! - [`util`]: running commands, paths, temp namespaces.
+
+mod bench;
+mod cni_exec;
+mod demo;
+mod deps;
+mod interrupt;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the netlet workspace.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The tasks `cargo xtask` knows.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Installs the Debian packages the project needs (idempotent; root only if something is missing).
+    Deps,
+    /// Runs everything CI runs: fmt check, clippy, workspace tests, e2e suites. Needs root.
+    Test,
+    /// Runs the end-to-end suites alone (optionally only the one named).
+    E2e {
+        /// Run only the suite with this name.
+        name: Option<String>,
+    },
+    /// Benchmarks; see `cargo xtask bench --help`.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+    /// Two containers on one node wired by netlet-cni: ADD, ping, CHECK, DEL. Needs root.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Tasks that create namespaces must unwind on Ctrl-C; `test` and `deps` keep the default
+    // (their children get the signal too, and stopping at once is what the user wants).
+    if matches!(cli.command, Command::Bench { .. } | Command::Demo(_)) {
+        if let Err(e) = interrupt::catch() {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Deps => deps::run().map(|()| true),
+        Command::Test => test::run(),
+        Command::E2e { name } => test::run_e2e(name.as_deref()),
+        Command::Bench { which } => bench::run(which).map(|()| true),
+        Command::Demo(args) => demo::run(&args).map(|()| true),
+    };
+    // `Ok(false)`: the task ran to the end and already reported what failed (e.g. a test tally).
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
