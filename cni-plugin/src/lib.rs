@@ -12,6 +12,7 @@
 //! - [`ipam`]: the built-in host-local compatible allocator and delegation to external IPAM.
 //! - [`link`], [`netns`]: netlink (rtnetlink) and namespace switching; [`naming`] of host veths.
 //! - [`masq`], [`sysctl`]: masquerade rules and forwarding in the node namespace.
+//! - [`reaper`]: deferred unregistering of veths that DEL already detached.
 
 pub mod commands;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod masq;
 pub mod naming;
 pub mod netns;
 pub mod plugin;
+pub mod reaper;
 pub mod result;
 pub mod sysctl;
 pub mod version;

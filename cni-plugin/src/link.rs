@@ -259,6 +259,20 @@ impl Netlink {
             .map_err(|e| nl_err(format!("setting alias/hairpin on {name}"), e))
     }
 
+    /// Takes a bridge port out of service at once: down and off its bridge, in one message by
+    /// name. `Ok(false)` when the link does not exist.
+    pub async fn detach(&self, name: &str) -> Result<bool> {
+        let msg = LinkUnspec::new_with_name(name)
+            .down()
+            .nocontroller()
+            .build();
+        match self.handle.link().set(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(false),
+            Err(e) => Err(nl_err(format!("detaching link {name}"), e)),
+        }
+    }
+
     /// Deletes a link by name; `Ok(false)` when it did not exist.
     pub async fn delete_link(&self, name: &str) -> Result<bool> {
         let msg = LinkUnspec::new_with_name(name).build();

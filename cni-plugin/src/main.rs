@@ -3,6 +3,9 @@
 use std::io::{Read, Write};
 
 fn main() {
+    if let Some(link) = std::env::var_os(netlet_cni::reaper::REAP_ENV) {
+        std::process::exit(netlet_cni::reaper::run(&link.to_string_lossy()));
+    }
     let mut stdin = Vec::new();
     // An unreadable stdin is treated as empty; the plugin then answers with a decoding error.
     let _ = std::io::stdin().read_to_end(&mut stdin);

@@ -21,9 +21,13 @@ pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<CniResult> {
     let ns = netns::open(netns_path)?;
     let host = Netlink::connect()?;
     let cont = Netlink::connect_in(&ns, netns_path)?;
+    let host_veth = naming::host_veth(&conf.name, &env.container_id, &env.ifname);
     // A second ADD of a live attachment must fail before touching anything: the rollback of a
-    // later failure would otherwise release the live attachment's IP and veth.
-    if cont.link_by_name(&env.ifname).await?.is_some() {
+    // later failure would otherwise release the live attachment's IP and veth. A detached pair
+    // of this same attachment (DEL done, reaper not yet finished) is deleted now instead.
+    if cont.link_by_name(&env.ifname).await?.is_some()
+        && !remove_pending_reap(&host, &conf.name, env, &host_veth).await?
+    {
         return Err(cni_err!(
             Internal,
             format!("interface {} already exists in the container", env.ifname),
@@ -32,8 +36,9 @@ pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<CniResult> {
         ));
     }
     let ipam = Ipam::select(conf)?;
+    tracing::debug!("ADD: pre-checks done");
     let allocated = ipam.add(conf, env)?;
-    let host_veth = naming::host_veth(&conf.name, &env.container_id, &env.ifname);
+    tracing::debug!(ips = ?allocated.ips, "ADD: IPAM done");
     match attach(conf, env, &host, &cont, &ns, &host_veth, allocated).await {
         Ok(r) => Ok(r),
         Err(e) => {
@@ -41,6 +46,26 @@ pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<CniResult> {
             Err(e)
         }
     }
+}
+
+/// Deletes `host_veth` if it is a detached (DEL'd, awaiting the reaper) link of this very
+/// attachment; `Ok(false)` if it is live or not ours.
+async fn remove_pending_reap(
+    host: &Netlink,
+    network: &str,
+    env: &CniEnv,
+    host_veth: &str,
+) -> Result<bool> {
+    let Some(l) = host.link_by_name(host_veth).await? else {
+        return Ok(false);
+    };
+    let ours =
+        l.alias.as_deref() == Some(naming::alias(network, &env.container_id, &env.ifname).as_str());
+    if ours && l.controller.is_none() && !l.up {
+        host.delete_link(host_veth).await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Best-effort undo of a failed ADD; the original error is what the runtime needs to see.
@@ -159,6 +184,7 @@ async fn attach(
     for r in &routes {
         cont.add_route(c.index, &c.name, r).await?;
     }
+    tracing::debug!("ADD: container side configured");
     for v4 in [true, false] {
         if res.ips.iter().any(|ip| ip.address.is_ipv4() == v4) {
             sysctl::enable_forwarding(v4)?;

@@ -2,7 +2,8 @@
 //!
 //! Every step runs even if an earlier one failed (a missing netns must not keep the IP
 //! allocated), and "already gone" is success. The host end's name is derived from the
-//! attachment, so the container namespace is not needed at all.
+//! attachment, so the container namespace is not needed at all. The veth is detached at once
+//! and unregistered by a background reaper (see [`crate::reaper`]).
 
 use super::ipam::Ipam;
 use crate::config::NetConf;
@@ -21,7 +22,11 @@ pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<()> {
     }
     let host_veth = naming::host_veth(&conf.name, &env.container_id, &env.ifname);
     let link_res = match Netlink::connect() {
-        Ok(host) => host.delete_link(&host_veth).await.map(drop),
+        Ok(host) => match host.detach(&host_veth).await {
+            Ok(true) => crate::reaper::reap_later(&host, &host_veth).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     if let Err(e) = link_res {

@@ -6,7 +6,7 @@
 //! retried ADD for the same container and interface gets the address it already holds.
 
 use super::range::{ip_to_u128, u128_to_ip, Range, RangeSet};
-use super::store::Store;
+use super::store::{Allocation, Store};
 use crate::cni_err;
 use crate::error::Result;
 use crate::result::IpConfig;
@@ -79,25 +79,27 @@ impl<'a> Allocator<'a> {
         Self { store, set, idx }
     }
 
-    /// Allocated addresses of this set that count against its capacity.
-    fn taken(&self) -> Result<HashSet<IpAddr>> {
-        Ok(self
-            .store
-            .allocations()?
-            .into_iter()
+    /// Allocated addresses of this set that count against its capacity, from one store scan.
+    fn taken_in(&self, all: &[Allocation]) -> HashSet<IpAddr> {
+        all.iter()
             .map(|a| a.ip)
             .filter(|ip| self.set.range_for(*ip).is_some_and(|r| !r.is_reserved(*ip)))
-            .collect())
+            .collect()
+    }
+
+    fn capacity(&self) -> u128 {
+        self.set
+            .0
+            .iter()
+            .fold(0u128, |acc, r| acc.saturating_add(r.capacity()))
     }
 
     /// How many addresses of the set are still free.
     pub fn free(&self) -> Result<u128> {
-        let capacity = self
-            .set
-            .0
-            .iter()
-            .fold(0u128, |acc, r| acc.saturating_add(r.capacity()));
-        Ok(capacity.saturating_sub(self.taken()?.len() as u128))
+        let all = self.store.allocations()?;
+        Ok(self
+            .capacity()
+            .saturating_sub(self.taken_in(&all).len() as u128))
     }
 
     /// Gives `(container_id, ifname)` one address of the set: the one it already holds, else
@@ -111,11 +113,13 @@ impl<'a> Allocator<'a> {
         requested: Option<IpAddr>,
     ) -> Result<Allocated> {
         let set = self.set;
-        let held: Vec<IpAddr> = self
-            .store
-            .get_by_id(container_id, ifname)
-            .into_iter()
-            .filter(|ip| set.contains(*ip))
+        // One scan of the store serves the "already held", "taken" and "exhausted" questions:
+        // with N allocations each scan reads N files, and this runs on every ADD.
+        let all = self.store.allocations()?;
+        let held: Vec<IpAddr> = all
+            .iter()
+            .filter(|a| a.belongs_to(container_id, ifname) && set.contains(a.ip))
+            .map(|a| a.ip)
             .collect();
         let existing = |ip: IpAddr| Allocated {
             config: ip_config(set.range_for(ip).expect("held IPs are in the set"), ip),
@@ -153,12 +157,10 @@ impl<'a> Allocator<'a> {
                     newly_reserved: true,
                 });
             }
-            let holder = self
-                .store
-                .allocations()?
-                .into_iter()
+            let holder = all
+                .iter()
                 .find(|a| a.ip == ip)
-                .map(|a| a.container_id)
+                .map(|a| a.container_id.clone())
                 .unwrap_or_else(|| "unknown".into());
             return Err(cni_err!(
                 InvalidNetworkConfig,
@@ -175,8 +177,8 @@ impl<'a> Allocator<'a> {
                 format!("allocating IP in {set} for container {container_id}: range exhausted")
             )
         };
-        let taken = self.taken()?;
-        if self.free()? == 0 {
+        let taken = self.taken_in(&all);
+        if self.capacity() <= taken.len() as u128 {
             return Err(exhausted());
         }
         for (r, ip) in candidates(set, self.store.last_reserved(self.idx)) {
