@@ -111,7 +111,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         match a {
             LinkAttribute::IfName(n) => info.name = n.clone(),
             LinkAttribute::Address(m) => info.mac = format_mac(m),
-            LinkAttribute::IfAlias(s) => info.alias = Some(s.clone()),
+            LinkAttribute::IfAlias(s) if !s.is_empty() => info.alias = Some(s.clone()),
             LinkAttribute::Controller(c) => info.controller = Some(*c),
             LinkAttribute::Mtu(m) => info.mtu = Some(*m),
             _ => {}

@@ -25,6 +25,17 @@ pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
     )
 }
 
+/// Whether `name` has the shape of [`host_veth`]'s output (`veth` + 11 hex digits).
+///
+/// The reference bridge plugin names its veths `veth` + 8 hex digits, so the shapes differ.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("veth")
+        && name[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Alias stored on the host veth: `netlet:<network>:<containerID>:<ifname>`.
 ///
 /// None of the three may contain `:` (validated on input), so the alias parses back exactly.
@@ -57,6 +68,9 @@ mod tests {
         assert_ne!(a, host_veth("net", "c2", "eth0"));
         assert_ne!(a, host_veth("net2", "c1", "eth0"));
         assert!(masq_chain("anything").len() <= 28);
+        assert!(is_host_veth_name(&a));
+        assert!(!is_host_veth_name("veth1a2b3c4d"), "reference plugin shape");
+        assert!(!is_host_veth_name("vethXXXXXXXXXXX"));
     }
 
     #[test]

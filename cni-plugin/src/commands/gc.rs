@@ -6,8 +6,32 @@ use crate::cni_err;
 use crate::config::NetConf;
 use crate::env::CniEnv;
 use crate::error::Result;
-use crate::link::Netlink;
+use crate::link::{LinkInfo, Netlink};
 use crate::naming;
+
+/// Whether a host link belongs to this network and to no valid attachment.
+fn is_stale(
+    l: &LinkInfo,
+    conf: &NetConf,
+    bridge: Option<u32>,
+    valid: &[(String, String)],
+    valid_names: &[String],
+) -> bool {
+    match l.alias.as_deref().and_then(naming::parse_alias) {
+        Some((net, id, ifname)) => {
+            net == conf.name && !valid.iter().any(|(v, f)| v == id && f == ifname)
+        }
+        // An ADD killed between creating the veth and labelling it leaves an unaliased port of
+        // our name shape on our bridge; names derived from valid attachments are kept.
+        None => {
+            l.alias.is_none()
+                && bridge.is_some()
+                && l.controller == bridge
+                && naming::is_host_veth_name(&l.name)
+                && !valid_names.contains(&l.name)
+        }
+    }
+}
 
 /// Runs GC.
 pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<()> {
@@ -21,15 +45,18 @@ pub async fn run(conf: &NetConf, env: &CniEnv) -> Result<()> {
         .and_then(|i| i.gc(conf, env, valid))
         .err();
     let host = Netlink::connect()?;
-    for l in host.links().await? {
-        let Some((net, id, ifname)) = l.alias.as_deref().and_then(naming::parse_alias) else {
-            continue;
-        };
-        let is_valid = valid
-            .iter()
-            .any(|(v_id, v_if)| v_id == id && v_if == ifname);
-        if net == conf.name && !is_valid {
-            tracing::info!("GC: deleting {} of stale attachment {id}/{ifname}", l.name);
+    let links = host.links().await?;
+    let bridge = links
+        .iter()
+        .find(|l| l.name == conf.bridge)
+        .map(|l| l.index);
+    let valid_names: Vec<String> = valid
+        .iter()
+        .map(|(id, ifname)| naming::host_veth(&conf.name, id, ifname))
+        .collect();
+    for l in &links {
+        if is_stale(l, conf, bridge, valid, &valid_names) {
+            tracing::info!("GC: deleting {} (alias {:?})", l.name, l.alias);
             if let Err(e) = host.delete_link(&l.name).await {
                 first_err.get_or_insert(e);
             }
