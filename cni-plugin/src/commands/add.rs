@@ -102,6 +102,7 @@ async fn attach(
     let br = host
         .ensure_bridge(&conf.bridge, conf.mtu, conf.promisc_mode)
         .await?;
+    tracing::debug!("ADD: bridge ready");
     if conf.is_gateway {
         for ip in &res.ips {
             let gw = gateway_of(ip.address, ip.gateway);
@@ -144,6 +145,7 @@ async fn attach(
             ));
         }
     }
+    tracing::debug!("ADD: veth created");
     host.set_port_attrs(host_veth, &alias, conf.hairpin_mode)
         .await?;
     let c = cont.link_by_name(&env.ifname).await?.ok_or_else(|| {

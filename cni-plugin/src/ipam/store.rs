@@ -79,6 +79,22 @@ pub fn validate_network_name(network: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites the round-robin cursor in place: write at offset 0, then cut to length.
+///
+/// Neither rename-over nor truncate-to-zero: ext4's `auto_da_alloc` turns both into a forced
+/// data flush (measured ~300 µs vs ~13 µs here). A torn cursor is only a hint gone wrong:
+/// round-robin then starts elsewhere or at the range start, as with host-local's own cursor.
+fn write_cursor(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all_at(content.as_bytes(), 0)?;
+    f.set_len(content.len() as u64)
+}
+
 /// An open, locked network directory; dropping it releases the lock.
 #[derive(Debug)]
 pub struct Store {
@@ -189,9 +205,7 @@ impl Store {
         let cursor = self
             .dir
             .join(format!("{LAST_RESERVED_PREFIX}{range_set_idx}"));
-        let tmp = self.write_temp(&ip.to_string())?;
-        if let Err(e) = fs::rename(&tmp, &cursor) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = write_cursor(&cursor, &ip.to_string()) {
             let _ = fs::remove_file(&path);
             return Err(io_err("writing", &cursor, e));
         }
