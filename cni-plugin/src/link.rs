@@ -9,7 +9,7 @@ use crate::error::{CniError, Result};
 use crate::result::Route;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
@@ -298,17 +298,23 @@ impl Netlink {
         }
     }
 
-    /// The addresses on a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
-        let msgs: Vec<_> = self
-            .handle
+    /// The address messages of a link, for reading or deleting.
+    async fn address_messages(&self, index: u32, name: &str) -> Result<Vec<AddressMessage>> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| nl_err(format!("listing addresses of link {index}"), e))?;
+            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))
+    }
+
+    /// The addresses on a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
+        let msgs = self
+            .address_messages(index, &format!("link {index}"))
+            .await?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -327,16 +333,7 @@ impl Netlink {
         name: &str,
         keep: IpNetwork,
     ) -> Result<()> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?;
-        for m in msgs {
+        for m in self.address_messages(index, name).await? {
             let ip = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,

@@ -73,14 +73,17 @@ pub fn ensure(network: &str, subnet: IpNetwork, exclude: &[IpNetwork]) -> Result
     let (tables, restore) = tools(subnet.is_ipv4());
     let pod = IpNetwork::new(subnet.network(), subnet.prefix()).expect("valid prefix");
     let chain = masq_chain(network);
-    let check = Command::new(tables)
-        .args(["-w", "-t", "nat", "-C", "POSTROUTING"])
-        .args(jump_rule(network, pod, &chain))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| cni_err!(Internal, format!("running {tables} for ipMasq"), "{e}"))?;
-    if check.success() {
+    let installed = || -> Result<bool> {
+        Command::new(tables)
+            .args(["-w", "-t", "nat", "-C", "POSTROUTING"])
+            .args(jump_rule(network, pod, &chain))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .map_err(|e| cni_err!(Internal, format!("running {tables} for ipMasq"), "{e}"))
+    };
+    if installed()? {
         return Ok(());
     }
     let lock_file = std::fs::OpenOptions::new()
@@ -91,14 +94,7 @@ pub fn ensure(network: &str, subnet: IpNetwork, exclude: &[IpNetwork]) -> Result
         .map_err(|e| cni_err!(IoFailure, "opening masquerade lock", "{LOCK_PATH}: {e}"))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| cni_err!(IoFailure, "locking masquerade lock", "{LOCK_PATH}: {e}"))?;
-    let again = Command::new(tables)
-        .args(["-w", "-t", "nat", "-C", "POSTROUTING"])
-        .args(jump_rule(network, pod, &chain))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| cni_err!(Internal, format!("running {tables} for ipMasq"), "{e}"))?;
-    if again.success() {
+    if installed()? {
         return Ok(());
     }
     let mut child = Command::new(restore)
