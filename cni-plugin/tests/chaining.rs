@@ -1,4 +1,4 @@
-//! netlet with the reference plugins: chained after it (portmap, tuning read our prevResult) and
+//! netlet with the reference plugins: chained after it (portmap, tuning, bandwidth read our prevResult) and
 //! delegated to from it (host-local as the IPAM plugin).
 
 mod common;
@@ -114,6 +114,24 @@ fn chaining_with_portmap() {
         "500",
         "tuning applied the sysctl in the container namespace"
     );
+    // 4. bandwidth, fed tuning's result: it finds the host veth through our result's
+    // interfaces (the one without a sandbox whose peer is the container's interface).
+    let bw_conf = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "bandwidth",
+        "capabilities": {"bandwidth": true},
+        "runtimeConfig": {"bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000,
+                                        "egressRate": 8_000_000, "egressBurst": 1_000_000}},
+        "prevResult": tu_out,
+    });
+    let bw = run_chained(&net, "bandwidth", "ADD", id, &cont, &bw_conf);
+    let bw_out = bw.ok().clone();
+    assert_eq!(bw_out["ips"], ours["ips"]);
+    let host_veth = ours["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let qdisc = net.node.run_ok("tc", &["qdisc", "show", "dev", &host_veth]);
+    assert!(
+        qdisc.contains("tbf"),
+        "bandwidth shaped {host_veth}: {qdisc}"
+    );
     // The chain's final result still passes our CHECK.
     let chk = json!({"prevResult": tu_out});
     run_chained(&net, "netlet", "CHECK", id, &cont, &merged(&net.conf, chk)).ok();
@@ -149,6 +167,15 @@ fn chaining_with_portmap() {
 
     // DEL in reverse order, every plugin succeeds.
     let with_prev = |c: &Value, prev: &Value| merged(c, json!({"prevResult": prev}));
+    run_chained(
+        &net,
+        "bandwidth",
+        "DEL",
+        id,
+        &cont,
+        &with_prev(&bw_conf, &bw_out),
+    )
+    .ok();
     run_chained(
         &net,
         "tuning",
