@@ -4,4 +4,12 @@
 //! that stock `kubectl` drives, storage (embedded default, and etcd), the scheduler, the
 //! controllers and leader election. Every other component talks to it over HTTP only.
 //!
-//! This crate is a placeholder so the workspace has its final shape; it serves nothing yet.
+//! # Layout
+//!
+//! - [`storage`]: the versioned key-value store under the apiserver, with etcd's semantics
+//!   (revisions, optimistic concurrency, watch, compaction). `storage/mod.rs` holds the
+//!   [`storage::Storage`] trait and its types; one file per backend: `embedded.rs` (SQLite, the
+//!   default; its group-commit writer in `embedded/writer.rs`) and `memory.rs` (for tests);
+//!   `watch.rs` is the watch fan-out they share.
+
+pub mod storage;

@@ -1,0 +1,225 @@
+//! [`ApiError`]: every way a request fails, and its `meta/v1 Status` rendering.
+
+use serde_json::{json, Value};
+
+use crate::storage::StorageError;
+
+/// One field error of an [`ApiError::Invalid`] (a `Status` cause).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCause {
+    /// The field path, e.g. `metadata.name`.
+    pub field: String,
+    /// The reason, e.g. `FieldValueInvalid`.
+    pub reason: &'static str,
+    /// The human-readable message.
+    pub message: String,
+}
+
+/// A failed API request; rendered as a `Status` object with its HTTP code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The object (or namespace) does not exist.
+    #[error("{resource} \"{name}\" not found")]
+    NotFound {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource plural, e.g. `configmaps`.
+        resource: &'static str,
+        /// Object name.
+        name: String,
+    },
+    /// A create found the name taken.
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource plural.
+        resource: &'static str,
+        /// Object name.
+        name: String,
+    },
+    /// The object changed since the client read it.
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource plural.
+        resource: &'static str,
+        /// Object name.
+        name: String,
+    },
+    /// The object failed validation.
+    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        /// API group of the kind.
+        group: &'static str,
+        /// The kind, e.g. `ConfigMap`.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The field errors.
+        causes: Vec<FieldCause>,
+    },
+    /// The request could not be understood (bad body, wrong kind, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The verb is not served on this path.
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// No such path.
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    /// A watch or list asked for compacted history.
+    #[error("too old resource version: {requested} ({compacted})")]
+    Expired {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision kept.
+        compacted: u64,
+    },
+    /// No client certificate signed by the cluster CA.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The body is larger than the limit.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body's content type is not accepted for this verb.
+    #[error("the body of the request was in an unknown format - accepted media types include: {accepted}")]
+    UnsupportedMediaType {
+        /// The accepted media types.
+        accepted: &'static str,
+    },
+    /// None of the `Accept` types can be produced.
+    #[error("only the following media types are accepted: application/json, */*")]
+    NotAcceptable,
+    /// The storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::NotFound { .. } | ApiError::NoRoute => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::Invalid { .. } => 422,
+            ApiError::BadRequest(_) => 400,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::Expired { .. } => 410,
+            ApiError::Unauthorized => 401,
+            ApiError::TooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType { .. } => 415,
+            ApiError::NotAcceptable => 406,
+            ApiError::Storage(StorageError::Compacted { .. }) => 410,
+            ApiError::Storage(_) => 500,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::Expired { .. } | ApiError::Storage(StorageError::Compacted { .. }) => {
+                "Expired"
+            }
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
+            ApiError::NotAcceptable => "NotAcceptable",
+            ApiError::Storage(_) => "InternalError",
+        }
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> Value {
+        let details = match self {
+            ApiError::NotFound {
+                group,
+                resource,
+                name,
+            }
+            | ApiError::AlreadyExists {
+                group,
+                resource,
+                name,
+            }
+            | ApiError::Conflict {
+                group,
+                resource,
+                name,
+            } => Some(json!({"name": name, "group": group, "kind": resource})),
+            ApiError::Invalid {
+                group,
+                kind,
+                name,
+                causes,
+            } => Some(json!({
+                "name": name,
+                "group": group,
+                "kind": kind,
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        };
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code(),
+        });
+        if let Some(details) = details {
+            status["details"] = details;
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_status_names_the_object() {
+        let err = ApiError::NotFound {
+            group: "",
+            resource: "configmaps",
+            name: "cm1".into(),
+        };
+        let s = err.status();
+        assert_eq!(s["code"], 404);
+        assert_eq!(s["reason"], "NotFound");
+        assert_eq!(s["message"], "configmaps \"cm1\" not found");
+        assert_eq!(s["details"]["kind"], "configmaps");
+    }
+
+    #[test]
+    fn invalid_lists_causes() {
+        let err = ApiError::Invalid {
+            group: "",
+            kind: "ConfigMap",
+            name: "A".into(),
+            causes: vec![FieldCause {
+                field: "metadata.name".into(),
+                reason: "FieldValueInvalid",
+                message: "Invalid value: \"A\"".into(),
+            }],
+        };
+        assert_eq!(err.code(), 422);
+        let s = err.status();
+        assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
+        assert!(s["message"].as_str().unwrap().starts_with("ConfigMap \"A\" is invalid"));
+    }
+}

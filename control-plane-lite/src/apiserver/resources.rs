@@ -1,0 +1,273 @@
+//! The one table of the kinds this apiserver serves.
+//!
+//! Everything kind-specific that is only data (names, scope, subresources, short names) lives
+//! here; discovery, routing, storage keys and body decoding all read it. Per-kind behaviour that
+//! is code (defaults, table columns) is keyed by [`Resource::plural`] in `defaults.rs` and
+//! `table.rs`.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use k8s_openapi::api::{apps, coordination, core, discovery};
+
+/// Decodes a JSON object into the kind's typed struct and back, so that malformed fields are
+/// rejected and unknown ones dropped (the apiserver's decoding and pruning).
+pub type DecodeFn = fn(Value) -> Result<Value, serde_json::Error>;
+
+/// One served resource (a kind in one group/version).
+#[derive(Debug, Clone, Copy)]
+pub struct Resource {
+    /// API group, empty for core.
+    pub group: &'static str,
+    /// API version, e.g. `v1`.
+    pub version: &'static str,
+    /// The kind, e.g. `Pod`.
+    pub kind: &'static str,
+    /// The URL segment and storage key segment, e.g. `pods`.
+    pub plural: &'static str,
+    /// The singular name, e.g. `pod`.
+    pub singular: &'static str,
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+    /// Short names for kubectl, e.g. `po`.
+    pub short_names: &'static [&'static str],
+    /// Whether the `status` subresource is served.
+    pub status: bool,
+    /// Whether the `scale` subresource is served.
+    pub scale: bool,
+    /// Whether names must be DNS-1123 labels (namespaces, services) rather than subdomains.
+    pub name_is_label: bool,
+    /// The typed round trip of an incoming body.
+    pub decode: DecodeFn,
+}
+
+impl Resource {
+    /// `v1` for core, `group/version` otherwise: the `apiVersion` of objects.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The kind of the list type, e.g. `PodList`.
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+
+    /// The `group/version` pair matches.
+    pub fn is_in(&self, group: &str, version: &str) -> bool {
+        self.group == group && self.version == version
+    }
+}
+
+/// The verbs served for every resource (no `deletecollection` yet).
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+fn roundtrip<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
+    let typed: T = serde_json::from_value(value)?;
+    serde_json::to_value(typed)
+}
+
+const fn core(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    decode: DecodeFn,
+) -> Resource {
+    Resource {
+        group: "",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names,
+        status: false,
+        scale: false,
+        name_is_label: false,
+        decode,
+    }
+}
+
+/// All served resources.
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        status: true,
+        name_is_label: true,
+        ..core(
+            "Namespace",
+            "namespaces",
+            "namespace",
+            false,
+            &["ns"],
+            roundtrip::<core::v1::Namespace>,
+        )
+    },
+    Resource {
+        status: true,
+        ..core(
+            "Pod",
+            "pods",
+            "pod",
+            true,
+            &["po"],
+            roundtrip::<core::v1::Pod>,
+        )
+    },
+    core(
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        roundtrip::<core::v1::ConfigMap>,
+    ),
+    core(
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        roundtrip::<core::v1::Secret>,
+    ),
+    Resource {
+        status: true,
+        name_is_label: true,
+        ..core(
+            "Service",
+            "services",
+            "service",
+            true,
+            &["svc"],
+            roundtrip::<core::v1::Service>,
+        )
+    },
+    Resource {
+        status: true,
+        ..core(
+            "Node",
+            "nodes",
+            "node",
+            false,
+            &["no"],
+            roundtrip::<core::v1::Node>,
+        )
+    },
+    core(
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        roundtrip::<core::v1::Event>,
+    ),
+    core(
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        roundtrip::<core::v1::ServiceAccount>,
+    ),
+    core(
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        roundtrip::<core::v1::Endpoints>,
+    ),
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        status: true,
+        scale: true,
+        name_is_label: false,
+        decode: roundtrip::<apps::v1::Deployment>,
+    },
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        scale: false,
+        name_is_label: false,
+        decode: roundtrip::<coordination::v1::Lease>,
+    },
+    Resource {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        scale: false,
+        name_is_label: false,
+        decode: roundtrip::<discovery::v1::EndpointSlice>,
+    },
+];
+
+/// The resource `plural` in `group/version`, if served.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.is_in(group, version) && r.plural == plural)
+}
+
+/// The served `(group, version)` pairs other than core `v1`, in table order, deduplicated.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// The namespaces resource, which namespaced creates check against.
+pub fn namespaces() -> &'static Resource {
+    find("", "v1", "namespaces").expect("namespaces is in the table")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_and_group_versions() {
+        assert_eq!(find("apps", "v1", "deployments").unwrap().kind, "Deployment");
+        assert!(find("", "v1", "deployments").is_none());
+        assert_eq!(namespaces().api_version(), "v1");
+        assert!(group_versions().contains(&("discovery.k8s.io", "v1")));
+    }
+
+    #[test]
+    fn decode_rejects_wrong_kind_and_bad_fields() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        let ok = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}});
+        assert!((cm.decode)(ok).is_ok());
+        let wrong = serde_json::json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"a"}});
+        assert!((cm.decode)(wrong).is_err());
+        let bad = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","data":"x"});
+        assert!((cm.decode)(bad).is_err());
+    }
+}
