@@ -1,7 +1,27 @@
 //! `netlet-proxy`: the service proxy.
 //!
-//! Its job (filled in by the proxy issues): watch Services and EndpointSlices, compute the
-//! desired service table (pure code) and apply it through one backend trait with an iptables,
-//! an nftables and an eBPF implementation, chosen by config.
+//! It turns Services and EndpointSlices into a desired service table (pure code) and programs
+//! it through one [`backend::Backend`] trait, with one implementation per dataplane, chosen by
+//! config. The watch loop (kube-rs) and conntrack cleanup come in later slices.
 //!
-//! This crate is a placeholder so the workspace has its final shape; it programs nothing yet.
+//! # Layout
+//! - [`model`]: the [`ServiceTable`] and its construction from Kubernetes objects (pure).
+//! - [`config`]: [`ProxyConfig`], the node facts rendering depends on.
+//! - [`backend`]: the [`Backend`] trait, the factory, and one module per dataplane:
+//!   [`backend::iptables`] (render in `render.rs`, kernel edge in `cli.rs`), [`backend::none`].
+//! - [`exec`]: running kernel tools in the current or a given network namespace.
+//! - [`hash`]: stable short names for kernel objects.
+//! - [`error`]: the crate's [`Error`].
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod hash;
+pub mod model;
+
+pub use backend::{new_backend, Backend, BackendConfig, BackendKind, SyncStats};
+pub use config::ProxyConfig;
+pub use error::{Error, Result};
+pub use exec::NetnsExec;
+pub use model::{ServiceKey, ServiceTable};

@@ -1,0 +1,248 @@
+//! The iptables backend: renders the table into `NETLET-*` chains ([`render`]) and applies the
+//! difference to the kernel with one `iptables-restore --noflush` per family and sync.
+//!
+//! Restart safety: a full sync reads `iptables-save`, rewrites every desired chain whose
+//! content it cannot vouch for (not written by this process, or a different rule count in the
+//! kernel), deletes `NETLET-*` chains nothing wants and fixes the hooks in the kernel's chains.
+//! Rewriting a nat chain only affects connections not yet seen by conntrack, so established
+//! connections keep flowing through every sync. A second sync of the same table writes nothing.
+//!
+//! A partial sync re-renders only the changed Services and diffs against what this process
+//! installed, without reading the kernel: rendering and kernel writes are proportional to the
+//! change (plus the dispatch chains when they change); only the in-memory diff walks all chains.
+
+mod cli;
+#[cfg(test)]
+mod fake;
+pub mod render;
+pub mod ruleset;
+pub mod save;
+#[cfg(test)]
+mod tests;
+
+pub use cli::{IptablesCli, IptablesMode, SystemIptables, Variant};
+
+use super::{Backend, SyncStats};
+use crate::config::ProxyConfig;
+use crate::error::Result;
+use crate::exec::NetnsExec;
+use crate::model::{IpFamily, ServiceKey, ServicePortName, ServiceTable};
+use render::{RenderContext, ServiceRules};
+use ruleset::{ChainId, Transaction};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Chains of the kernel's own that our hooks live in.
+const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// The `iptables-restore` input a first sync of `table` would install for `family`, without
+/// the hooks: the text the golden tests pin, and a dry run's output.
+pub fn render_restore(table: &ServiceTable, cfg: &ProxyConfig, family: IpFamily) -> String {
+    render::render(table, &RenderContext::new(cfg, family)).to_restore()
+}
+
+/// What this process rendered and installed for one family.
+#[derive(Debug, Default)]
+struct FamilyState {
+    /// Per service port, its last rendered rules.
+    fragments: BTreeMap<ServicePortName, ServiceRules>,
+    /// Our chains as this process last wrote or verified them.
+    installed: BTreeMap<ChainId, Vec<String>>,
+}
+
+/// The iptables [`Backend`].
+#[derive(Debug)]
+pub struct IptablesBackend {
+    cfg: ProxyConfig,
+    cli: Box<dyn IptablesCli>,
+    state: BTreeMap<IpFamily, FamilyState>,
+    /// A full sync succeeded and nothing failed since: partial syncs may trust `state`.
+    synced: bool,
+}
+
+impl IptablesBackend {
+    /// A backend running the real tools in `netns`; resolves the variant now.
+    pub fn new(cfg: ProxyConfig, netns: NetnsExec, mode: IptablesMode) -> Result<Self> {
+        Ok(Self::with_cli(
+            cfg,
+            Box::new(SystemIptables::new(netns, mode)?),
+        ))
+    }
+
+    /// A backend over any [`IptablesCli`] (a fake in unit tests).
+    pub fn with_cli(cfg: ProxyConfig, cli: Box<dyn IptablesCli>) -> Self {
+        Self {
+            cfg,
+            cli,
+            state: BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    fn sync_family(
+        &mut self,
+        family: IpFamily,
+        table: &ServiceTable,
+        changed: Option<&[ServiceKey]>,
+    ) -> Result<SyncStats> {
+        let ctx = RenderContext::new(&self.cfg, family);
+        let st = self.state.entry(family).or_default();
+        let fragment = |p: &crate::model::ServicePort| {
+            let p = p.for_family(family)?;
+            Some((p.name.clone(), render::render_service(&p, &ctx)))
+        };
+        match changed {
+            None => st.fragments = table.ports().filter_map(fragment).collect(),
+            Some(keys) => {
+                for key in keys {
+                    st.fragments.retain(|name, _| &name.service != key);
+                    st.fragments
+                        .extend(table.ports_of(key).filter_map(fragment));
+                }
+            }
+        }
+        let desired = render::assemble(&ctx, st.fragments.values()).chains;
+        let mut tx = Transaction::default();
+        if changed.is_none() {
+            let kernel = save::parse(&self.cli.save(family)?);
+            for (id, rules) in &desired {
+                let verified = kernel.chains.get(id) == Some(&rules.len())
+                    && st.installed.get(id) == Some(rules);
+                if !verified {
+                    tx.write_chain(id, rules);
+                }
+            }
+            for id in kernel.chains.keys().filter(|id| !desired.contains_key(*id)) {
+                tx.delete_chain(id);
+            }
+            plan_hooks(&kernel, &desired, &mut tx);
+        } else {
+            for (id, rules) in &desired {
+                if st.installed.get(id) != Some(rules) {
+                    tx.write_chain(id, rules);
+                }
+            }
+            for id in st.installed.keys().filter(|id| !desired.contains_key(*id)) {
+                tx.delete_chain(id);
+            }
+        }
+        let mut stats = SyncStats {
+            service_ports: st.fragments.len(),
+            chains_written: tx.chains_written(),
+            chains_deleted: tx.chains_deleted(),
+            rules_written: tx.rules_written(),
+            hooks_changed: tx.hooks_changed(),
+            transactions: 0,
+        };
+        if !tx.is_empty() {
+            if let Err(e) = self.cli.restore(family, &tx.render()) {
+                // What is in the kernel is unknown now: vouch for nothing.
+                st.installed.clear();
+                return Err(e);
+            }
+            stats.transactions = 1;
+        }
+        st.installed = desired;
+        tracing::debug!(%family, ?stats, "iptables sync");
+        Ok(stats)
+    }
+
+    fn sync_all(
+        &mut self,
+        table: &ServiceTable,
+        changed: Option<&[ServiceKey]>,
+    ) -> Result<SyncStats> {
+        let mut stats = SyncStats::default();
+        for family in self.cfg.families.clone() {
+            match self.sync_family(family, table, changed) {
+                Ok(s) => stats.add(s),
+                Err(e) => {
+                    // Whatever failed, the next sync must be a full one.
+                    self.synced = false;
+                    return Err(e);
+                }
+            }
+        }
+        self.synced = true;
+        Ok(stats)
+    }
+}
+
+/// Adds the missing hooks and removes duplicate, misplaced or dangling ones.
+fn plan_hooks(
+    kernel: &save::Installed,
+    desired: &BTreeMap<ChainId, Vec<String>>,
+    tx: &mut Transaction,
+) {
+    let wanted = render::hooks();
+    let mut seen = BTreeSet::new();
+    for h in &kernel.hooks {
+        let dangling = !desired.contains_key(&ChainId::new(h.table, h.target.as_str()));
+        let builtin = BUILTIN_CHAINS.contains(&h.chain.as_str());
+        let expected = wanted
+            .iter()
+            .any(|w| w.table == h.table && w.chain == h.chain && w.target == h.target);
+        let first = seen.insert((h.table, h.chain.clone(), h.target.clone()));
+        // A jump from someone else's chain to a chain we keep is theirs to manage.
+        if dangling || (builtin && (!expected || !first)) {
+            tx.delete_hook(h.table, &h.chain, &h.spec);
+        }
+    }
+    for w in &wanted {
+        if !seen.contains(&(w.table, w.chain.to_string(), w.target.to_string())) {
+            tx.insert_hook(w.table, w.chain, &w.spec);
+        }
+    }
+}
+
+impl Backend for IptablesBackend {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn sync(&mut self, table: &ServiceTable) -> Result<SyncStats> {
+        self.sync_all(table, None)
+    }
+
+    fn sync_changed(&mut self, table: &ServiceTable, changed: &[ServiceKey]) -> Result<SyncStats> {
+        if !self.synced {
+            return self.sync(table);
+        }
+        self.sync_all(table, Some(changed))
+    }
+
+    fn cleanup(&mut self) -> Result<SyncStats> {
+        self.state.clear();
+        self.synced = false;
+        let mut stats = SyncStats::default();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let save = match self.cli.save(family) {
+                Ok(s) => s,
+                // A family we were never configured for may not even exist in this kernel.
+                Err(e) if !self.cfg.families.contains(&family) => {
+                    tracing::debug!("cleanup skips {family}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let kernel = save::parse(&save);
+            let mut tx = Transaction::default();
+            for h in &kernel.hooks {
+                tx.delete_hook(h.table, &h.chain, &h.spec);
+            }
+            for id in kernel.chains.keys() {
+                tx.delete_chain(id);
+            }
+            if tx.is_empty() {
+                continue;
+            }
+            self.cli.restore(family, &tx.render())?;
+            stats.add(SyncStats {
+                chains_deleted: tx.chains_deleted(),
+                hooks_changed: tx.hooks_changed(),
+                transactions: 1,
+                ..SyncStats::default()
+            });
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,44 @@
+//! The crate's error type: each variant names the operation that failed and on what.
+
+use crate::backend::BackendKind;
+use std::process::ExitStatus;
+
+/// Errors of the proxy library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kernel tool (iptables-restore, ip, …) could not be started or fed its input.
+    #[error("{op}: running {program}: {source}")]
+    Spawn {
+        /// What we were doing, and on which object.
+        op: String,
+        /// The program we ran.
+        program: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A kernel tool ran and reported failure.
+    #[error("{op}: {program} failed ({status}): {stderr}")]
+    Command {
+        /// What we were doing, and on which object.
+        op: String,
+        /// The program we ran.
+        program: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+    /// `iptables -V` printed neither `nf_tables` nor `legacy`.
+    #[error("detecting the iptables variant: unrecognised `iptables -V` output {0:?}")]
+    UnknownIptablesVariant(String),
+    /// The configured backend does not exist.
+    #[error("unknown proxy backend {0:?} (expected iptables, nftables, ebpf or none)")]
+    UnknownBackend(String),
+    /// The configured backend exists in the design but not in the code yet.
+    #[error("proxy backend {0} is not implemented yet")]
+    NotImplemented(BackendKind),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! Real traffic through the iptables backend: the conformance suite, run once with the
+//! nf_tables variant of the tools and once with the legacy one, each case in its own
+//! namespaces (see `conformance/topology.rs`). Needs root; never touches the host namespace.
+
+#[macro_use]
+mod conformance;
+
+use conformance::Harness;
+use integration::NetNs;
+use netlet_proxy::backend::{IptablesBackend, IptablesMode};
+use netlet_proxy::{Backend, NetnsExec, ProxyConfig};
+
+fn make(ns: &NetNs, cfg: &ProxyConfig, mode: IptablesMode) -> Box<dyn Backend> {
+    let netns = NetnsExec::Named(ns.name().to_string());
+    Box::new(IptablesBackend::new(cfg.clone(), netns, mode).expect("iptables backend"))
+}
+
+fn leftovers(ns: &NetNs, save: &str) -> Vec<String> {
+    ns.run_ok(save, &[])
+        .lines()
+        .filter(|l| l.contains("NETLET"))
+        .map(String::from)
+        .collect()
+}
+
+mod nft {
+    use super::*;
+
+    fn harness() -> Harness {
+        Harness {
+            make: |ns, cfg| make(ns, cfg, IptablesMode::Nft),
+            leftovers: |ns| leftovers(ns, "iptables-nft-save"),
+        }
+    }
+
+    conformance_suite!(harness());
+}
+
+mod legacy {
+    use super::*;
+
+    fn harness() -> Harness {
+        Harness {
+            make: |ns, cfg| make(ns, cfg, IptablesMode::Legacy),
+            leftovers: |ns| leftovers(ns, "iptables-legacy-save"),
+        }
+    }
+
+    conformance_suite!(harness());
+}
