@@ -1,7 +1,70 @@
 //! `netlet-ebpf`: eBPF programs written in C and their loader on `aya`.
 //!
-//! Its job (filled in by the eBPF issue): service NAT in tc programs with O(1) map updates, as the
-//! proxy's third backend. The C sources will be compiled by `build.rs` with Debian's clang for
-//! target bpf and embedded here; `cargo check` keeps working where clang is absent.
+//! This first slice is the service NAT datapath, the proxy's future third backend: IPv4 TCP/UDP
+//! DNAT of service VIPs to backends in tc programs, with O(1) map updates per changed backend.
 //!
-//! This crate is a placeholder so the workspace has its final shape; it loads nothing yet.
+//! # Layout
+//! - `src/bpf/service_nat.bpf.c`: the two tc classifiers and their maps. `build.rs` compiles it
+//!   with `clang-19 -O2 -g -target bpf` against the kernel uapi headers and libbpf's
+//!   `<bpf/bpf_helpers.h>`; the object is embedded. Without clang-19 an empty object is embedded
+//!   (with a cargo warning) so `cargo check`/clippy work anywhere, and
+//!   [`ServiceNat::load`] returns [`Error::NotBuilt`].
+//! - [`maps`]: `#[repr(C)]` Rust mirrors of the C map keys/values, size-asserted.
+//! - [`service_table`]: `set_service`/`remove_service` as incremental, ordered map writes.
+//! - [`loader`]: [`ServiceNat`] loads the object, owns the maps, attaches/detaches with tc and
+//!   runs the programs under `BPF_PROG_TEST_RUN`.
+//! - [`bpffs`]: the loader's private bpffs mount under its state dir, for pinned maps
+//!   ([`ServiceNat::load_pinned`]); unmounted on drop unless kept.
+//! - [`error`]: the error type.
+//!
+//! # Datapath
+//! `svc_nat_fwd` looks up `services[{vip, port, proto}]`; on a hit it picks
+//! `backends[{service id, bpf_get_prandom_u32() % count}]` (or the backend `affinity` already
+//! pinned the 5-tuple to, while that slot still holds it), rewrites daddr/dport with incremental
+//! L3/L4 checksum updates (pseudo-header aware; a zero UDP checksum stays zero), and records
+//! `conntrack[tuple after NAT] = {vip, port}`. `svc_nat_rev` looks up replies in `conntrack`
+//! (tuple turned around) and rewrites their source back to `vip:port`. A service with no
+//! backends (`count` 0) drops (`TC_ACT_SHOT`); the reserved `SVC_F_REJECT` flag is where an
+//! ICMP/RST reject will go. Everything else (non-IPv4, non-TCP/UDP, non-first fragments,
+//! non-service destinations) passes untouched with `TC_ACT_OK`.
+//!
+//! # Where to hook, and why tc on pod-facing veths
+//! Service translation has to happen before routing picks a path for the packet and has to be
+//! undone before the reply reaches the client. The node side of every pod's veth sees both
+//! directions of that pod's traffic in one place: tc ingress there is "leaving the pod" (DNAT
+//! before the node routes it, so the packet is routed to the backend directly), tc egress is
+//! "entering the pod" (reverse SNAT of replies). That needs no cooperation from the pod, works
+//! for any L4 socket API, and keeps pod-to-pod service traffic off iptables entirely. The
+//! alternative, socket-LB (cgroup `connect4`/`sendmsg4` hooks rewriting the address at
+//! `connect()`), translates once per connection instead of per packet and needs no reverse
+//! path, and it also covers host-network clients; but it only sees local sockets (not forwarded
+//! traffic), needs cgroup v2 attachment per node, and UDP replies need `recvmsg4` fix-ups. It is
+//! the better eventual fast path for local clients, layered on top of tc, which remains the
+//! catch-all; this slice implements tc. Attaching to the bridge device instead would be one
+//! attachment per node, but a reply from a backend pod on the same bridge is switched at L2
+//! straight to the client's port and never crosses the bridge device's tc hooks, so its
+//! reverse SNAT would be missed. The host end of a veth is a bridge port whose tc ingress runs
+//! before the bridge and whose tc egress runs on every frame the bridge sends to the pod, so
+//! per-veth attachment sees both directions; it is also what the CNI plugin can do at ADD time.
+//!
+//! # Not yet
+//! - Restart: [`ServiceNat::load_pinned`] reuses pinned maps and [`ServiceNat::attach`]
+//!   replaces the programs in place (fixed tc priority/handle), so a restarted agent takes
+//!   over without a gap; wiring that into the agent (state dir, keeping the mount) is not done.
+//! - Conntrack timeouts/GC: `conntrack` and `affinity` are LRU maps without TCP state or
+//!   expiry, so a client reusing a source port towards a former backend directly could have
+//!   its replies SNATed to the VIP until the entry is evicted.
+//! - Fragments after the first are not translated; first fragments are.
+//! - Reject (`SVC_F_REJECT`), IPv6, NodePort/external traffic, session affinity by client IP.
+
+pub mod bpffs;
+pub mod error;
+pub mod loader;
+pub mod maps;
+pub mod service_table;
+
+pub use bpffs::BpfFs;
+pub use error::{Error, Result};
+pub use loader::{detach, Direction, ServiceNat, TestRunOutput};
+pub use maps::Proto;
+pub use service_table::{Backend, ServiceTable};

@@ -1,0 +1,264 @@
+//! Map keys and values: `#[repr(C)]` mirrors of the structs in `bpf/service_nat.bpf.c`.
+//!
+//! Field order, widths and padding match the C definitions exactly; the compile-time size
+//! asserts at the bottom catch a drift on either side. Addresses and ports are stored in
+//! network byte order (as they are on the wire and in the C program); the constructors and
+//! accessors convert from and to [`Ipv4Addr`] and host-order ports.
+
+// `aya::Pod` is an unsafe marker trait; this module is the only place that implements it.
+#![allow(unsafe_code)]
+
+use std::net::Ipv4Addr;
+
+/// Map names as declared in the C object.
+pub mod names {
+    /// `services`: [`super::SvcKey`] -> [`super::SvcValue`].
+    pub const SERVICES: &str = "services";
+    /// `backends`: [`super::BackendKey`] -> [`super::BackendValue`].
+    pub const BACKENDS: &str = "backends";
+    /// `conntrack` (LRU): [`super::CtKey`] after NAT -> [`super::CtValue`] (the original VIP).
+    pub const CONNTRACK: &str = "conntrack";
+    /// `affinity` (LRU): [`super::CtKey`] before NAT -> [`super::AffinityValue`].
+    pub const AFFINITY: &str = "affinity";
+}
+
+/// The L4 protocols the datapath translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+fn ip_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip_from_be(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// Key of `services`: `struct svc_key { u32 vip; u16 port; u8 proto; u8 pad; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcKey {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+impl SvcKey {
+    /// The key for `vip:port/proto` (port in host order).
+    pub fn new(vip: Ipv4Addr, port: u16, proto: Proto) -> Self {
+        Self {
+            vip: ip_be(vip),
+            port: port.to_be(),
+            proto: proto.number(),
+            pad: 0,
+        }
+    }
+
+    /// The VIP.
+    pub fn vip(&self) -> Ipv4Addr {
+        ip_from_be(self.vip)
+    }
+
+    /// The port in host order.
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Value of `services`: `struct svc_value { u16 count; u16 flags; u32 service_id; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvcValue {
+    /// Number of backends; slots `0..count` of `backends` are valid. 0 drops the packets.
+    pub count: u16,
+    /// `SVC_F_*` flags; see [`SVC_F_REJECT`].
+    pub flags: u16,
+    /// Service id, the first half of a [`BackendKey`].
+    pub service_id: u32,
+}
+
+/// Reserved flag: reject (ICMP unreachable / TCP RST) instead of dropping when `count` is 0.
+/// The C program does not implement it yet; such packets are dropped.
+pub const SVC_F_REJECT: u16 = 0x1;
+
+/// Key of `backends`: `struct backend_key { u32 service_id; u32 slot; }` (host order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    /// The service's id.
+    pub service_id: u32,
+    /// Slot in `0..count`.
+    pub slot: u32,
+}
+
+/// Value of `backends`: `struct backend_value { u32 ip; u16 port; u16 pad; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Backend address, network byte order.
+    pub ip: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+impl BackendValue {
+    /// The value for `ip:port` (port in host order).
+    pub fn new(ip: Ipv4Addr, port: u16) -> Self {
+        Self {
+            ip: ip_be(ip),
+            port: port.to_be(),
+            pad: 0,
+        }
+    }
+
+    /// The backend address.
+    pub fn ip(&self) -> Ipv4Addr {
+        ip_from_be(self.ip)
+    }
+
+    /// The backend port in host order.
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Key of `conntrack` and `affinity`: a connection in the client -> server direction,
+/// `struct ct_key { u32 saddr, daddr; u16 sport, dport; u8 proto; u8 pad[3]; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key for `saddr:sport -> daddr:dport/proto` (ports in host order).
+    pub fn new(saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr, dport: u16, proto: Proto) -> Self {
+        Self {
+            saddr: ip_be(saddr),
+            daddr: ip_be(daddr),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: proto.number(),
+            pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `conntrack`: `struct ct_value { u32 vip; u16 port; u16 pad; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// The VIP the client addressed, network byte order.
+    pub vip: u32,
+    /// The service port the client addressed, network byte order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+impl CtValue {
+    /// The VIP.
+    pub fn vip(&self) -> Ipv4Addr {
+        ip_from_be(self.vip)
+    }
+
+    /// The service port in host order.
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Value of `affinity`:
+/// `struct affinity_value { u32 service_id, slot, ip; u16 port; u16 pad; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// Service id the flow was balanced in.
+    pub service_id: u32,
+    /// Slot chosen; reused while `backends[{service_id, slot}]` still holds `ip:port`.
+    pub slot: u32,
+    /// Backend address, network byte order.
+    pub ip: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+// SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers (any bit pattern is
+// valid) and have no implicit padding: every gap is an explicit `pad` field, checked by the
+// size asserts below against the sum of the field widths.
+unsafe impl aya::Pod for SvcKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for SvcValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for BackendKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for BackendValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for CtValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for AffinityValue {}
+
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<SvcKey>() == 8 && align_of::<SvcKey>() == 4);
+    assert!(size_of::<SvcValue>() == 8 && align_of::<SvcValue>() == 4);
+    assert!(size_of::<BackendKey>() == 8);
+    assert!(size_of::<BackendValue>() == 8);
+    assert!(size_of::<CtKey>() == 16 && align_of::<CtKey>() == 4);
+    assert!(size_of::<CtValue>() == 8);
+    assert!(size_of::<AffinityValue>() == 16);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hold_wire_order() {
+        let k = SvcKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, Proto::Tcp);
+        // SAFETY (test only): reading the Pod struct's bytes; it has no padding.
+        let bytes: [u8; 8] = unsafe { std::mem::transmute(k) };
+        assert_eq!(bytes, [10, 96, 0, 1, 0, 80, 6, 0]);
+        assert_eq!(k.vip(), Ipv4Addr::new(10, 96, 0, 1));
+        assert_eq!(k.port(), 80);
+        let b = BackendValue::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+        assert_eq!((b.ip(), b.port()), (Ipv4Addr::new(10, 0, 2, 2), 8080));
+    }
+}

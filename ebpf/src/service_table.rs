@@ -1,0 +1,356 @@
+//! The service table: `services` + `backends` maps with incremental, ordered writes.
+//!
+//! Userspace keeps a mirror of what it wrote (service id and slot layout per service), so a
+//! change writes only the slots that differ. Backends that stay keep their slot, so flows pinned
+//! to them (the `affinity` map checks the slot still holds the same backend) are not moved.
+//!
+//! Write ordering keeps every intermediate state valid for packets in flight:
+//! - growing: write the new slots, then raise `count`;
+//! - shrinking: lower `count`, then delete the slots past it;
+//! - a new service: write its slots, then insert the `services` entry;
+//! - removal: delete the `services` entry (packets pass untouched from then on), then the slots.
+//!
+//! A slot replaced in place is seen either with its old or its new backend, both valid choices.
+
+use crate::error::{Error, Result};
+use crate::maps::{BackendKey, BackendValue, Proto, SvcKey, SvcValue};
+use aya::maps::{HashMap, MapData, MapError};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// A backend endpoint `ip:port` (port in host order).
+pub type Backend = (Ipv4Addr, u16);
+
+/// What userspace knows it wrote for one service.
+#[derive(Debug, Clone)]
+struct ServiceState {
+    id: u32,
+    slots: Vec<Backend>,
+    /// Set when a write sequence failed midway: the maps may hold anything up to `high_water`
+    /// slots, so the next update rewrites every slot and deletes up to `high_water`.
+    dirty: bool,
+    high_water: u32,
+}
+
+/// Typed handle on the `services` and `backends` maps plus the userspace mirror.
+#[derive(Debug)]
+pub struct ServiceTable {
+    services: HashMap<MapData, SvcKey, SvcValue>,
+    backends: HashMap<MapData, BackendKey, BackendValue>,
+    state: BTreeMap<SvcKey, ServiceState>,
+    next_id: u32,
+    free_ids: Vec<u32>,
+}
+
+impl ServiceTable {
+    /// Wraps the two maps, which must be empty (freshly loaded).
+    pub fn new(
+        services: HashMap<MapData, SvcKey, SvcValue>,
+        backends: HashMap<MapData, BackendKey, BackendValue>,
+    ) -> Self {
+        Self {
+            services,
+            backends,
+            state: BTreeMap::new(),
+            next_id: 1,
+            free_ids: Vec::new(),
+        }
+    }
+
+    /// Rebuilds the userspace mirror from the maps (after reopening pinned maps in a new
+    /// process). Backend slots of services that no longer exist (an interrupted removal) are
+    /// deleted; a service whose slots do not match its count is marked for a full rewrite on its
+    /// next [`ServiceTable::set_service`]. Returns the number of services found.
+    pub fn recover(&mut self) -> Result<usize> {
+        let mut services = Vec::new();
+        for item in self.services.iter() {
+            services.push(item?);
+        }
+        let mut slots: BTreeMap<u32, BTreeMap<u32, BackendValue>> = BTreeMap::new();
+        for item in self.backends.iter() {
+            let (k, v) = item?;
+            slots.entry(k.service_id).or_default().insert(k.slot, v);
+        }
+        self.state.clear();
+        self.free_ids.clear();
+        let mut max_id = 0;
+        for (key, value) in &services {
+            let id = value.service_id;
+            max_id = max_id.max(id);
+            let present = slots.remove(&id).unwrap_or_default();
+            let layout: Vec<Backend> = (0..u32::from(value.count))
+                .filter_map(|slot| present.get(&slot).map(|b| (b.ip(), b.port())))
+                .collect();
+            let high_water = present.keys().next_back().map_or(0, |s| s + 1);
+            let consistent =
+                layout.len() == usize::from(value.count) && high_water == u32::from(value.count);
+            self.state.insert(
+                *key,
+                ServiceState {
+                    id,
+                    slots: layout,
+                    dirty: !consistent,
+                    high_water: high_water.max(u32::from(value.count)),
+                },
+            );
+        }
+        for (id, orphan) in slots {
+            max_id = max_id.max(id);
+            for slot in orphan.keys() {
+                remove_ignoring_missing(
+                    &mut self.backends,
+                    &BackendKey {
+                        service_id: id,
+                        slot: *slot,
+                    },
+                )?;
+            }
+        }
+        self.next_id = max_id + 1;
+        Ok(self.state.len())
+    }
+
+    /// Creates or updates the service `vip:port/proto` with `backends` (duplicates are ignored).
+    ///
+    /// An empty list keeps the service with `count` 0: its packets are dropped, not passed to
+    /// whatever else listens on the VIP.
+    pub fn set_service(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        backends: &[Backend],
+    ) -> Result<()> {
+        let key = SvcKey::new(vip, port, proto);
+        let mut wanted: Vec<Backend> = Vec::with_capacity(backends.len());
+        for b in backends {
+            if !wanted.contains(b) {
+                wanted.push(*b);
+            }
+        }
+        let count = u16::try_from(wanted.len()).map_err(|_| Error::TooManyBackends {
+            count: wanted.len(),
+        })?;
+
+        let (id, old, dirty, high_water) = match self.state.get(&key) {
+            Some(s) => (s.id, s.slots.clone(), s.dirty, s.high_water),
+            None => (self.alloc_id(), Vec::new(), false, 0),
+        };
+        let is_new = !self.state.contains_key(&key);
+        let layout = plan_slots(&old, &wanted);
+        let new_len = layout.len() as u32;
+        let old_len = old.len() as u32;
+        // Mark dirty before writing; cleared only when every write went through.
+        self.state.insert(
+            key,
+            ServiceState {
+                id,
+                slots: layout.clone(),
+                dirty: true,
+                high_water: high_water.max(new_len).max(old_len),
+            },
+        );
+
+        let value = SvcValue {
+            count,
+            flags: 0,
+            service_id: id,
+        };
+        // 1. slots below the new count that changed (or all, when recovering).
+        for (slot, be) in layout.iter().enumerate() {
+            if dirty || old.get(slot) != Some(be) {
+                let k = BackendKey {
+                    service_id: id,
+                    slot: slot as u32,
+                };
+                self.backends.insert(k, BackendValue::new(be.0, be.1), 0)?;
+            }
+        }
+        // 2. publish the count (new service: this makes it visible).
+        if is_new || dirty || new_len != old_len {
+            self.services.insert(key, value, 0)?;
+        }
+        // 3. drop slots past the count.
+        let delete_to = if dirty {
+            high_water.max(old_len)
+        } else {
+            old_len
+        };
+        for slot in new_len..delete_to {
+            remove_ignoring_missing(
+                &mut self.backends,
+                &BackendKey {
+                    service_id: id,
+                    slot,
+                },
+            )?;
+        }
+        if let Some(s) = self.state.get_mut(&key) {
+            s.dirty = false;
+            s.high_water = new_len;
+        }
+        Ok(())
+    }
+
+    /// Removes the service; returns whether it existed.
+    pub fn remove_service(&mut self, vip: Ipv4Addr, port: u16, proto: Proto) -> Result<bool> {
+        let key = SvcKey::new(vip, port, proto);
+        let Some(state) = self.state.get_mut(&key) else {
+            return Ok(false);
+        };
+        state.dirty = true;
+        let (id, high_water) = (state.id, state.high_water.max(state.slots.len() as u32));
+        remove_ignoring_missing(&mut self.services, &key)?;
+        for slot in 0..high_water {
+            remove_ignoring_missing(
+                &mut self.backends,
+                &BackendKey {
+                    service_id: id,
+                    slot,
+                },
+            )?;
+        }
+        self.state.remove(&key);
+        self.free_ids.push(id);
+        Ok(true)
+    }
+
+    /// The backends of a service in slot order, as userspace last wrote them.
+    pub fn backends_of(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<&[Backend]> {
+        self.state
+            .get(&SvcKey::new(vip, port, proto))
+            .map(|s| s.slots.as_slice())
+    }
+
+    /// Reads a service's entry back from the kernel map (for tests and debugging).
+    pub fn read_service(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Result<Option<SvcValue>> {
+        match self.services.get(&SvcKey::new(vip, port, proto), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Number of entries in the kernel's `backends` map (walks the map; for tests).
+    pub fn backend_entries(&self) -> usize {
+        self.backends.keys().filter(|k| k.is_ok()).count()
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        if let Some(id) = self.free_ids.pop() {
+            return id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+fn remove_ignoring_missing<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The new slot layout for a service going from `old` to `wanted` (both duplicate-free).
+///
+/// Backends present in both keep their slot; new ones fill the holes left by removed ones, then
+/// append; if the service shrank, the last slots move into the remaining holes. The result holds
+/// exactly the backends of `wanted`.
+pub fn plan_slots(old: &[Backend], wanted: &[Backend]) -> Vec<Backend> {
+    let mut slots: Vec<Option<Backend>> = old
+        .iter()
+        .map(|b| wanted.contains(b).then_some(*b))
+        .collect();
+    let mut fresh = wanted.iter().filter(|b| !old.contains(b)).copied();
+    for slot in slots.iter_mut() {
+        if slot.is_none() {
+            match fresh.next() {
+                Some(b) => *slot = Some(b),
+                None => break,
+            }
+        }
+    }
+    slots.extend(fresh.map(Some));
+    // Compact: move the last occupied slots into the holes.
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            while slots.last().is_some_and(Option::is_none) {
+                slots.pop();
+            }
+            if i < slots.len() {
+                slots.swap_remove(i);
+            }
+        }
+        i += 1;
+    }
+    slots.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: u8) -> Backend {
+        (Ipv4Addr::new(10, 0, 0, n), 8080)
+    }
+
+    #[test]
+    fn plan_keeps_survivors_in_place() {
+        assert_eq!(plan_slots(&[], &[b(1), b(2)]), vec![b(1), b(2)]);
+        // b(2) removed, b(4) added: b(4) takes b(2)'s slot.
+        assert_eq!(
+            plan_slots(&[b(1), b(2), b(3)], &[b(1), b(3), b(4)]),
+            vec![b(1), b(4), b(3)]
+        );
+        // shrink: the last backend moves into the hole.
+        assert_eq!(
+            plan_slots(&[b(1), b(2), b(3), b(4)], &[b(1), b(4)]),
+            vec![b(1), b(4)]
+        );
+        assert_eq!(
+            plan_slots(&[b(1), b(2), b(3), b(4)], &[b(3), b(4)]),
+            vec![b(4), b(3)]
+        );
+        assert_eq!(plan_slots(&[b(1), b(2)], &[]), Vec::<Backend>::new());
+        // grow
+        assert_eq!(
+            plan_slots(&[b(1)], &[b(2), b(1), b(3)]),
+            vec![b(1), b(2), b(3)]
+        );
+    }
+
+    #[test]
+    fn plan_always_yields_exactly_the_wanted_set() {
+        let all: Vec<Backend> = (1..=6).map(b).collect();
+        for old_mask in 0u32..64 {
+            for new_mask in 0u32..64 {
+                let pick = |m: u32| -> Vec<Backend> {
+                    all.iter()
+                        .enumerate()
+                        .filter(|(i, _)| m & (1 << i) != 0)
+                        .map(|(_, x)| *x)
+                        .collect()
+                };
+                let (old, new) = (pick(old_mask), pick(new_mask));
+                let got = plan_slots(&old, &new);
+                let mut sorted = got.clone();
+                sorted.sort();
+                assert_eq!(sorted, new, "old {old:?} new {new:?} got {got:?}");
+                // survivors below the new length stay where they were
+                for (i, x) in old.iter().enumerate() {
+                    if i < got.len() && new.contains(x) {
+                        assert_eq!(got[i], *x, "old {old:?} new {new:?} got {got:?}");
+                    }
+                }
+            }
+        }
+    }
+}

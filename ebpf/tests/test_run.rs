@@ -1,0 +1,321 @@
+//! The service NAT programs under `BPF_PROG_TEST_RUN`: crafted frames in, rewritten frames out.
+//! No attachment anywhere; needs root (CAP_BPF + CAP_NET_ADMIN).
+
+mod common;
+
+use common::{assert_checksums, packet, parse};
+use netlet_ebpf::loader::verdict::{TC_ACT_OK, TC_ACT_SHOT};
+use netlet_ebpf::maps::CtKey;
+use netlet_ebpf::{Direction, Proto, ServiceNat};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
+const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
+const B2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 12), 8080);
+const B3: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 3, 13), 9090);
+
+fn load() -> ServiceNat {
+    integration::require_root();
+    ServiceNat::load().expect("loading the service NAT object")
+}
+
+/// Sends one client packet to VIP:port through the forward program and returns the output.
+fn forward(nat: &ServiceNat, proto: Proto, sport: u16, port: u16, zero: bool) -> (u32, Vec<u8>) {
+    let pkt = packet(proto, CLIENT, sport, VIP, port, b"hello", zero);
+    let out = nat.test_run(Direction::Forward, &pkt, 1).expect("test run");
+    (out.verdict, out.packet)
+}
+
+fn backend_of(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let p = parse(frame);
+    (p.dst, p.dport)
+}
+
+#[test]
+fn tcp_to_vip_is_dnated_to_a_backend_with_valid_checksums() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B2, B3]).unwrap();
+    let input = packet(Proto::Tcp, CLIENT, 40000, VIP, 80, b"hello", false);
+    let out = nat.test_run(Direction::Forward, &input, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(out.packet.len(), input.len());
+    let p = parse(&out.packet);
+    assert!([B1, B2, B3].contains(&(p.dst, p.dport)), "{p:?}");
+    assert_eq!((p.src, p.sport), (CLIENT, 40000));
+    assert_checksums(&out.packet, false);
+    // Only daddr, dport and the two checksums changed.
+    for (i, (a, b)) in input.iter().zip(&out.packet).enumerate() {
+        let allowed = matches!(i, 24..=25 | 30..=33 | 36..=37 | 50..=51);
+        assert!(a == b || allowed, "byte {i} changed: {a:#x} -> {b:#x}");
+    }
+}
+
+#[test]
+fn udp_to_vip_is_dnated_and_zero_checksum_stays_zero() {
+    let mut nat = load();
+    nat.set_service(VIP, 53, Proto::Udp, &[B1, B2, B3]).unwrap();
+    let (v, out) = forward(&nat, Proto::Udp, 5353, 53, false);
+    assert_eq!(v, TC_ACT_OK);
+    assert!([B1, B2, B3].contains(&backend_of(&out)));
+    assert_checksums(&out, false);
+
+    let (v, out) = forward(&nat, Proto::Udp, 5354, 53, true);
+    assert_eq!(v, TC_ACT_OK);
+    assert!([B1, B2, B3].contains(&backend_of(&out)));
+    assert_eq!(parse(&out).l4_csum, 0, "zero UDP checksum must stay zero");
+    assert_checksums(&out, true);
+
+    // TCP on the UDP service's port is not the service.
+    let (v, out) = forward(&nat, Proto::Tcp, 5355, 53, false);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(backend_of(&out), (VIP, 53));
+}
+
+#[test]
+fn many_checksums_stay_valid() {
+    // Vary ports and payload bytes so the incremental updates see carries and 0xffff cases.
+    let mut nat = load();
+    nat.set_service(VIP, 443, Proto::Tcp, &[B1, B2, B3])
+        .unwrap();
+    nat.set_service(VIP, 443, Proto::Udp, &[B1, B2, B3])
+        .unwrap();
+    for i in 0u16..400 {
+        let payload = [i as u8, (i >> 8) as u8, 0xff, 0x00, 0xfe];
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let pkt = packet(proto, CLIENT, 1024 + i * 97, VIP, 443, &payload, false);
+            let out = nat.test_run(Direction::Forward, &pkt, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            assert_checksums(&out.packet, false);
+            let p = parse(&out.packet);
+            // and the reply back
+            let reply = packet(proto, p.dst, p.dport, CLIENT, p.sport, &payload, false);
+            let back = nat.test_run(Direction::Reverse, &reply, 1).unwrap();
+            assert_eq!(back.verdict, TC_ACT_OK);
+            assert_checksums(&back.packet, false);
+            assert_eq!(
+                (parse(&back.packet).src, parse(&back.packet).sport),
+                (VIP, 443)
+            );
+        }
+    }
+}
+
+#[test]
+fn new_flows_spread_over_all_backends_and_a_flow_sticks() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B2, B3]).unwrap();
+    let mut hits: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    for i in 0..300u16 {
+        let (v, out) = forward(&nat, Proto::Tcp, 10000 + i, 80, false);
+        assert_eq!(v, TC_ACT_OK);
+        *hits.entry(backend_of(&out)).or_default() += 1;
+    }
+    eprintln!("distribution over 300 flows: {hits:?}");
+    for b in [B1, B2, B3] {
+        assert!(
+            hits.get(&b).copied().unwrap_or(0) >= 1,
+            "{b:?} never chosen: {hits:?}"
+        );
+    }
+    assert_eq!(hits.values().sum::<u32>(), 300);
+
+    // The same 5-tuple keeps its backend (affinity map).
+    let (_, first) = forward(&nat, Proto::Tcp, 10000, 80, false);
+    for _ in 0..50 {
+        let (_, again) = forward(&nat, Proto::Tcp, 10000, 80, false);
+        assert_eq!(backend_of(&again), backend_of(&first));
+    }
+}
+
+#[test]
+fn reply_from_backend_is_snated_back_to_the_vip() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B2, B3]).unwrap();
+    let (_, out) = forward(&nat, Proto::Tcp, 40001, 80, false);
+    let (bip, bport) = backend_of(&out);
+    let ct = nat
+        .conntrack_get(&CtKey::new(CLIENT, 40001, bip, bport, Proto::Tcp))
+        .unwrap()
+        .expect("conntrack entry recorded");
+    assert_eq!((ct.vip(), ct.port()), (VIP, 80));
+
+    let reply = packet(Proto::Tcp, bip, bport, CLIENT, 40001, b"world", false);
+    let back = nat.test_run(Direction::Reverse, &reply, 1).unwrap();
+    assert_eq!(back.verdict, TC_ACT_OK);
+    let p = parse(&back.packet);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40001));
+    assert_checksums(&back.packet, false);
+
+    // UDP with a zero checksum on the way back.
+    nat.set_service(VIP, 53, Proto::Udp, &[B3]).unwrap();
+    let (_, out) = forward(&nat, Proto::Udp, 40002, 53, true);
+    assert_eq!(backend_of(&out), B3);
+    let reply = packet(Proto::Udp, B3.0, B3.1, CLIENT, 40002, b"answer", true);
+    let back = nat.test_run(Direction::Reverse, &reply, 1).unwrap();
+    let p = parse(&back.packet);
+    assert_eq!((p.src, p.sport, p.l4_csum), (VIP, 53, 0));
+
+    // A packet from the backend that is not a reply to a tracked flow passes untouched.
+    let other = packet(Proto::Tcp, bip, bport, CLIENT, 40999, b"x", false);
+    let same = nat.test_run(Direction::Reverse, &other, 1).unwrap();
+    assert_eq!((same.verdict, same.packet), (TC_ACT_OK, other));
+}
+
+#[test]
+fn non_service_traffic_passes_unchanged() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1]).unwrap();
+    let mut frames = vec![
+        packet(
+            Proto::Tcp,
+            CLIENT,
+            40000,
+            Ipv4Addr::new(10, 96, 0, 11),
+            80,
+            b"x",
+            false,
+        ),
+        packet(Proto::Tcp, CLIENT, 40000, VIP, 81, b"x", false),
+        packet(Proto::Udp, CLIENT, 40000, VIP, 80, b"x", false),
+    ];
+    // ICMP echo to the VIP.
+    let mut icmp = packet(Proto::Tcp, CLIENT, 0, VIP, 80, b"", false);
+    icmp[23] = 1;
+    frames.push(icmp);
+    // A non-first fragment to VIP:80.
+    let mut frag = packet(Proto::Tcp, CLIENT, 40000, VIP, 80, b"x", false);
+    frag[20] = 0x00;
+    frag[21] = 0x10;
+    frames.push(frag);
+    // ARP, and IPv6.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    frames.push(arp);
+    let mut v6 = packet(Proto::Tcp, CLIENT, 40000, VIP, 80, b"x", false);
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    frames.push(v6);
+    for f in frames {
+        for dir in [Direction::Forward, Direction::Reverse] {
+            let out = nat.test_run(dir, &f, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK, "{dir:?}");
+            assert_eq!(out.packet, f, "{dir:?} changed a non-service frame");
+        }
+    }
+}
+
+#[test]
+fn service_without_backends_drops() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[]).unwrap();
+    let (v, _) = forward(&nat, Proto::Tcp, 40000, 80, false);
+    assert_eq!(v, TC_ACT_SHOT);
+    // Backends arriving make it work; going back to none drops again.
+    nat.set_service(VIP, 80, Proto::Tcp, &[B2]).unwrap();
+    let (v, out) = forward(&nat, Proto::Tcp, 40000, 80, false);
+    assert_eq!((v, backend_of(&out)), (TC_ACT_OK, B2));
+    nat.set_service(VIP, 80, Proto::Tcp, &[]).unwrap();
+    let (v, _) = forward(&nat, Proto::Tcp, 40000, 80, false);
+    assert_eq!(v, TC_ACT_SHOT);
+}
+
+#[test]
+fn removed_backend_is_no_longer_selected_and_removed_service_passes() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B2, B3]).unwrap();
+    // Pin a few flows, at least one of them to B2.
+    let mut pinned_to_b2 = None;
+    for sport in 20000..20300u16 {
+        let (_, out) = forward(&nat, Proto::Tcp, sport, 80, false);
+        if backend_of(&out) == B2 {
+            pinned_to_b2 = Some(sport);
+            break;
+        }
+    }
+    let pinned_to_b2 = pinned_to_b2.expect("B2 chosen at least once in 300 flows");
+
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B3]).unwrap();
+    assert_eq!(nat.table().backend_entries(), 2);
+    assert_eq!(
+        nat.table()
+            .read_service(VIP, 80, Proto::Tcp)
+            .unwrap()
+            .unwrap()
+            .count,
+        2
+    );
+    let mut hits: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    for sport in 30000..30200u16 {
+        let (_, out) = forward(&nat, Proto::Tcp, sport, 80, false);
+        *hits.entry(backend_of(&out)).or_default() += 1;
+    }
+    assert!(
+        !hits.contains_key(&B2),
+        "removed backend still chosen: {hits:?}"
+    );
+    assert!(hits.contains_key(&B1) && hits.contains_key(&B3), "{hits:?}");
+    // The flow that was pinned to B2 is rebalanced, not sent to the dead backend.
+    let (_, out) = forward(&nat, Proto::Tcp, pinned_to_b2, 80, false);
+    assert_ne!(backend_of(&out), B2);
+
+    assert!(nat.remove_service(VIP, 80, Proto::Tcp).unwrap());
+    assert!(!nat.remove_service(VIP, 80, Proto::Tcp).unwrap());
+    assert_eq!(nat.table().backend_entries(), 0);
+    let input = packet(Proto::Tcp, CLIENT, 30001, VIP, 80, b"hello", false);
+    let out = nat.test_run(Direction::Forward, &input, 1).unwrap();
+    assert_eq!((out.verdict, out.packet), (TC_ACT_OK, input));
+}
+
+/// Average kernel-measured time of single runs (`repeat` = 1 so every run sees the original
+/// frame: with `repeat` > 1 the kernel reruns on the already rewritten skb).
+fn avg_ns(nat: &ServiceNat, dir: Direction, frames: &[Vec<u8>]) -> u128 {
+    let total: u128 = frames
+        .iter()
+        .map(|f| nat.test_run(dir, f, 1).unwrap().duration.as_nanos())
+        .sum();
+    total / frames.len() as u128
+}
+
+#[test]
+fn report_ns_per_run() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1, B2, B3]).unwrap();
+    let n = 2000u16;
+    let new_flows: Vec<Vec<u8>> = (0..n)
+        .map(|i| packet(Proto::Tcp, CLIENT, 10000 + i, VIP, 80, b"hello", false))
+        .collect();
+    let new_ns = avg_ns(&nat, Direction::Forward, &new_flows);
+    let est_ns = avg_ns(&nat, Direction::Forward, &new_flows);
+    let replies: Vec<Vec<u8>> = new_flows
+        .iter()
+        .map(|f| {
+            let p = parse(&nat.test_run(Direction::Forward, f, 1).unwrap().packet);
+            packet(Proto::Tcp, p.dst, p.dport, CLIENT, p.sport, b"hello", false)
+        })
+        .collect();
+    let rev_ns = avg_ns(&nat, Direction::Reverse, &replies);
+    let miss = packet(
+        Proto::Tcp,
+        CLIENT,
+        40000,
+        Ipv4Addr::new(10, 1, 1, 1),
+        80,
+        b"x",
+        false,
+    );
+    let pass_single = avg_ns(
+        &nat,
+        Direction::Forward,
+        &vec![miss.clone(); usize::from(n)],
+    );
+    let pass = nat.test_run(Direction::Forward, &miss, 100_000).unwrap();
+    eprintln!(
+        "ns per BPF_PROG_TEST_RUN: forward DNAT new flow {new_ns}, forward DNAT established \
+         flow {est_ns}, reverse SNAT {rev_ns} non-service pass {pass_single} (averages of {n} single runs, which include the \
+         test-run overhead); non-service pass {} (100000 repeats)",
+        pass.duration.as_nanos()
+    );
+    assert_eq!(pass.verdict, TC_ACT_OK);
+}
