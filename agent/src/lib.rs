@@ -5,4 +5,14 @@
 //! `netlet-cni`, route to other nodes' pod CIDRs and masquerade traffic leaving the cluster.
 //! It also has a network-only mode for running as a DaemonSet beside another kubelet.
 //!
-//! This crate is a placeholder so the workspace has its final shape; nothing here runs pods yet.
+//! So far only the runtime edge exists: the CRI client, tested against a real containerd that
+//! invokes `netlet-cni` for the pods it runs.
+//!
+//! # Layout
+//! - [`cri`]: the only module that speaks CRI — a `runtime.v1` client over containerd's unix
+//!   socket; errors name the operation and the pod, container or image.
+//! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
+//!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
+//!   with the images of `cargo xtask images`.
+
+pub mod cri;

@@ -5,6 +5,7 @@
 //! - [`test`]: fmt, clippy, the workspace tests and the e2e suites, with one pass/fail tally.
 //! - [`bench`]: benchmarks (`bench cni`: our plugin against the reference bridge plugin).
 //! - [`demo`]: two containers on one node wired by netlet-cni, pinging each other.
+//! - [`images`]: the pause and busybox test images, built locally as OCI archives.
 //! - [`cni_exec`]: invokes a CNI plugin exactly as a container runtime does.
 //! - [`interrupt`]: Ctrl-C becomes an error, so namespace guards still clean up.
 //! - [`util`]: running commands, paths, temp namespaces.
@@ -13,6 +14,7 @@ mod bench;
 mod cni_exec;
 mod demo;
 mod deps;
+mod images;
 mod interrupt;
 mod test;
 mod util;
@@ -50,6 +52,9 @@ enum Command {
     },
     /// Two containers on one node wired by netlet-cni: ADD, ping, CHECK, DEL. Needs root.
     Demo(demo::Args),
+    /// Builds the test images (pause, busybox testapp) as OCI archives in target/images,
+    /// optionally importing them into a containerd. No network, no docker.
+    Images(images::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::E2e { name } => test::run_e2e(name.as_deref()),
         Command::Bench { which } => bench::run(which).map(|()| true),
         Command::Demo(args) => demo::run(&args).map(|()| true),
+        Command::Images(args) => images::run(&args).map(|()| true),
     };
     // `Ok(false)`: the task ran to the end and already reported what failed (e.g. a test tally).
     match result {

@@ -1,0 +1,3 @@
+//! Fixtures shared by the agent's integration tests.
+
+pub mod containerd;
