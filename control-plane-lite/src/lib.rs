@@ -11,5 +11,9 @@
 //!   [`storage::Storage`] trait and its types; one file per backend: `embedded.rs` (SQLite, the
 //!   default; its group-commit writer in `embedded/writer.rs`) and `memory.rs` (for tests);
 //!   `watch.rs` is the watch fan-out they share.
+//! - [`apiserver`]: the Kubernetes REST API over the storage, served over HTTPS with client
+//!   certificates; its own Layout section maps its files. The binary (`src/main.rs`,
+//!   `netlet-control-plane serve`) opens the embedded storage and runs it.
 
+pub mod apiserver;
 pub mod storage;

@@ -77,6 +77,14 @@ pub enum ApiError {
         /// The oldest revision kept.
         compacted: u64,
     },
+    /// A list asked for a revision not written yet.
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The revision asked for.
+        requested: u64,
+        /// The current revision.
+        current: u64,
+    },
     /// No client certificate signed by the cluster CA.
     #[error("Unauthorized")]
     Unauthorized,
@@ -110,6 +118,7 @@ impl ApiError {
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed => 405,
             ApiError::Expired { .. } => 410,
+            ApiError::TooLargeResourceVersion { .. } => 504,
             ApiError::Unauthorized => 401,
             ApiError::TooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
@@ -130,6 +139,7 @@ impl ApiError {
             ApiError::Expired { .. } | ApiError::Storage(StorageError::Compacted { .. }) => {
                 "Expired"
             }
+            ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
@@ -220,6 +230,9 @@ mod tests {
         assert_eq!(err.code(), 422);
         let s = err.status();
         assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
-        assert!(s["message"].as_str().unwrap().starts_with("ConfigMap \"A\" is invalid"));
+        assert!(s["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ConfigMap \"A\" is invalid"));
     }
 }

@@ -63,6 +63,14 @@ impl Resource {
     }
 }
 
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.group == other.group && self.version == other.version && self.plural == other.plural
+    }
+}
+
+impl Eq for Resource {}
+
 /// The verbs served for every resource (no `deletecollection` yet).
 pub const VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
@@ -254,7 +262,10 @@ mod tests {
 
     #[test]
     fn lookups_and_group_versions() {
-        assert_eq!(find("apps", "v1", "deployments").unwrap().kind, "Deployment");
+        assert_eq!(
+            find("apps", "v1", "deployments").unwrap().kind,
+            "Deployment"
+        );
         assert!(find("", "v1", "deployments").is_none());
         assert_eq!(namespaces().api_version(), "v1");
         assert!(group_versions().contains(&("discovery.k8s.io", "v1")));

@@ -1,5 +1,8 @@
-//! Label selectors (equality and set-based) and the `metadata.name`/`metadata.namespace` field
-//! selectors of list and watch.
+//! Label selectors (equality and set-based) and field selectors of list and watch.
+//!
+//! Field selectors accept any dotted path (`metadata.name`, `spec.nodeName`,
+//! `involvedObject.uid`), compared as strings with a missing field reading as empty; the
+//! apiserver allows only a per-kind list of fields, this is more permissive.
 
 use serde_json::Value;
 
@@ -82,20 +85,24 @@ impl LabelSelector {
     pub fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
         self.0.iter().all(|req| match req {
-            Requirement::In(k, vs) => labels[k].as_str().is_some_and(|v| vs.iter().any(|x| x == v)),
-            Requirement::NotIn(k, vs) => labels[k].as_str().is_none_or(|v| !vs.iter().any(|x| x == v)),
+            Requirement::In(k, vs) => labels[k]
+                .as_str()
+                .is_some_and(|v| vs.iter().any(|x| x == v)),
+            Requirement::NotIn(k, vs) => labels[k]
+                .as_str()
+                .is_none_or(|v| !vs.iter().any(|x| x == v)),
             Requirement::Exists(k) => labels.get(k).is_some(),
             Requirement::DoesNotExist(k) => labels.get(k).is_none(),
         })
     }
 }
 
-/// A parsed field selector over `metadata.name` and `metadata.namespace`.
+/// A parsed field selector: `(path, equal?, value)` requirements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
-    /// Parses the `fieldSelector` query parameter; other fields are a 400 like the apiserver's.
+    /// Parses the `fieldSelector` query parameter.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         let mut reqs = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -111,7 +118,7 @@ impl FieldSelector {
                 )));
             };
             let k = k.trim();
-            if k != "metadata.name" && k != "metadata.namespace" {
+            if k.is_empty() || k.split('.').any(str::is_empty) {
                 return Err(ApiError::BadRequest(format!(
                     "field label not supported: {k}"
                 )));
@@ -124,9 +131,13 @@ impl FieldSelector {
     /// Whether the object's fields match.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(k, eq, v)| {
-            let field = k.trim_start_matches("metadata.");
-            let actual = object["metadata"][field].as_str().unwrap_or("");
-            (actual == v) == *eq
+            let field = k.split('.').fold(object, |o, part| &o[part]);
+            let actual = match field {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (actual == *v) == *eq
         })
     }
 }
@@ -152,15 +163,32 @@ mod tests {
             ("!missing", true),
             ("x=y,env in (dev)", false),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&obj), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&obj),
+                want,
+                "{sel}"
+            );
         }
     }
 
     #[test]
     fn field_selectors() {
         let obj = json!({"metadata":{"name":"a","namespace":"n"}});
-        assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace!=n").unwrap().matches(&obj));
-        assert!(FieldSelector::parse("spec.nodeName=x").is_err());
+        assert!(FieldSelector::parse("metadata.name=a")
+            .unwrap()
+            .matches(&obj));
+        assert!(!FieldSelector::parse("metadata.namespace!=n")
+            .unwrap()
+            .matches(&obj));
+        let pod = json!({"spec":{"nodeName":"n1"},"status":{"phase":"Running"}});
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(&obj));
+        assert!(FieldSelector::parse("spec..x=1").is_err());
     }
 }

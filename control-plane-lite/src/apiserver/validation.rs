@@ -40,9 +40,7 @@ pub fn name_causes(name: &str, label: bool) -> Vec<FieldCause> {
         causes.push(FieldCause {
             field: "metadata.name".into(),
             reason: "FieldValueInvalid",
-            message: format!(
-                "Invalid value: \"{name}\": must be no more than {max} characters"
-            ),
+            message: format!("Invalid value: \"{name}\": must be no more than {max} characters"),
         });
     } else if !ok {
         causes.push(FieldCause {

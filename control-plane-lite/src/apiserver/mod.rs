@@ -1,0 +1,59 @@
+//! The Kubernetes REST API over [`crate::storage::Storage`], enough for stock `kubectl`.
+//!
+//! # Layout
+//!
+//! - `resources.rs`: the one table of served kinds; everything else reads it.
+//! - `router.rs`: dispatch by path and verb; `path.rs` parses resource URLs into a [`Target`]
+//!   and storage keys (`/registry/<resource>/[<namespace>/]<name>`).
+//! - `discovery.rs`: `/version`, `/api`, `/apis`, legacy and aggregated discovery;
+//!   `openapi.rs`: a schema-less OpenAPI v3 that lets kubectl leave validation to `strict.rs`
+//!   (`fieldValidation=Strict`).
+//! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, DELETE, status/scale), `watch.rs`
+//!   (WATCH streams).
+//! - Helpers of those: `object.rs` (stored form, type checks), `defaults.rs` (system metadata,
+//!   per-kind defaults), `validation.rs` (names), `selector.rs` (label/field selectors),
+//!   `patch.rs` (merge and JSON patch), `strategic.rs` (strategic merge patch), `table.rs`
+//!   (`kubectl get` columns), `protobuf.rs` (protobuf bodies of kubectl's typed creates).
+//! - `http.rs`: bodies, `Accept` negotiation, query parameters; `error.rs`: [`ApiError`] and its
+//!   `Status` rendering.
+//! - `bootstrap.rs`: the system namespaces created at startup.
+//! - `tls.rs`: the PKI (CA, serving and admin certificates) and kubeconfig; `server.rs`: the
+//!   HTTPS accept loop and periodic compaction.
+//!
+//! Not done yet: OpenAPI schemas (`/openapi/v3` has paths only and `/openapi/v2` is 404, so
+//! `kubectl explain` finds nothing and kubectl 1.28 and older need `--validate=false`),
+//! server-side apply, deletecollection, YAML bodies, protobuf bodies beyond what kubectl's
+//! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
+//! in), graceful deletion and finalizers (deletes are immediate), namespace finalization
+//! (deleting a namespace deletes its objects at once), Service IP allocation.
+
+mod bootstrap;
+mod defaults;
+mod discovery;
+mod error;
+mod http;
+mod object;
+mod openapi;
+mod patch;
+mod path;
+mod protobuf;
+mod read;
+mod resources;
+mod router;
+mod selector;
+mod server;
+mod strategic;
+mod strict;
+mod table;
+mod tls;
+mod validation;
+mod watch;
+mod write;
+
+pub use bootstrap::{ensure_system_namespaces, SYSTEM_NAMESPACES};
+pub use error::{ApiError, FieldCause};
+pub use path::Target;
+pub use resources::{Resource, RESOURCES};
+pub use router::Router;
+pub use server::{compact_periodically, serve};
+pub use tls::{Pki, TlsError};

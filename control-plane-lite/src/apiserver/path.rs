@@ -1,0 +1,149 @@
+//! Parsing resource URLs: `/api/v1[/watch]/namespaces/<ns>/<resource>[/<name>[/<sub>]]` and the
+//! `/apis/<group>/<version>/…` equivalents.
+
+use super::resources::{find, Resource};
+
+/// A subresource addressed by the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `…/status`.
+    Status,
+    /// `…/scale`.
+    Scale,
+}
+
+/// A parsed resource URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The resource from the table.
+    pub resource: &'static Resource,
+    /// The namespace in the path, if any.
+    pub namespace: Option<String>,
+    /// The object name, if any.
+    pub name: Option<String>,
+    /// The subresource, if any.
+    pub subresource: Option<Subresource>,
+    /// Whether the path had the legacy `/watch/` prefix.
+    pub watch_path: bool,
+}
+
+/// The outcome of parsing a resource path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A resource URL.
+    Target(Target),
+    /// A known group/version but an unknown resource or subresource, or a malformed path.
+    NotFound,
+}
+
+/// Parses `segments` after `/api/v1` or `/apis/<group>/<version>`.
+pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
+    let (watch_path, segs) = match segments.split_first() {
+        Some((&"watch", rest)) => (true, rest),
+        _ => (false, segments),
+    };
+    let (namespace, rest) = match segs {
+        ["namespaces", ns, resource, rest @ ..]
+            if *resource != "status" && *resource != "finalize" =>
+        {
+            (Some((*ns).to_string()), {
+                let mut v = vec![*resource];
+                v.extend_from_slice(rest);
+                v
+            })
+        }
+        _ => (None, segs.to_vec()),
+    };
+    let Some(plural) = rest.first() else {
+        return Parsed::NotFound;
+    };
+    let Some(resource) = find(group, version, plural) else {
+        return Parsed::NotFound;
+    };
+    if namespace.is_some() && !resource.namespaced {
+        return Parsed::NotFound;
+    }
+    let name = rest.get(1).map(|s| (*s).to_string());
+    if name.as_deref() == Some("") {
+        return Parsed::NotFound;
+    }
+    let subresource = match rest.get(2) {
+        None => None,
+        Some(&"status") if resource.status => Some(Subresource::Status),
+        Some(&"scale") if resource.scale => Some(Subresource::Scale),
+        Some(_) => return Parsed::NotFound,
+    };
+    if rest.len() > 3 {
+        return Parsed::NotFound;
+    }
+    Parsed::Target(Target {
+        resource,
+        namespace,
+        name,
+        subresource,
+        watch_path,
+    })
+}
+
+/// The storage key prefix of a collection (`/registry/<resource>/[<ns>/]`).
+pub fn collection_prefix(resource: &Resource, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if resource.namespaced => format!("/registry/{}/{ns}/", resource.plural),
+        _ => format!("/registry/{}/", resource.plural),
+    }
+}
+
+/// The storage key of one object.
+pub fn object_key(resource: &Resource, namespace: Option<&str>, name: &str) -> String {
+    format!("{}{name}", collection_prefix(resource, namespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(g: &str, v: &str, path: &str) -> Parsed {
+        let segs: Vec<&str> = path.split('/').collect();
+        parse(g, v, &segs)
+    }
+
+    #[test]
+    fn parses_collections_objects_and_subresources() {
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/pods/p/status") else {
+            panic!()
+        };
+        assert_eq!(t.resource.plural, "pods");
+        assert_eq!(t.namespace.as_deref(), Some("t1"));
+        assert_eq!(t.name.as_deref(), Some("p"));
+        assert_eq!(t.subresource, Some(Subresource::Status));
+
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1") else {
+            panic!()
+        };
+        assert_eq!(t.resource.plural, "namespaces");
+        assert_eq!(t.name.as_deref(), Some("t1"));
+
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/status") else {
+            panic!()
+        };
+        assert_eq!(t.subresource, Some(Subresource::Status));
+
+        let Parsed::Target(t) = target("apps", "v1", "watch/namespaces/d/deployments") else {
+            panic!()
+        };
+        assert!(t.watch_path && t.name.is_none());
+
+        assert_eq!(target("", "v1", "namespaces/t1/nodes"), Parsed::NotFound);
+        assert_eq!(target("", "v1", "configmaps/a/status"), Parsed::NotFound);
+        assert_eq!(target("", "v1", "widgets"), Parsed::NotFound);
+    }
+
+    #[test]
+    fn keys() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(object_key(pods, Some("n"), "p"), "/registry/pods/n/p");
+        assert_eq!(collection_prefix(pods, None), "/registry/pods/");
+        let nodes = find("", "v1", "nodes").unwrap();
+        assert_eq!(object_key(nodes, None, "a"), "/registry/nodes/a");
+    }
+}

@@ -1,0 +1,233 @@
+//! GET of one object and LIST of a collection (selectors, `limit` + `continue`).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::http::{self, Body, Query, Rendering};
+use super::object;
+use super::path::{collection_prefix, object_key, Subresource, Target};
+use super::selector::{FieldSelector, LabelSelector};
+use super::table::{self, IncludeObject};
+use crate::storage::{KeyValue, Storage, StorageError};
+
+/// Reads one object; 404 Status when absent.
+pub async fn get_object(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+) -> Result<(KeyValue, Value), ApiError> {
+    let key = object_key(t.resource, t.namespace.as_deref(), name);
+    match storage.get(&key).await? {
+        Some(kv) => {
+            let obj = object::from_kv(&kv)?;
+            Ok((kv, obj))
+        }
+        None => Err(ApiError::NotFound {
+            group: t.resource.group,
+            resource: t.resource.plural,
+            name: name.to_string(),
+        }),
+    }
+}
+
+/// GET `…/<name>[/status|/scale]`.
+pub async fn get(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    rendering: Rendering,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let (_, obj) = get_object(storage, t, name).await?;
+    let body = match (t.subresource, rendering) {
+        (Some(Subresource::Scale), _) => object::scale_of(&obj),
+        (_, Rendering::Table) => {
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            table::table(
+                t.resource,
+                std::slice::from_ref(&obj),
+                &rv,
+                None,
+                IncludeObject::parse(query.get("includeObject")),
+            )
+        }
+        (_, Rendering::Json) => obj,
+    };
+    Ok(http::json(200, &body))
+}
+
+/// The opaque `continue` token: the snapshot revision and the last key returned.
+fn encode_continue(revision: u64, last_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(json!({"rv": revision, "start": last_key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
+    let bad = || ApiError::BadRequest(format!("invalid continue token {token:?}"));
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    match (v["rv"].as_u64(), v["start"].as_str()) {
+        (Some(rv), Some(start)) => Ok((rv, start.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+/// Selectors of a list or watch request.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `labelSelector`.
+    pub labels: LabelSelector,
+    /// `fieldSelector`.
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    /// Parses the selectors of `query`.
+    pub fn from_query(query: &Query) -> Result<Self, ApiError> {
+        Ok(Filter {
+            labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))?,
+        })
+    }
+
+    /// Whether `object` passes both selectors.
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+/// One snapshot page of a filtered list.
+pub struct Page {
+    /// Matching objects in key order.
+    pub items: Vec<Value>,
+    /// The snapshot revision.
+    pub revision: u64,
+    /// The token for the next page, if any.
+    pub continue_token: Option<String>,
+}
+
+/// Lists up to `limit` (0: all) matching objects under `prefix`, from `start` within the
+/// snapshot `at`, filling the page across storage pages when the selectors drop objects.
+pub async fn list_page(
+    storage: &dyn Storage,
+    prefix: &str,
+    filter: &Filter,
+    limit: usize,
+    at: Option<u64>,
+    start: Option<String>,
+) -> Result<Page, ApiError> {
+    let mut items = Vec::new();
+    let mut at = at;
+    let mut start = start;
+    loop {
+        let want = if limit == 0 { 0 } else { limit - items.len() };
+        let page = storage
+            .list(prefix, at, want, start.as_deref())
+            .await
+            .map_err(|err| match err {
+                StorageError::Compacted {
+                    requested,
+                    compacted,
+                } => ApiError::Expired {
+                    requested,
+                    compacted,
+                },
+                StorageError::FutureRevision { requested, current } => {
+                    ApiError::TooLargeResourceVersion { requested, current }
+                }
+                other => ApiError::Storage(other),
+            })?;
+        at = Some(page.revision);
+        for kv in &page.kvs {
+            let obj = object::from_kv(kv)?;
+            if filter.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        let last = page.kvs.last().map(|kv| kv.key.clone());
+        if !page.more || last.is_none() {
+            return Ok(Page {
+                items,
+                revision: page.revision,
+                continue_token: None,
+            });
+        }
+        if limit != 0 && items.len() >= limit {
+            let last = last.expect("checked above");
+            return Ok(Page {
+                items,
+                revision: page.revision,
+                continue_token: Some(encode_continue(page.revision, &last)),
+            });
+        }
+        start = last;
+    }
+}
+
+/// LIST a collection (all namespaces when the path has none).
+pub async fn list(
+    storage: &dyn Storage,
+    t: &Target,
+    rendering: Rendering,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let filter = Filter::from_query(query)?;
+    let limit = query.number("limit")?.unwrap_or(0) as usize;
+    let prefix = collection_prefix(t.resource, t.namespace.as_deref());
+    let (at, start) = match query.get("continue") {
+        Some(token) => {
+            let (rv, start) = decode_continue(token)?;
+            (Some(rv), Some(start))
+        }
+        // `resourceVersion=N&resourceVersionMatch=Exact` reads the snapshot at N; any other
+        // resourceVersion ("0", "not older than N") is served from the newest revision.
+        None if query.get("resourceVersionMatch") == Some("Exact") => {
+            (query.number("resourceVersion")?, None)
+        }
+        None => (None, None),
+    };
+    let page = list_page(storage, &prefix, &filter, limit, at, start).await?;
+    let rv = page.revision.to_string();
+    let body = match rendering {
+        Rendering::Table => table::table(
+            t.resource,
+            &page.items,
+            &rv,
+            page.continue_token.as_deref(),
+            IncludeObject::parse(query.get("includeObject")),
+        ),
+        Rendering::Json => {
+            let mut meta = json!({ "resourceVersion": rv });
+            if let Some(c) = &page.continue_token {
+                meta["continue"] = json!(c);
+            }
+            json!({
+                "kind": t.resource.list_kind(),
+                "apiVersion": t.resource.api_version(),
+                "metadata": meta,
+                "items": page.items,
+            })
+        }
+    };
+    Ok(http::json(200, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_token_round_trips() {
+        let t = encode_continue(42, "/registry/pods/a/b");
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "/registry/pods/a/b".to_string())
+        );
+        assert!(decode_continue("!!").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! Request dispatch: authentication verdict, non-resource paths (health, version, discovery,
+//! OpenAPI), then resource paths to the read, write and watch handlers by verb.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::discovery;
+use super::error::ApiError;
+use super::http::{self, Body, Query, Rendering};
+use super::patch::{self, PatchType};
+use super::path::{self, Parsed, Target};
+use super::strict::FieldValidation;
+use super::{openapi, read, watch, write};
+use crate::storage::Storage;
+
+/// The apiserver's request handler, shared by all connections.
+#[derive(Clone)]
+pub struct Router {
+    storage: Arc<dyn Storage>,
+}
+
+impl Router {
+    /// A router over `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Router { storage }
+    }
+
+    /// Answers one request. `authenticated` says whether the connection presented a client
+    /// certificate signed by the cluster CA; everything but health checks requires it.
+    pub async fn handle(&self, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+        let method = req.method().clone();
+        let uri_path = req.uri().path().to_string();
+        let result = self.dispatch(req, authenticated).await;
+        let resp = result.unwrap_or_else(|err| {
+            if err.code() >= 500 {
+                tracing::warn!(%method, path = %uri_path, %err, "request failed");
+            }
+            http::error(&err)
+        });
+        tracing::debug!(%method, path = %uri_path, status = resp.status().as_u16(), "request");
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        authenticated: bool,
+    ) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+            return Ok(http::text(200, "ok"));
+        }
+        if !authenticated {
+            return Err(ApiError::Unauthorized);
+        }
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let get_only = |doc: Option<serde_json::Value>| -> Result<Response<Body>, ApiError> {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            doc.map(|d| http::json(200, &d)).ok_or(ApiError::NoRoute)
+        };
+        match segments.as_slice() {
+            ["version"] => get_only(Some(discovery::version())),
+            ["api"] | ["apis"] if http::wants_aggregated_discovery(req.headers()) => {
+                get_only(Some(discovery::aggregated(segments == ["api"]))).map(|mut resp| {
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(discovery::AGGREGATED_MEDIA_TYPE),
+                    );
+                    resp
+                })
+            }
+            ["api"] => get_only(Some(discovery::api_versions())),
+            ["apis"] => get_only(Some(discovery::api_group_list())),
+            ["api", "v1"] => get_only(discovery::resource_list("", "v1")),
+            ["openapi", "v3"] => get_only(Some(openapi::index())),
+            ["openapi", "v3", rest @ ..] => get_only(openapi::document(&rest.join("/"))),
+            ["apis", group] => get_only(discovery::api_group_doc(group)),
+            ["apis", group, version] => get_only(discovery::resource_list(group, version)),
+            ["api", "v1", rest @ ..] => {
+                let parsed = path::parse("", "v1", rest);
+                self.resource(req, parsed).await
+            }
+            ["apis", group, version, rest @ ..] => {
+                let parsed = path::parse(group, version, rest);
+                self.resource(req, parsed).await
+            }
+            _ => Err(ApiError::NoRoute),
+        }
+    }
+
+    async fn resource(
+        &self,
+        req: Request<Incoming>,
+        parsed: Parsed,
+    ) -> Result<Response<Body>, ApiError> {
+        let Parsed::Target(t) = parsed else {
+            return Err(ApiError::NoRoute);
+        };
+        let query = Query::parse(req.uri().query());
+        let storage = self.storage.as_ref();
+        let method = req.method().clone();
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
+        // The body is read before any verdict so that errors reach HTTP/2 clients intact.
+        let bytes = if method == Method::GET {
+            bytes::Bytes::new()
+        } else {
+            http::read_body(&headers, body).await?
+        };
+        let name = t.name.clone();
+        let dry_run = match query.get("dryRun") {
+            None => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported dryRun value {other:?}; only All is supported"
+                )))
+            }
+        };
+        let opts = write::WriteOptions {
+            validation: FieldValidation::parse(query.get("fieldValidation")),
+            dry_run,
+        };
+        let rendering = if method == Method::GET {
+            http::negotiate(&headers)?
+        } else {
+            Rendering::Json
+        };
+        if t.watch_path || (method == Method::GET && query.flag("watch")) {
+            if method != Method::GET || t.subresource.is_some() {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            return watch::watch(Arc::clone(&self.storage), &t, rendering, &query);
+        }
+        match (method, name) {
+            (Method::GET, None) if t.subresource.is_none() => {
+                read::list(storage, &t, rendering, &query).await
+            }
+            (Method::GET, Some(name)) => read::get(storage, &t, &name, rendering, &query).await,
+            (Method::POST, None) if t.subresource.is_none() => {
+                let object = http::json_body(&headers, &bytes)?;
+                write::create(storage, &t, object, opts).await
+            }
+            (Method::PUT, Some(name)) => {
+                let object = http::json_body(&headers, &bytes)?;
+                write::update(storage, &t, &name, object, opts).await
+            }
+            (Method::PATCH, Some(name)) => {
+                let kind = patch_type(&headers)?;
+                write::patch(storage, &t, &name, kind, &bytes, dry_run).await
+            }
+            (Method::DELETE, Some(name)) if t.subresource.is_none() => {
+                write::delete(storage, &t, &name, &bytes, dry_run).await
+            }
+            _ => Err(not_allowed(&t)),
+        }
+    }
+}
+
+fn patch_type(headers: &hyper::HeaderMap) -> Result<PatchType, ApiError> {
+    let ct = http::content_type(headers);
+    PatchType::from_content_type(&ct).ok_or(ApiError::UnsupportedMediaType {
+        accepted: patch::ACCEPTED,
+    })
+}
+
+fn not_allowed(t: &Target) -> ApiError {
+    tracing::debug!(resource = t.resource.plural, "method not allowed");
+    ApiError::MethodNotAllowed
+}

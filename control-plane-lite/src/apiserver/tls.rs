@@ -1,0 +1,274 @@
+//! The cluster PKI: a self-signed CA, the serving certificate (SAN `127.0.0.1`, `localhost`)
+//! and the admin client certificate (`CN=admin, O=system:masters`), created on first start in
+//! `<data-dir>/pki/`; the rustls server config that requires CA-signed client certificates;
+//! and the admin kubeconfig.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// A failure to create, load or use the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading or writing a PKI file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Generating a key or certificate failed.
+    #[error("generating {what}: {source}")]
+    Generate {
+        /// The certificate or key.
+        what: &'static str,
+        /// The rcgen error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A PEM file did not parse.
+    #[error("parsing {path}: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("building the TLS config: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("building the client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// The PEM files of the cluster PKI.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// The CA certificate.
+    pub ca_cert: String,
+    /// The CA key, kept (mode 0600) so that later slices can sign node and component
+    /// certificates.
+    pub ca_key: String,
+    /// The serving certificate.
+    pub server_cert: String,
+    /// The serving key.
+    pub server_key: String,
+    /// The admin client certificate.
+    pub admin_cert: String,
+    /// The admin client key.
+    pub admin_key: String,
+}
+
+const FILES: [&str; 6] = [
+    "ca.crt",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "admin.crt",
+    "admin.key",
+];
+
+/// Writes `content` to `path`, readable only by the owner when it is a key or kubeconfig.
+fn write_file(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let secret = name.ends_with(".key") || name.contains("kubeconfig");
+    let mode = if secret { 0o600 } else { 0o644 };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?
+        .write_all(content.as_bytes())
+}
+
+fn gen(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError {
+    move |source| TlsError::Generate { what, source }
+}
+
+impl Pki {
+    /// Loads the PKI from `dir`, creating all of it when any file is missing.
+    pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Io { op, path, source }
+        };
+        if FILES.iter().all(|f| dir.join(f).exists()) {
+            let read = |f: &str| {
+                let path = dir.join(f);
+                std::fs::read_to_string(&path).map_err(io("read", &path))
+            };
+            return Ok(Pki {
+                ca_cert: read("ca.crt")?,
+                ca_key: read("ca.key")?,
+                server_cert: read("server.crt")?,
+                server_key: read("server.key")?,
+                admin_cert: read("admin.crt")?,
+                admin_key: read("admin.key")?,
+            });
+        }
+        let pki = Self::generate()?;
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let contents = [
+            &pki.ca_cert,
+            &pki.ca_key,
+            &pki.server_cert,
+            &pki.server_key,
+            &pki.admin_cert,
+            &pki.admin_key,
+        ];
+        for (file, content) in FILES.iter().zip(contents) {
+            let path = dir.join(file);
+            write_file(&path, content).map_err(io("write", &path))?;
+        }
+        Ok(pki)
+    }
+
+    /// Creates a fresh CA and the two leaf certificates.
+    pub fn generate() -> Result<Self, TlsError> {
+        let ca_key = KeyPair::generate().map_err(gen("CA key"))?;
+        let mut ca = CertificateParams::new(Vec::new()).map_err(gen("CA"))?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "netlet-ca");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).map_err(gen("CA certificate"))?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let issuer = Issuer::new(ca, ca_key);
+
+        let server_key = KeyPair::generate().map_err(gen("server key"))?;
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .map_err(gen("server"))?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "netlet-apiserver");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server
+            .signed_by(&server_key, &issuer)
+            .map_err(gen("server certificate"))?;
+
+        let admin_key = KeyPair::generate().map_err(gen("admin key"))?;
+        let mut admin = CertificateParams::new(Vec::new()).map_err(gen("admin"))?;
+        admin.distinguished_name.push(DnType::CommonName, "admin");
+        admin
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin
+            .signed_by(&admin_key, &issuer)
+            .map_err(gen("admin certificate"))?;
+
+        Ok(Pki {
+            ca_cert: ca_cert.pem(),
+            ca_key: ca_key_pem,
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+            admin_cert: admin_cert.pem(),
+            admin_key: admin_key.serialize_pem(),
+        })
+    }
+
+    /// The rustls config: serves h2 and http/1.1 and asks for a client certificate, which must
+    /// chain to the CA when given. Requests without one are answered 401 by the server.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let pem = |what: &str| {
+            let path = PathBuf::from(what);
+            move |source| TlsError::Pem { path, source }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_cert.as_bytes()) {
+            roots.add(cert.map_err(pem("ca.crt"))?)?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()?;
+        let chain = CertificateDer::pem_slice_iter(self.server_cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem("server.crt"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.server_key.as_bytes()).map_err(pem("server.key"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Writes the admin kubeconfig to `path` (mode 0600: it holds the admin key), atomically
+    /// so that a reader polling for it never sees half of it.
+    pub fn write_admin_kubeconfig(
+        &self,
+        path: &Path,
+        host: &str,
+        port: u16,
+    ) -> Result<(), TlsError> {
+        let tmp = path.with_extension("kubeconfig.tmp");
+        let io = |op| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Io { op, path, source }
+        };
+        write_file(&tmp, &self.admin_kubeconfig(host, port)).map_err(io("write"))?;
+        std::fs::rename(&tmp, path).map_err(io("rename into place"))
+    }
+
+    /// The admin kubeconfig for a server at `https://<host>:<port>`.
+    pub fn admin_kubeconfig(&self, host: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: netlet\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: admin@netlet\n  context:\n    cluster: netlet\n    user: admin\ncurrent-context: admin@netlet\npreferences: {{}}\n",
+            ca = STANDARD.encode(&self.ca_cert),
+            cert = STANDARD.encode(&self.admin_cert),
+            key = STANDARD.encode(&self.admin_key),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pki_builds_a_server_config_and_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        pki.server_config().unwrap();
+        let again = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(pki.ca_cert, again.ca_cert);
+        let path = dir.path().join("admin.kubeconfig");
+        pki.write_admin_kubeconfig(&path, "127.0.0.1", 1234)
+            .unwrap();
+        let kc = std::fs::read_to_string(&path).unwrap();
+        assert!(kc.contains("server: https://127.0.0.1:1234"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key_mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600);
+    }
+}

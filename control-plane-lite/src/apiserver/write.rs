@@ -1,0 +1,530 @@
+//! The writes: POST create, PUT update, PATCH and DELETE, including the `status` and `scale`
+//! subresources. Every check runs before the one storage write, so a rejected request stores
+//! nothing.
+
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::defaults;
+use super::error::ApiError;
+use super::http::{self, Body};
+use super::object;
+use super::patch::{self, PatchType};
+use super::path::{collection_prefix, object_key, Subresource, Target};
+use super::read::get_object;
+use super::resources::{namespaces, Resource, RESOURCES};
+use super::strict::{self, FieldValidation};
+use super::validation::name_causes;
+use crate::storage::{KeyValue, Storage, StorageError};
+
+/// The query options every write honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// `fieldValidation` of creates and updates.
+    pub validation: FieldValidation,
+    /// `dryRun=All`: run every check, store nothing.
+    pub dry_run: bool,
+}
+
+/// How many times a PATCH is retried when a concurrent write beats it.
+const PATCH_RETRIES: usize = 5;
+
+fn storage_error(resource: &Resource, name: &str, err: StorageError) -> ApiError {
+    match err {
+        StorageError::AlreadyExists { .. } => ApiError::AlreadyExists {
+            group: resource.group,
+            resource: resource.plural,
+            name: name.into(),
+        },
+        StorageError::Conflict { .. } => ApiError::Conflict {
+            group: resource.group,
+            resource: resource.plural,
+            name: name.into(),
+        },
+        StorageError::NotFound { .. } => ApiError::NotFound {
+            group: resource.group,
+            resource: resource.plural,
+            name: name.into(),
+        },
+        other => ApiError::Storage(other),
+    }
+}
+
+fn invalid_name(resource: &Resource, name: &str) -> Result<(), ApiError> {
+    let causes = name_causes(name, resource.name_is_label);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            group: resource.group,
+            kind: resource.kind,
+            name: name.into(),
+            causes,
+        })
+    }
+}
+
+/// Settles `metadata.namespace` against the URL's namespace.
+fn settle_namespace(t: &Target, object: &mut Value) -> Result<(), ApiError> {
+    let meta = &mut object["metadata"];
+    if !t.resource.namespaced {
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(());
+    }
+    let url_ns = t.namespace.as_deref().ok_or_else(|| {
+        ApiError::BadRequest("a namespaced object must be created in a namespace path".into())
+    })?;
+    match meta["namespace"].as_str() {
+        None | Some("") => meta["namespace"] = json!(url_ns),
+        Some(ns) if ns == url_ns => {}
+        Some(_) => return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+    }
+    Ok(())
+}
+
+/// POST to a collection.
+pub async fn create(
+    storage: &dyn Storage,
+    t: &Target,
+    mut object: Value,
+    opts: WriteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let r = t.resource;
+    object::check_type_meta(r, &mut object, r.kind, &r.api_version())?;
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    // The generateName prefix, when the name is to be generated.
+    let generate = match (
+        object["metadata"]["name"].as_str(),
+        object["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(n), _) if !n.is_empty() => None,
+        (_, Some(g)) if !g.is_empty() => Some(g.to_string()),
+        _ => None,
+    };
+    let name = match &generate {
+        Some(prefix) => defaults::generated_name(prefix),
+        None => object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    };
+    invalid_name(r, &name)?;
+    object["metadata"]["name"] = json!(name);
+    settle_namespace(t, &mut object)?;
+    if r.status && r.plural != "nodes" {
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    let input = object.clone();
+    let mut object = object::decode(r, object)?;
+    strict::check(opts.validation, &input, &object)?;
+    defaults::on_create(&mut object);
+    defaults::apply_kind_defaults(r, &mut object);
+    if r.namespaced {
+        let ns = t.namespace.as_deref().unwrap_or_default();
+        let ns_key = object_key(namespaces(), None, ns);
+        if storage.get(&ns_key).await?.is_none() {
+            return Err(ApiError::NotFound {
+                group: "",
+                resource: "namespaces",
+                name: ns.into(),
+            });
+        }
+    }
+    let mut name = name;
+    let mut attempts = 0;
+    let revision = loop {
+        attempts += 1;
+        let key = object_key(r, t.namespace.as_deref(), &name);
+        let result = if opts.dry_run {
+            match storage.get(&key).await? {
+                Some(_) => Err(StorageError::AlreadyExists { key: key.clone() }),
+                None => Ok(0),
+            }
+        } else {
+            storage.create(&key, object::to_stored(&object)).await
+        };
+        match result {
+            Ok(revision) => break revision,
+            // A generated name that collided gets a fresh suffix, as in the apiserver.
+            Err(StorageError::AlreadyExists { .. }) if attempts < 5 => match &generate {
+                Some(prefix) => {
+                    name = defaults::generated_name(prefix);
+                    object["metadata"]["name"] = json!(name);
+                }
+                None => return Err(storage_error(r, &name, StorageError::AlreadyExists { key })),
+            },
+            Err(err) => return Err(storage_error(r, &name, err)),
+        }
+    };
+    if opts.dry_run {
+        // Nothing was written, so there is no revision to report.
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+    } else {
+        object::set_resource_version(&mut object, revision);
+    }
+    Ok(http::json(201, &object))
+}
+
+/// Writes `new` over `current` (read at `current_kv`), honouring the subresource rules; returns
+/// the stored object. `expected` is the client's precondition, if any.
+async fn replace(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    (current_kv, current): (&KeyValue, &Value),
+    mut new: Value,
+    expected: Option<u64>,
+    opts: WriteOptions,
+) -> Result<Value, ApiError> {
+    let r = t.resource;
+    if let Some(expected) = expected {
+        if expected != current_kv.mod_revision {
+            return Err(ApiError::Conflict {
+                group: r.group,
+                resource: r.plural,
+                name: name.into(),
+            });
+        }
+    }
+    match t.subresource {
+        Some(Subresource::Status) => {
+            let status = new["status"].clone();
+            new = current.clone();
+            new["status"] = status;
+        }
+        Some(Subresource::Scale) => {
+            let replicas = new["spec"]["replicas"].clone();
+            if !replicas.is_i64() {
+                return Err(ApiError::BadRequest(
+                    "scale spec.replicas must be an integer".into(),
+                ));
+            }
+            new = current.clone();
+            new["spec"]["replicas"] = replicas;
+        }
+        None if r.status => new["status"] = current["status"].clone(),
+        None => {}
+    }
+    if new["status"].is_null() {
+        if let Some(o) = new.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    let input = new.clone();
+    let mut new = object::decode(r, new)?;
+    strict::check(opts.validation, &input, &new)?;
+    defaults::on_update(current, &mut new);
+    defaults::apply_kind_defaults(r, &mut new);
+    let mut unchanged = current.clone();
+    if let Some(m) = unchanged["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    if unchanged == new {
+        return Ok(current.clone());
+    }
+    if opts.dry_run {
+        object::set_resource_version(&mut new, current_kv.mod_revision);
+        return Ok(new);
+    }
+    let key = object_key(r, t.namespace.as_deref(), name);
+    let revision = storage
+        .update(&key, object::to_stored(&new), Some(current_kv.mod_revision))
+        .await
+        .map_err(|e| storage_error(r, name, e))?;
+    object::set_resource_version(&mut new, revision);
+    Ok(new)
+}
+
+fn check_body_name(t: &Target, name: &str, object: &mut Value) -> Result<(), ApiError> {
+    match object["metadata"]["name"].as_str() {
+        None | Some("") => {
+            if !object["metadata"].is_object() {
+                object["metadata"] = json!({});
+            }
+            object["metadata"]["name"] = json!(name);
+            Ok(())
+        }
+        Some(n) if n == name => Ok(()),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))),
+    }
+    .and_then(|()| settle_namespace(t, object))
+}
+
+fn render(t: &Target, object: &Value) -> Value {
+    match t.subresource {
+        Some(Subresource::Scale) => object::scale_of(object),
+        _ => object.clone(),
+    }
+}
+
+/// PUT an object or its subresource.
+pub async fn update(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    mut body: Value,
+    opts: WriteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let r = t.resource;
+    if t.subresource == Some(Subresource::Scale) {
+        object::check_type_meta(r, &mut body, "Scale", "autoscaling/v1")?;
+    } else {
+        object::check_type_meta(r, &mut body, r.kind, &r.api_version())?;
+    }
+    check_body_name(t, name, &mut body)?;
+    let expected = object::resource_version(&body)?;
+    let (kv, current) = get_object(storage, t, name).await?;
+    let stored = replace(storage, t, name, (&kv, &current), body, expected, opts).await?;
+    Ok(http::json(200, &render(t, &stored)))
+}
+
+/// PATCH an object or its subresource, retrying when a concurrent write wins.
+pub async fn patch(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    kind: PatchType,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (kv, current) = get_object(storage, t, name).await?;
+        let mut patched = render(t, &current);
+        patch::apply(kind, &mut patched, body)?;
+        // A patch that sets a different resourceVersion is a precondition; one that leaves it
+        // alone is retried against the newest object when a concurrent write wins.
+        let precondition = object::resource_version(&patched)?.filter(|rv| *rv != kv.mod_revision);
+        check_body_name(t, name, &mut patched)?;
+        match replace(
+            storage,
+            t,
+            name,
+            (&kv, &current),
+            patched,
+            precondition,
+            WriteOptions {
+                validation: FieldValidation::Lenient,
+                dry_run,
+            },
+        )
+        .await
+        {
+            Err(ApiError::Conflict { .. }) if precondition.is_none() && attempt < PATCH_RETRIES => {
+                continue
+            }
+            Err(err) => return Err(err),
+            Ok(stored) => return Ok(http::json(200, &render(t, &stored))),
+        }
+    }
+}
+
+/// DELETE an object; `body` is an optional `DeleteOptions` with `preconditions`.
+pub async fn delete(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    let r = t.resource;
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
+    };
+    let (kv, current) = get_object(storage, t, name).await?;
+    let pre = &options["preconditions"];
+    let conflict = || ApiError::Conflict {
+        group: r.group,
+        resource: r.plural,
+        name: name.into(),
+    };
+    if let Some(uid) = pre["uid"].as_str() {
+        if current["metadata"]["uid"].as_str() != Some(uid) {
+            return Err(conflict());
+        }
+    }
+    if let Some(rv) = pre["resourceVersion"].as_str() {
+        if rv != kv.mod_revision.to_string() {
+            return Err(conflict());
+        }
+    }
+    if dry_run {
+        return Ok(http::json(200, &current));
+    }
+    let key = object_key(r, t.namespace.as_deref(), name);
+    storage
+        .delete(&key, Some(kv.mod_revision))
+        .await
+        .map_err(|e| storage_error(r, name, e))?;
+    if r.plural == "namespaces" {
+        delete_namespace_contents(storage, name).await?;
+    }
+    Ok(http::json(200, &current))
+}
+
+/// Deletes every object in namespace `ns` (just deleted).
+///
+/// A stand-in for the namespace controller: the apiserver marks the namespace Terminating and
+/// a controller empties it before the namespace disappears; here both happen at once, so a
+/// create racing with the delete can leave an orphan behind.
+async fn delete_namespace_contents(storage: &dyn Storage, ns: &str) -> Result<(), ApiError> {
+    for r in RESOURCES.iter().filter(|r| r.namespaced) {
+        let prefix = collection_prefix(r, Some(ns));
+        let page = storage.list(&prefix, None, 0, None).await?;
+        for kv in page.kvs {
+            match storage.delete(&kv.key, None).await {
+                Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::find;
+    use crate::storage::MemoryStorage;
+
+    fn target(plural: &str, ns: Option<&str>, name: Option<&str>) -> Target {
+        Target {
+            resource: find("", "v1", plural).unwrap(),
+            namespace: ns.map(Into::into),
+            name: name.map(Into::into),
+            subresource: None,
+            watch_path: false,
+        }
+    }
+
+    const STRICT: WriteOptions = WriteOptions {
+        validation: FieldValidation::Strict,
+        dry_run: false,
+    };
+
+    fn cm(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "1"}})
+    }
+
+    async fn create_ns(storage: &MemoryStorage, name: &str) {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        create(storage, &target("namespaces", None, None), ns, STRICT)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn rejected_creates_store_nothing() {
+        let storage = MemoryStorage::new();
+        let cms = target("configmaps", Some("n"), None);
+        let err = create(&storage, &cms, cm("a"), STRICT).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::NotFound {
+                    resource: "namespaces",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        create_ns(&storage, "n").await;
+        let before = storage.current_revision().await.unwrap();
+        let err = create(&storage, &cms, cm("Bad_Name"), STRICT)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), 422);
+        let mut typo = cm("b");
+        typo["dataa"] = json!({});
+        let err = create(&storage, &cms, typo, STRICT).await.unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert_eq!(storage.current_revision().await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn updates_check_resource_version_and_skip_no_ops() {
+        let storage = MemoryStorage::new();
+        create_ns(&storage, "n").await;
+        let cms = target("configmaps", Some("n"), None);
+        create(&storage, &cms, cm("a"), STRICT).await.unwrap();
+        let one = target("configmaps", Some("n"), Some("a"));
+        let (_, current) = get_object(&storage, &one, "a").await.unwrap();
+        let rev = storage.current_revision().await.unwrap();
+        update(&storage, &one, "a", current.clone(), STRICT)
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.current_revision().await.unwrap(),
+            rev,
+            "no-op update"
+        );
+
+        let mut changed = current.clone();
+        changed["data"]["k"] = json!("2");
+        update(&storage, &one, "a", changed.clone(), STRICT)
+            .await
+            .unwrap();
+        changed["data"]["k"] = json!("3");
+        let err = update(&storage, &one, "a", changed, STRICT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Conflict { .. }), "{err}");
+
+        patch(
+            &storage,
+            &one,
+            "a",
+            PatchType::Merge,
+            br#"{"data":{"x":"y"}}"#,
+            false,
+        )
+        .await
+        .unwrap();
+        let (_, now) = get_object(&storage, &one, "a").await.unwrap();
+        assert_eq!(now["data"], json!({"k": "2", "x": "y"}));
+        assert_eq!(now["metadata"]["uid"], current["metadata"]["uid"]);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_namespace_deletes_its_objects() {
+        let storage = MemoryStorage::new();
+        create_ns(&storage, "n").await;
+        create_ns(&storage, "m").await;
+        for ns in ["n", "m"] {
+            let cms = target("configmaps", Some(ns), None);
+            create(&storage, &cms, cm("a"), STRICT).await.unwrap();
+        }
+        delete(
+            &storage,
+            &target("namespaces", None, Some("n")),
+            "n",
+            b"",
+            false,
+        )
+        .await
+        .unwrap();
+        let left = storage
+            .list("/registry/configmaps/", None, 0, None)
+            .await
+            .unwrap();
+        let keys: Vec<&str> = left.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/registry/configmaps/m/a"]);
+    }
+}

@@ -1,0 +1,110 @@
+//! `netlet-control-plane`: parses arguments and runs the library's apiserver.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use netlet_control_plane::apiserver::{self, Pki};
+use netlet_control_plane::storage::{EmbeddedStorage, Storage};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "netlet-control-plane", about = "netlet control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Kubernetes API over HTTPS from embedded storage in DATA_DIR.
+    Serve {
+        /// Directory for the database, the PKI and admin.kubeconfig.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Port to listen on; 0 picks a free one (written into admin.kubeconfig).
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// Seconds between storage compactions (0: never).
+        #[arg(long, default_value_t = 300)]
+        compaction_interval: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            bind,
+            port,
+            compaction_interval,
+        } => runtime.block_on(serve(data_dir, bind, port, compaction_interval)),
+    }
+}
+
+async fn serve(
+    data_dir: PathBuf,
+    bind: String,
+    port: u16,
+    compaction_interval: u64,
+) -> anyhow::Result<()> {
+    let storage: Arc<dyn Storage> = Arc::new(
+        EmbeddedStorage::open(data_dir.join("storage"))
+            .with_context(|| format!("opening storage in {}", data_dir.display()))?,
+    );
+    apiserver::ensure_system_namespaces(storage.as_ref())
+        .await
+        .context("creating the system namespaces")?;
+    let pki = Pki::load_or_create(&data_dir.join("pki")).context("preparing the PKI")?;
+    let tls = pki.server_config().context("building the TLS config")?;
+    let listener = TcpListener::bind((bind.as_str(), port))
+        .await
+        .with_context(|| format!("binding {bind}:{port}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    pki.write_admin_kubeconfig(&kubeconfig, &host, addr.port())
+        .context("writing the admin kubeconfig")?;
+    tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "serving the Kubernetes API");
+    if compaction_interval > 0 {
+        tokio::spawn(apiserver::compact_periodically(
+            Arc::clone(&storage),
+            Duration::from_secs(compaction_interval),
+        ));
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // Returning drops the storage, which finishes its last commit and releases the data dir.
+    tokio::select! {
+        result = apiserver::serve(listener, tls, storage) => result.context("serving"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; shutting down");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            tracing::info!("terminated; shutting down");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! End-to-end tests with the stock `kubectl` against `netlet-control-plane serve`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{wait_for, ChildGuard, Server};
+
+#[test]
+fn kubectl_version_and_api_resources() {
+    let s = Server::start();
+    let version = s.kubectl_ok(&["version"]);
+    assert!(
+        version.contains("Server Version: v1.33.0-netlet"),
+        "{version}"
+    );
+    let resources = s.kubectl_ok(&["api-resources"]);
+    for needle in [
+        "configmaps",
+        "deployments",
+        "endpointslices",
+        "leases",
+        "ns ",
+    ] {
+        assert!(
+            resources.contains(needle),
+            "{needle} missing in {resources}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_configmap_lifecycle() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let ns = s.kubectl_ok(&["get", "ns"]);
+    assert!(ns.contains("t1") && ns.contains("Active"), "{ns}");
+    for system in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(system), "{system} missing in {ns}");
+    }
+    // Without -n kubectl uses the default namespace, which exists from the start.
+    s.kubectl_ok(&["create", "configmap", "in-default"]);
+    assert_eq!(
+        s.kubectl_ok(&["get", "cm", "-o", "name"]).trim(),
+        "configmap/in-default"
+    );
+
+    s.kubectl_ok(&[
+        "create",
+        "configmap",
+        "cm1",
+        "--from-literal=a=b",
+        "-n",
+        "t1",
+    ]);
+    let list: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "cm", "-n", "t1", "-o", "json"])).unwrap();
+    assert_eq!(list["items"][0]["data"], json!({"a": "b"}));
+    assert_eq!(list["items"][0]["metadata"]["name"], "cm1");
+    let yaml = s.kubectl_ok(&["get", "cm", "cm1", "-n", "t1", "-o", "yaml"]);
+    assert!(
+        yaml.contains("name: cm1") && yaml.contains("a: b"),
+        "{yaml}"
+    );
+
+    s.kubectl_ok(&["label", "cm", "cm1", "x=y", "-n", "t1"]);
+    let names = s.kubectl_ok(&["get", "cm", "-l", "x=y", "-n", "t1", "-o", "name"]);
+    assert_eq!(names.trim(), "configmap/cm1");
+    let none = s.kubectl_ok(&["get", "cm", "-l", "x=z", "-n", "t1", "-o", "name"]);
+    assert_eq!(none.trim(), "");
+    let table = s.kubectl_ok(&["get", "cm", "-n", "t1"]);
+    assert!(table.contains("DATA") && table.contains("cm1"), "{table}");
+
+    s.kubectl_ok(&["delete", "cm", "cm1", "-n", "t1"]);
+    let gone = s.kubectl(&["get", "cm", "cm1", "-n", "t1"]);
+    assert!(!gone.status.success());
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains("(NotFound)") && stderr.contains("configmaps \"cm1\" not found"),
+        "{stderr}"
+    );
+
+    let missing_ns = s.kubectl(&["create", "configmap", "x", "-n", "nope"]);
+    assert!(String::from_utf8_lossy(&missing_ns.stderr).contains("namespaces \"nope\" not found"));
+}
+
+#[test]
+fn kubectl_pod_from_manifest() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let manifest = s.dir.path().join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: web}\nspec:\n  containers:\n  - name: c\n    image: nginx\n",
+    )
+    .unwrap();
+    // Default validation: kubectl reads /openapi/v3 and leaves it to the server (Strict).
+    let file = manifest.display().to_string();
+    s.kubectl_ok(&["create", "-f", &file, "-n", "t1"]);
+    let typo = s.dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p2\nspec:\n  containers:\n  - name: c\n    imagee: nginx\n",
+    )
+    .unwrap();
+    let rejected = s.kubectl(&["create", "-f", &typo.display().to_string(), "-n", "t1"]);
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        stderr.contains("unknown field \"spec.containers[0].imagee\""),
+        "{stderr}"
+    );
+    let wide = s.kubectl_ok(&["get", "pods", "-n", "t1", "-o", "wide"]);
+    for needle in [
+        "READY", "STATUS", "RESTARTS", "NODE", "p1", "0/1", "Pending",
+    ] {
+        assert!(wide.contains(needle), "{needle} missing in {wide}");
+    }
+    let pod: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "pod", "p1", "-n", "t1", "-o", "json"]))
+            .unwrap();
+    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    assert_eq!(pod["metadata"]["generation"], 1);
+    assert!(pod["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| u.len() == 36));
+    let pods = s.kubectl_ok(&["get", "pods", "-n", "t1", "-o", "name"]);
+    assert_eq!(pods.trim(), "pod/p1", "the rejected pod must not be stored");
+}
+
+#[test]
+fn kubectl_apply_and_scale_deployment() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let manifest = s.dir.path().join("deploy.yaml");
+    let write = |replicas: u32| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: c\n        image: nginx\n"
+            ),
+        )
+        .unwrap();
+    };
+    let file = manifest.display().to_string();
+    write(2);
+    assert!(s
+        .kubectl_ok(&["apply", "-f", &file, "-n", "t1"])
+        .contains("created"));
+    let table = s.kubectl_ok(&["get", "deploy", "-n", "t1"]);
+    for needle in ["READY", "UP-TO-DATE", "AVAILABLE", "web", "0/2"] {
+        assert!(table.contains(needle), "{needle} missing in {table}");
+    }
+    write(3);
+    let dry = s.kubectl_ok(&["apply", "-f", &file, "-n", "t1", "--dry-run=server"]);
+    assert!(dry.contains("server dry run"), "{dry}");
+    assert_eq!(
+        s.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "t1",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2",
+        "a dry run stores nothing"
+    );
+    assert!(s
+        .kubectl_ok(&["apply", "-f", &file, "-n", "t1"])
+        .contains("configured"));
+    let replicas = |s: &Server| {
+        s.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "t1",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    assert_eq!(replicas(&s), "3");
+    s.kubectl_ok(&["scale", "deploy", "web", "--replicas=5", "-n", "t1"]);
+    assert_eq!(replicas(&s), "5");
+    let generation = s.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "t1",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    assert_eq!(generation, "3");
+}
+
+#[test]
+fn kubectl_watch_sees_added_and_deleted() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let out_path = s.dir.path().join("watch.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let watcher = ChildGuard::new(
+        Command::new("kubectl")
+            .env("HOME", s.dir.path())
+            .arg("--kubeconfig")
+            .arg(s.dir.path().join("admin.kubeconfig"))
+            .args(["get", "cm", "-n", "t1", "-w", "--output-watch-events"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl watch"),
+    );
+    // Give the watch time to establish before writing (its initial list is empty).
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kubectl_ok(&["create", "configmap", "w1", "-n", "t1"]);
+    s.kubectl_ok(&["delete", "configmap", "w1", "-n", "t1"]);
+    let seen = wait_for(&out_path, "DELETED", Duration::from_secs(15));
+    drop(watcher);
+    assert!(seen.contains("ADDED") && seen.contains("w1"), "{seen}");
+    assert!(seen.contains("DELETED"), "{seen}");
+}
+
+#[test]
+fn kubectl_typed_creates_patches_and_namespace_delete() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    // kubectl 1.32+ sends these bodies as protobuf.
+    s.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "--from-literal=k=v",
+        "-n",
+        "t1",
+    ]);
+    s.kubectl_ok(&["create", "serviceaccount", "sa1", "-n", "t1"]);
+    s.kubectl_ok(&[
+        "create",
+        "deployment",
+        "d1",
+        "--image=nginx",
+        "--port=80",
+        "--replicas=2",
+        "-n",
+        "t1",
+    ]);
+    s.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "s1",
+        "--tcp=80:8080",
+        "-n",
+        "t1",
+    ]);
+    let secret = s.kubectl_ok(&[
+        "get",
+        "secret",
+        "s1",
+        "-n",
+        "t1",
+        "-o",
+        "jsonpath={.data.k}",
+    ]);
+    assert_eq!(secret, "dg==");
+    let all = s.kubectl_ok(&["get", "all", "-n", "t1"]);
+    assert!(
+        all.contains("deployment.apps/d1") && all.contains("0/2"),
+        "{all}"
+    );
+    assert!(
+        all.contains("service/s1") && all.contains("80/TCP"),
+        "{all}"
+    );
+
+    s.kubectl_ok(&["create", "configmap", "c", "-n", "t1", "--from-literal=a=b"]);
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        "t1",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/z","value":"1"}]"#,
+    ]);
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        "t1",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"a":null,"q":"2"}}"#,
+    ]);
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        "t1",
+        "-p",
+        r#"{"metadata":{"labels":{"s":"m"}}}"#,
+    ]);
+    let cm: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "cm", "c", "-n", "t1", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"], json!({"q": "2", "z": "1"}));
+    assert_eq!(cm["metadata"]["labels"]["s"], "m");
+    let bad = s.kubectl(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        "t1",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/nope"}]"#,
+    ]);
+    assert!(!bad.status.success());
+
+    let described = s.kubectl_ok(&["describe", "deployment", "d1", "-n", "t1"]);
+    assert!(described.contains("Replicas:"), "{described}");
+
+    s.kubectl_ok(&["delete", "namespace", "t1"]);
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let left = s.kubectl_ok(&["get", "cm,secret,deploy,svc", "-n", "t1", "-o", "name"]);
+    assert_eq!(left.trim(), "", "namespace delete must remove its objects");
+}
+
+#[test]
+fn kubectl_apply_and_set_image_merge_containers_by_name() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "t1"]);
+    let manifest = s.dir.path().join("two.yaml");
+    let write = |tag: &str| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - name: a\n        image: nginx:{tag}\n        ports: [{{containerPort: 80}}]\n      - name: b\n        image: busybox:1\n        env: [{{name: X, value: \"1\"}}]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let file = manifest.display().to_string();
+    write("1");
+    s.kubectl_ok(&["apply", "-f", &file, "-n", "t1"]);
+    write("2");
+    s.kubectl_ok(&["apply", "-f", &file, "-n", "t1"]);
+    s.kubectl_ok(&["set", "image", "deploy/web", "b=busybox:2", "-n", "t1"]);
+    s.kubectl_ok(&["set", "env", "deploy/web", "Y=2", "-c", "b", "-n", "t1"]);
+    let d: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "deploy", "web", "-n", "t1", "-o", "json"]))
+            .unwrap();
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "nginx:2");
+    assert_eq!(
+        containers[0]["ports"],
+        json!([{"containerPort": 80, "protocol": "TCP"}])
+    );
+    assert_eq!(containers[1]["image"], "busybox:2");
+    assert_eq!(
+        containers[1]["env"],
+        json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}])
+    );
+    assert_eq!(d["metadata"]["generation"], 4);
+}
