@@ -35,6 +35,35 @@ pub enum Error {
     /// The configured backend does not exist.
     #[error("unknown proxy backend {0:?} (expected iptables, nftables, ebpf or none)")]
     UnknownBackend(String),
+    /// Talking nf_tables netlink failed (socket, send, receive, or a dump refused).
+    #[error("{op}: netlink: {source}")]
+    Netlink {
+        /// What we were doing, and on which object.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused a transaction; nothing of it was applied.
+    #[error("{op}: the kernel refused {what}: {source}")]
+    NetlinkRefused {
+        /// The transaction.
+        op: String,
+        /// The first refused message.
+        what: String,
+        /// The kernel's errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend's network namespace could not be entered.
+    #[error("entering network namespace {}: {source}", path.display())]
+    Netns {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The configured backend exists in the design but not in the code yet.
     #[error("proxy backend {0} is not implemented yet")]
     NotImplemented(BackendKind),

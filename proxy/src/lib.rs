@@ -8,7 +8,9 @@
 //! - [`model`]: the [`ServiceTable`] and its construction from Kubernetes objects (pure).
 //! - [`config`]: [`ProxyConfig`], the node facts rendering depends on.
 //! - [`backend`]: the [`Backend`] trait, the factory, and one module per dataplane:
-//!   [`backend::iptables`] (render in `render.rs`, kernel edge in `cli.rs`), [`backend::none`].
+//!   [`backend::iptables`] (render in `render.rs`, kernel edge in `cli.rs`),
+//!   [`backend::nftables`] (pure elements in `render.rs`, fixed rules in `base.rs`, netlink in
+//!   `netlink.rs`/`expr.rs`, diffing in `apply.rs`), [`backend::none`].
 //! - [`exec`]: running kernel tools in the current or a given network namespace.
 //! - [`hash`]: stable short names for kernel objects.
 //! - [`error`]: the crate's [`Error`].

@@ -1,11 +1,13 @@
 //! Golden tests: each `testdata/<case>.json` (proxy config, Services, EndpointSlices) must
-//! produce exactly `<case>.table.txt` (the service table) and `<case>.iptables.txt` (the
-//! iptables-restore input per family). Run with `NETLET_UPDATE_GOLDEN=1` to rewrite the
+//! produce exactly `<case>.table.txt` (the service table), `<case>.iptables.txt` (the
+//! iptables-restore input per family) and `<case>.nftables.txt` (the nftables map and set
+//! elements per family). Run with `NETLET_UPDATE_GOLDEN=1` to rewrite the
 //! expected files after an intended change, then review the diff.
 
 mod fixtures;
 
 use netlet_proxy::backend::iptables::render_restore;
+use netlet_proxy::backend::nftables::render_elements;
 use netlet_proxy::ServiceTable;
 use std::path::Path;
 
@@ -55,6 +57,18 @@ fn fixtures_render_as_expected() {
         check(
             &case.path.with_extension("iptables.txt"),
             &rules,
+            &mut failures,
+        );
+        let mut elements = String::new();
+        for family in &case.cfg.families {
+            elements += &format!(
+                "# {family}\n{}",
+                render_elements(&table, &case.cfg, *family)
+            );
+        }
+        check(
+            &case.path.with_extension("nftables.txt"),
+            &elements,
             &mut failures,
         );
     }
