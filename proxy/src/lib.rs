@@ -2,7 +2,8 @@
 //!
 //! It turns Services and EndpointSlices into a desired service table (pure code) and programs
 //! it through one [`backend::Backend`] trait, with one implementation per dataplane, chosen by
-//! config. The watch loop (kube-rs) and conntrack cleanup come in later slices.
+//! config. [`sync_loop`] keeps a backend in step with the apiserver through the generic
+//! [`watch`] helper; conntrack cleanup comes in a later slice.
 //!
 //! # Layout
 //! - [`model`]: the [`ServiceTable`] and its construction from Kubernetes objects (pure).
@@ -13,7 +14,13 @@
 //!   `netlink.rs`/`expr.rs`, diffing in `apply.rs`), [`backend::none`].
 //! - [`exec`]: running kernel tools in the current or a given network namespace.
 //! - [`hash`]: stable short names for kernel objects.
+//! - [`watch`]: generic kube-rs watch of two kinds into stores, debounced, calling back with the
+//!   changed keys (meant to be shared by other controllers).
+//! - [`sync_loop`]: the proxy's use of it: stores → [`ServiceTable`] → full or partial sync;
+//!   [`sync_loop::SyncMetrics`] for the binary's metrics endpoint.
 //! - [`error`]: the crate's [`Error`].
+//!
+//! The `netlet-proxy` binary (`src/main.rs`) only parses arguments and calls these.
 
 pub mod backend;
 pub mod config;
@@ -21,6 +28,8 @@ pub mod error;
 pub mod exec;
 pub mod hash;
 pub mod model;
+pub mod sync_loop;
+pub mod watch;
 
 pub use backend::{new_backend, Backend, BackendConfig, BackendKind, SyncStats};
 pub use config::ProxyConfig;

@@ -10,6 +10,8 @@
 
 mod build;
 
+pub use build::SERVICE_NAME_LABEL;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
