@@ -26,6 +26,7 @@ pub const PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "python3-venv",
     "iputils-ping",
     "procps",
