@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use netlet_control_plane::apiserver::{self, Pki};
+use netlet_control_plane::apiserver::{self, Pki, ServiceAllocator, ServiceCidr};
 use netlet_control_plane::storage::{EmbeddedStorage, Storage};
 use tokio::net::TcpListener;
 
@@ -33,6 +33,10 @@ enum Command {
         /// Seconds between storage compactions (0: never).
         #[arg(long, default_value_t = 300)]
         compaction_interval: u64,
+        /// The IPv4 range Service cluster IPs come from; its first address is the
+        /// `kubernetes` Service's.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: ServiceCidr,
     },
 }
 
@@ -55,7 +59,14 @@ fn main() -> anyhow::Result<()> {
             bind,
             port,
             compaction_interval,
-        } => runtime.block_on(serve(data_dir, bind, port, compaction_interval)),
+            service_cidr,
+        } => runtime.block_on(serve(
+            data_dir,
+            bind,
+            port,
+            compaction_interval,
+            service_cidr,
+        )),
     }
 }
 
@@ -64,6 +75,7 @@ async fn serve(
     bind: String,
     port: u16,
     compaction_interval: u64,
+    service_cidr: ServiceCidr,
 ) -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> = Arc::new(
         EmbeddedStorage::open(data_dir.join("storage"))
@@ -78,11 +90,16 @@ async fn serve(
         .await
         .with_context(|| format!("binding {bind}:{port}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
+    let host_ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
     } else {
-        addr.ip().to_string()
+        addr.ip()
     };
+    let host = host_ip.to_string();
+    let services = Arc::new(ServiceAllocator::new(service_cidr));
+    apiserver::ensure_kubernetes_service(storage.as_ref(), &services, host_ip, addr.port())
+        .await
+        .context("creating the kubernetes Service")?;
     let kubeconfig = data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &host, addr.port())
         .context("writing the admin kubeconfig")?;
@@ -97,7 +114,7 @@ async fn serve(
         .context("installing the SIGTERM handler")?;
     // Returning drops the storage, which finishes its last commit and releases the data dir.
     tokio::select! {
-        result = apiserver::serve(listener, tls, storage) => result.context("serving"),
+        result = apiserver::serve(listener, tls, storage, services) => result.context("serving"),
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; shutting down");
             Ok(())

@@ -145,11 +145,13 @@ fn http_list_pagination_and_selectors() {
     let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t1"}});
     let (code, created_ns) = s.curl("POST", "/api/v1/namespaces", Some(&ns));
     assert_eq!(code, 201);
+    // The namespace's default ServiceAccount takes the next revision.
     let base: u64 = created_ns["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
-        .parse()
-        .unwrap();
+        .parse::<u64>()
+        .unwrap()
+        + 1;
     for i in 0..5 {
         let env = if i % 2 == 0 { "prod" } else { "dev" };
         let cm = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"c-","labels":{"env":env}}});
@@ -249,11 +251,13 @@ fn http_watch_replays_history_and_initial_state() {
     let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t1"}});
     let (code, created_ns) = s.curl("POST", "/api/v1/namespaces", Some(&ns));
     assert_eq!(code, 201);
+    // The namespace's default ServiceAccount takes the next revision.
     let base: u64 = created_ns["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
-        .parse()
-        .unwrap();
+        .parse::<u64>()
+        .unwrap()
+        + 1;
     let cm =
         json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","labels":{"w":"1"}}});
     let (_, created) = s.curl("POST", "/api/v1/namespaces/t1/configmaps", Some(&cm));
@@ -366,11 +370,194 @@ fn http_discovery_legacy_and_aggregated() {
         .iter()
         .map(|g| g["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["apps", "coordination.k8s.io", "discovery.k8s.io"]);
+    assert_eq!(
+        names,
+        [
+            "apps",
+            "batch",
+            "networking.k8s.io",
+            "events.k8s.io",
+            "coordination.k8s.io",
+            "discovery.k8s.io"
+        ]
+    );
 
     let (code, openapi) = s.curl("GET", "/openapi/v3", None);
     assert_eq!(code, 200);
     assert!(openapi["paths"]["apis/apps/v1"]["serverRelativeURL"].is_string());
     let (code, status) = s.curl("GET", "/openapi/v2", None);
     assert_eq!((code, status["kind"].as_str()), (404, Some("Status")));
+}
+
+#[test]
+fn http_service_allocation_is_unique_under_concurrency_and_survives_restarts() {
+    let mut s = Server::start_with(&["--service-cidr", "10.100.0.0/24"]);
+    // The kubernetes Service takes the first address and points at this apiserver.
+    let (code, k8s) = s.curl(
+        "GET",
+        "/api/v1/namespaces/default/services/kubernetes",
+        None,
+    );
+    assert_eq!(code, 200, "{k8s}");
+    assert_eq!(k8s["spec"]["clusterIP"], "10.100.0.1");
+    let (code, slice) = s.curl(
+        "GET",
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes",
+        None,
+    );
+    assert_eq!(code, 200, "{slice}");
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+
+    // Parallel creates, each its own curl process: no IP or node port is handed out twice.
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    let svc = json!({"apiVersion":"v1","kind":"Service",
+                        "metadata":{"name":format!("s{i}")},
+                        "spec":{"type":"NodePort","ports":[{"port":80}]}});
+                    s.curl("POST", "/api/v1/namespaces/default/services", Some(&svc))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for (code, svc) in &results {
+        assert_eq!(*code, 201, "{svc}");
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10.100.0.") && ip != "10.100.0.1", "{ip}");
+        assert!(ips.insert(ip));
+        let port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!((30000..=32767).contains(&port));
+        assert!(ports.insert(port));
+    }
+
+    // After a restart the stored Services still hold their IPs and ports.
+    s.restart();
+    let (taken_ip, taken_port) = (
+        results[0].1["spec"]["clusterIP"].clone(),
+        results[0].1["spec"]["ports"][0]["nodePort"].clone(),
+    );
+    let (code, status) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(
+            &json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"dup-ip"},
+            "spec":{"clusterIP":taken_ip,"ports":[{"port":80}]}}),
+        ),
+    );
+    assert_eq!((code, status["reason"].as_str()), (422, Some("Invalid")));
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided IP is already allocated"),
+        "{status}"
+    );
+    let (code, status) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(
+            &json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"dup-port"},
+            "spec":{"type":"NodePort","ports":[{"port":80,"nodePort":taken_port}]}}),
+        ),
+    );
+    assert_eq!(code, 422, "{status}");
+    let (code, status) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(
+            &json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"outside"},
+            "spec":{"clusterIP":"10.96.0.10","ports":[{"port":80}]}}),
+        ),
+    );
+    assert_eq!(code, 422, "{status}");
+
+    // Deleting frees the IP for a new Service; headless stays None.
+    let name = results[0].1["metadata"]["name"].as_str().unwrap();
+    let (code, _) = s.curl(
+        "DELETE",
+        &format!("/api/v1/namespaces/default/services/{name}"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let (code, svc) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"reuse"},
+            "spec":{"clusterIP":taken_ip,"type":"NodePort","ports":[{"port":80,"nodePort":taken_port}]}})),
+    );
+    assert_eq!(code, 201, "{svc}");
+    let (code, svc) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(
+            &json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"headless"},
+            "spec":{"clusterIP":"None","ports":[{"port":80}]}}),
+        ),
+    );
+    assert_eq!(
+        (code, svc["spec"]["clusterIP"].as_str()),
+        (201, Some("None"))
+    );
+}
+
+#[test]
+fn http_namespace_termination() {
+    let s = Server::start();
+    let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t2"}});
+    assert_eq!(s.curl("POST", "/api/v1/namespaces", Some(&ns)).0, 201);
+    let (code, sa) = s.curl("GET", "/api/v1/namespaces/t2/serviceaccounts/default", None);
+    assert_eq!(code, 200, "{sa}");
+    let (code, _) = s.curl(
+        "GET",
+        "/api/v1/namespaces/kube-system/serviceaccounts/default",
+        None,
+    );
+    assert_eq!(code, 200);
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+        "spec":{"nodeName":"n1","containers":[{"name":"c","image":"nginx"}]}});
+    assert_eq!(
+        s.curl("POST", "/api/v1/namespaces/t2/pods", Some(&pod)).0,
+        201
+    );
+    let cm = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}});
+    assert_eq!(
+        s.curl("POST", "/api/v1/namespaces/t2/configmaps", Some(&cm))
+            .0,
+        201
+    );
+
+    let (code, deleted) = s.curl("DELETE", "/api/v1/namespaces/t2", None);
+    assert_eq!(code, 200);
+    assert_eq!(deleted["status"]["phase"], "Terminating", "{deleted}");
+    // The bound pod keeps the namespace until its agent is done; the rest is gone.
+    let (code, _) = s.curl("GET", "/api/v1/namespaces/t2/configmaps/c", None);
+    assert_eq!(code, 404);
+    let (code, ns) = s.curl("GET", "/api/v1/namespaces/t2", None);
+    assert_eq!(code, 200);
+    assert!(ns["metadata"]["deletionTimestamp"].is_string(), "{ns}");
+    let (code, status) = s.curl("POST", "/api/v1/namespaces/t2/configmaps", Some(&cm));
+    assert_eq!((code, status["reason"].as_str()), (403, Some("Forbidden")));
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("because it is being terminated"));
+    assert_eq!(
+        status["details"]["causes"][0]["reason"],
+        "NamespaceTerminating"
+    );
+
+    let (code, _) = s.curl(
+        "DELETE",
+        "/api/v1/namespaces/t2/pods/p",
+        Some(&json!({"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0})),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = s.curl("GET", "/api/v1/namespaces/t2", None);
+    assert_eq!(code, 404, "the emptied namespace goes");
+    assert_eq!(s.curl("POST", "/api/v1/namespaces", Some(&ns)).0, 201);
 }

@@ -370,3 +370,272 @@ fn kubectl_apply_and_set_image_merge_containers_by_name() {
     );
     assert_eq!(d["metadata"]["generation"], 4);
 }
+
+#[test]
+fn kubectl_services_get_cluster_ips_and_node_ports() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "service", "nodeport", "web", "--tcp=80:8080"]);
+    s.kubectl_ok(&["create", "service", "clusterip", "db", "--tcp=5432"]);
+    s.kubectl_ok(&["create", "service", "clusterip", "hl", "--clusterip=None"]);
+    let table = s.kubectl_ok(&["get", "svc"]);
+    for needle in [
+        "kubernetes",
+        "10.96.0.1",
+        "443/TCP",
+        "NodePort",
+        "80:3",
+        "hl",
+        "None",
+    ] {
+        assert!(table.contains(needle), "{needle} missing in {table}");
+    }
+    let ip = s.kubectl_ok(&["get", "svc", "db", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip.starts_with("10.") && ip != "10.96.0.1", "{ip}");
+    // Type changes keep the IP and release the node port.
+    s.kubectl_ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    let web = s.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    assert_eq!(web, "");
+    let taken = s.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "x",
+        "--tcp=80",
+        "--clusterip",
+        &ip,
+    ]);
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        stderr.contains("provided IP is already allocated"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kubectl_graceful_pod_deletion_and_finalizers() {
+    let s = Server::start();
+    let manifest = s.dir.path().join("objects.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bound\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: c\n    image: nginx\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: unbound\nspec:\n  containers:\n  - name: c\n    image: nginx\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    )
+    .unwrap();
+    s.kubectl_ok(&["create", "-f", &manifest.display().to_string()]);
+    let out_path = s.dir.path().join("watch.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let watcher = ChildGuard::new(
+        Command::new("kubectl")
+            .env("HOME", s.dir.path())
+            .arg("--kubeconfig")
+            .arg(s.dir.path().join("admin.kubeconfig"))
+            .args(["get", "pods", "-w", "--output-watch-events"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl watch"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Not on a node: gone at once.
+    s.kubectl_ok(&["delete", "pod", "unbound"]);
+    assert!(!s.kubectl(&["get", "pod", "unbound"]).status.success());
+
+    // On a node: marked, shown Terminating, removed by the agent's grace-0 delete.
+    s.kubectl_ok(&["delete", "pod", "bound", "--wait=false"]);
+    let pod: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "pod", "bound", "-o", "json"])).unwrap();
+    assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 20);
+    let table = s.kubectl_ok(&["get", "pods"]);
+    assert!(table.contains("Terminating"), "{table}");
+    let (code, _) = s.curl(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=0",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(!s.kubectl(&["get", "pod", "bound"]).status.success());
+    let event = |seen: &str, kind: &str| {
+        seen.lines()
+            .any(|l| l.starts_with(kind) && l.contains("bound") && !l.contains("unbound"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = String::new();
+    while !event(&seen, "DELETED") && std::time::Instant::now() < deadline {
+        seen = wait_for(&out_path, "DELETED", Duration::from_millis(500));
+    }
+    drop(watcher);
+    assert!(
+        event(&seen, "MODIFIED") && seen.contains("Terminating"),
+        "{seen}"
+    );
+    assert!(event(&seen, "DELETED"), "{seen}");
+
+    // Finalizers hold any object until an update empties them.
+    s.kubectl_ok(&["delete", "cm", "held", "--wait=false"]);
+    let stamp = s.kubectl_ok(&[
+        "get",
+        "cm",
+        "held",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!stamp.is_empty());
+    let more = s.kubectl(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold","example.com/more"]}}"#,
+    ]);
+    assert!(!more.status.success(), "no new finalizers while deleting");
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert!(!s.kubectl(&["get", "cm", "held"]).status.success());
+}
+
+#[test]
+fn kubectl_workloads_and_networking_kinds() {
+    let s = Server::start();
+    let manifest = s.dir.path().join("kinds.yaml");
+    let template = "  selector:\n    matchLabels: {app: w}\n  template:\n    metadata:\n      labels: {app: w}\n    spec:\n      containers:\n      - name: c\n        image: nginx:1.27\n";
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: rs1\nspec:\n  replicas: 2\n{template}---\n\
+             apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: sts1\nspec:\n  serviceName: sts1\n{template}---\n\
+             apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: ds1\nspec:\n{template}---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: np1\nspec:\n  podSelector:\n    matchLabels: {{app: w}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: ing1\nspec:\n  rules:\n  - host: a.example\n"
+        ),
+    )
+    .unwrap();
+    s.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]);
+    s.kubectl_ok(&["create", "job", "j1", "--image=busybox"]);
+
+    let table = s.kubectl_ok(&["get", "rs,sts,ds,jobs,netpol,ing"]);
+    for needle in [
+        "replicaset.apps/rs1",
+        "DESIRED",
+        "statefulset.apps/sts1",
+        "0/1",
+        "daemonset.apps/ds1",
+        "NODE SELECTOR",
+        "job.batch/j1",
+        "COMPLETIONS",
+        "Running",
+        "networkpolicy.networking.k8s.io/np1",
+        "app=w",
+        "ingress.networking.k8s.io/ing1",
+        "a.example",
+    ] {
+        assert!(table.contains(needle), "{needle} missing in {table}");
+    }
+    let all = s.kubectl_ok(&["get", "all", "-o", "name"]);
+    for needle in [
+        "replicaset.apps/rs1",
+        "statefulset.apps/sts1",
+        "daemonset.apps/ds1",
+        "job.batch/j1",
+    ] {
+        assert!(all.contains(needle), "{needle} missing in {all}");
+    }
+    // The Job selects its pods by uid, as the Job registry sets it up.
+    let selector = s.kubectl_ok(&[
+        "get",
+        "job",
+        "j1",
+        "-o",
+        "jsonpath={.spec.selector.matchLabels}",
+    ]);
+    assert!(
+        selector.contains("batch.kubernetes.io/controller-uid"),
+        "{selector}"
+    );
+
+    s.kubectl_ok(&["scale", "rs", "rs1", "--replicas=4"]);
+    s.kubectl_ok(&["scale", "sts", "sts1", "--replicas=3"]);
+    let replicas = s.kubectl_ok(&["get", "rs,sts", "-o", "jsonpath={.items[*].spec.replicas}"]);
+    assert_eq!(replicas, "4 3");
+    // The status subresource only changes status.
+    s.kubectl_ok(&[
+        "patch",
+        "rs",
+        "rs1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":4,"readyReplicas":4},"spec":{"replicas":9}}"#,
+    ]);
+    let rs = s.kubectl_ok(&["get", "rs", "rs1"]);
+    assert!(rs.contains("4         4         4"), "{rs}");
+}
+
+#[test]
+fn kubectl_events_in_both_api_groups() {
+    let s = Server::start();
+    let (code, created) = s.curl(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        Some(
+            &json!({"apiVersion":"v1","kind":"Event","metadata":{"name":"e1"},
+            "involvedObject":{"kind":"Pod","name":"p1","namespace":"default"},
+            "reason":"Pulled","message":"image pulled","type":"Normal","count":1}),
+        ),
+    );
+    assert_eq!(code, 201, "{created}");
+    let (code, created) = s.curl(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        Some(
+            &json!({"apiVersion":"events.k8s.io/v1","kind":"Event","metadata":{"name":"e2"},
+            "eventTime":"2024-01-01T00:00:00.000000Z","reportingController":"netlet",
+            "reportingInstance":"n1","action":"Pulling",
+            "regarding":{"kind":"Pod","name":"p2","namespace":"default"},
+            "reason":"Failed","note":"pull failed","type":"Warning"}),
+        ),
+    );
+    assert_eq!(code, 201, "{created}");
+    let table = s.kubectl_ok(&["get", "events"]);
+    for needle in [
+        "LAST SEEN",
+        "pod/p1",
+        "image pulled",
+        "Warning",
+        "pod/p2",
+        "pull failed",
+    ] {
+        assert!(table.contains(needle), "{needle} missing in {table}");
+    }
+    let core: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "events", "e2", "-o", "json"])).unwrap();
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["message"], "pull failed");
+    assert_eq!(core["reportingComponent"], "netlet");
+    let new: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "events.events.k8s.io", "e1", "-o", "json"]))
+            .unwrap();
+    assert_eq!(new["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(new["regarding"]["name"], "p1");
+    assert_eq!(new["note"], "image pulled");
+    assert_eq!(new["deprecatedCount"], 1);
+}

@@ -60,6 +60,7 @@ pub fn on_create(object: &mut Value) {
     meta.insert("generation".into(), json!(1));
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
+    meta.remove("deletionGracePeriodSeconds");
 }
 
 /// Carries the system metadata of `old` into the replacement `new`; bumps `generation` when
@@ -85,6 +86,7 @@ pub fn on_update(old: &Value, new: &mut Value) {
         "namespace",
         "name",
         "deletionTimestamp",
+        "deletionGracePeriodSeconds",
     ] {
         match old_meta.get(key) {
             Some(v) => meta.insert(key.into(), v.clone()),
@@ -141,8 +143,59 @@ pub fn apply_kind_defaults(resource: &Resource, object: &mut Value) {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"},
             }));
-            if let Some(template) = spec.get_mut("template") {
-                pod_spec_defaults(&mut template["spec"]);
+            template_defaults(spec);
+        }
+        "replicasets" => {
+            let spec = obj_mut(object, "spec");
+            spec.entry("replicas").or_insert(json!(1));
+            template_defaults(spec);
+        }
+        "statefulsets" => {
+            let spec = obj_mut(object, "spec");
+            spec.entry("replicas").or_insert(json!(1));
+            spec.entry("podManagementPolicy")
+                .or_insert(json!("OrderedReady"));
+            spec.entry("revisionHistoryLimit").or_insert(json!(10));
+            spec.entry("updateStrategy").or_insert(json!({
+                "type": "RollingUpdate",
+                "rollingUpdate": {"partition": 0},
+            }));
+            spec.entry("persistentVolumeClaimRetentionPolicy")
+                .or_insert(json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+            template_defaults(spec);
+        }
+        "daemonsets" => {
+            let spec = obj_mut(object, "spec");
+            spec.entry("revisionHistoryLimit").or_insert(json!(10));
+            spec.entry("updateStrategy").or_insert(json!({
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+            }));
+            template_defaults(spec);
+        }
+        "jobs" => {
+            job_selector(object);
+            let spec = obj_mut(object, "spec");
+            spec.entry("parallelism").or_insert(json!(1));
+            spec.entry("completions").or_insert(json!(1));
+            spec.entry("backoffLimit").or_insert(json!(6));
+            spec.entry("completionMode").or_insert(json!("NonIndexed"));
+            spec.entry("suspend").or_insert(json!(false));
+            spec.entry("manualSelector").or_insert(json!(false));
+            spec.entry("podReplacementPolicy")
+                .or_insert(json!("TerminatingOrFailed"));
+            // A Job's pods must say Never or OnFailure themselves; `Always` is not defaulted.
+            let explicit = spec
+                .get("template")
+                .is_some_and(|t| t["spec"]["restartPolicy"].is_string());
+            template_defaults(spec);
+            if !explicit {
+                if let Some(s) = spec
+                    .get_mut("template")
+                    .and_then(|t| t["spec"].as_object_mut())
+                {
+                    s.remove("restartPolicy");
+                }
             }
         }
         "secrets" => {
@@ -162,6 +215,46 @@ pub fn apply_kind_defaults(resource: &Resource, object: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// Without `manualSelector`, a Job selects its pods by its uid, and its template carries the
+/// matching labels (as the Job registry strategy does).
+fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == true || job["spec"]["selector"].is_object() {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    let name = job["metadata"]["name"].clone();
+    if !uid.is_string() {
+        return;
+    }
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid,
+        "job-name": name,
+    });
+    let spec = obj_mut(job, "spec");
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    if let Some(template) = spec.get_mut("template") {
+        let meta = obj_mut(template, "metadata");
+        let existing = meta.entry("labels").or_insert_with(|| json!({}));
+        if let (Some(existing), Some(labels)) = (existing.as_object_mut(), labels.as_object()) {
+            for (k, v) in labels {
+                existing.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The pod spec defaults of `spec.template` in a workload's spec.
+fn template_defaults(spec: &mut Map<String, Value>) {
+    if let Some(template) = spec.get_mut("template") {
+        pod_spec_defaults(&mut template["spec"]);
     }
 }
 
@@ -242,5 +335,29 @@ mod tests {
         apply_kind_defaults(find("", "v1", "secrets").unwrap(), &mut secret);
         assert_eq!(secret["data"]["a"], "Yg==");
         assert_eq!(secret["type"], "Opaque");
+        let template = json!({"spec": {"containers": [{"name": "c", "image": "i:1"}]}});
+        let mut sts = json!({"metadata": {"name": "s"}, "spec": {"template": template}});
+        apply_kind_defaults(find("apps", "v1", "statefulsets").unwrap(), &mut sts);
+        assert_eq!(sts["spec"]["replicas"], 1);
+        assert_eq!(sts["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        let mut job =
+            json!({"metadata": {"name": "j", "uid": "u"}, "spec": {"template": template}});
+        apply_kind_defaults(find("batch", "v1", "jobs").unwrap(), &mut job);
+        assert_eq!(job["spec"]["backoffLimit"], 6);
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u"
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "j"
+        );
+        assert!(job["spec"]["template"]["spec"]
+            .get("restartPolicy")
+            .is_none());
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 }

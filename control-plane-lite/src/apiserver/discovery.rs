@@ -65,6 +65,20 @@ pub fn api_group_doc(group: &str) -> Option<Value> {
     Some(doc)
 }
 
+/// Whether `kubectl get all` lists the resource (Kubernetes' `all` category).
+fn in_category_all(r: &Resource) -> bool {
+    matches!(
+        r.plural,
+        "pods"
+            | "services"
+            | "deployments"
+            | "replicasets"
+            | "statefulsets"
+            | "daemonsets"
+            | "jobs"
+    )
+}
+
 fn resource_entries(r: &Resource) -> Vec<Value> {
     let mut main = json!({
         "name": r.plural,
@@ -76,7 +90,7 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
     }
-    if matches!(r.plural, "pods" | "services" | "deployments") {
+    if in_category_all(r) {
         main["categories"] = json!(["all"]);
     }
     let mut out = vec![main];
@@ -165,7 +179,7 @@ fn aggregated_resource(r: &Resource) -> Value {
     if !r.short_names.is_empty() {
         out["shortNames"] = json!(r.short_names);
     }
-    if matches!(r.plural, "pods" | "services" | "deployments") {
+    if in_category_all(r) {
         out["categories"] = json!(["all"]);
     }
     if !subresources.is_empty() {

@@ -60,6 +60,18 @@ pub enum ApiError {
         /// The field errors.
         causes: Vec<FieldCause>,
     },
+    /// A create in a namespace that is being deleted (the NamespaceLifecycle admission).
+    #[error("{resource} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated")]
+    NamespaceTerminating {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource plural.
+        resource: &'static str,
+        /// Name of the refused object.
+        name: String,
+        /// The terminating namespace.
+        namespace: String,
+    },
     /// The request could not be understood (bad body, wrong kind, bad query).
     #[error("{0}")]
     BadRequest(String),
@@ -115,6 +127,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::Invalid { .. } => 422,
+            ApiError::NamespaceTerminating { .. } => 403,
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed => 405,
             ApiError::Expired { .. } => 410,
@@ -134,6 +147,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
+            ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Expired { .. } | ApiError::Storage(StorageError::Compacted { .. }) => {
@@ -178,6 +192,21 @@ impl ApiError {
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),
+            })),
+            ApiError::NamespaceTerminating {
+                group,
+                resource,
+                name,
+                namespace,
+            } => Some(json!({
+                "name": name,
+                "group": group,
+                "kind": resource,
+                "causes": [{
+                    "reason": "NamespaceTerminating",
+                    "message": format!("namespace {namespace} is being terminated"),
+                    "field": "metadata.namespace",
+                }],
             })),
             _ => None,
         };

@@ -8,15 +8,21 @@
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, legacy and aggregated discovery;
 //!   `openapi.rs`: a schema-less OpenAPI v3 that lets kubectl leave validation to `strict.rs`
 //!   (`fieldValidation=Strict`).
-//! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, DELETE, status/scale), `watch.rs`
-//!   (WATCH streams).
+//! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
+//!   graceful deletion of bound pods, finalizers), `watch.rs` (WATCH streams).
+//! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
+//! - `services.rs`: cluster IP and NodePort allocation of Service writes;
+//!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
+//!   Terminating, termination).
 //! - Helpers of those: `object.rs` (stored form, type checks), `defaults.rs` (system metadata,
 //!   per-kind defaults), `validation.rs` (names), `selector.rs` (label/field selectors),
 //!   `patch.rs` (merge and JSON patch), `strategic.rs` (strategic merge patch), `table.rs`
-//!   (`kubectl get` columns), `protobuf.rs` (protobuf bodies of kubectl's typed creates).
+//!   (`kubectl get` columns, with cell helpers in `printers.rs`), `protobuf.rs` (protobuf
+//!   bodies of kubectl's typed creates).
 //! - `http.rs`: bodies, `Accept` negotiation, query parameters; `error.rs`: [`ApiError`] and its
 //!   `Status` rendering.
-//! - `bootstrap.rs`: the system namespaces created at startup.
+//! - `bootstrap.rs`: the system namespaces (with their default ServiceAccounts) created at
+//!   startup, and the `kubernetes` Service with its Endpoints and EndpointSlice.
 //! - `tls.rs`: the PKI (CA, serving and admin certificates) and kubeconfig; `server.rs`: the
 //!   HTTPS accept loop and periodic compaction.
 //!
@@ -24,24 +30,29 @@
 //! `kubectl explain` finds nothing and kubectl 1.28 and older need `--validate=false`),
 //! server-side apply, deletecollection, YAML bodies, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
-//! in), graceful deletion and finalizers (deletes are immediate), namespace finalization
-//! (deleting a namespace deletes its objects at once), Service IP allocation.
+//! in), `propagationPolicy` and owner references (no garbage collector), IPv6 and dual-stack
+//! Services, `healthCheckNodePort`.
 
 mod bootstrap;
 mod defaults;
+mod deletion;
 mod discovery;
 mod error;
+mod events;
 mod http;
+mod namespaces;
 mod object;
 mod openapi;
 mod patch;
 mod path;
+mod printers;
 mod protobuf;
 mod read;
 mod resources;
 mod router;
 mod selector;
 mod server;
+mod services;
 mod strategic;
 mod strict;
 mod table;
@@ -50,10 +61,11 @@ mod validation;
 mod watch;
 mod write;
 
-pub use bootstrap::{ensure_system_namespaces, SYSTEM_NAMESPACES};
+pub use bootstrap::{ensure_kubernetes_service, ensure_system_namespaces, SYSTEM_NAMESPACES};
 pub use error::{ApiError, FieldCause};
 pub use path::Target;
 pub use resources::{Resource, RESOURCES};
 pub use router::Router;
 pub use server::{compact_periodically, serve};
+pub use services::{CidrError, ServiceAllocator, ServiceCidr};
 pub use tls::{Pki, TlsError};

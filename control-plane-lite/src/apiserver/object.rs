@@ -20,6 +20,35 @@ pub fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     from_stored(&kv.value, kv.mod_revision)
 }
 
+/// Whether `resource` is stored in another version's form (see `events.rs`).
+fn is_events_view(resource: &Resource) -> bool {
+    resource.group == "events.k8s.io"
+}
+
+/// [`from_stored`] in `resource`'s version.
+pub fn from_stored_as(resource: &Resource, value: &[u8], revision: u64) -> Result<Value, ApiError> {
+    let object = from_stored(value, revision)?;
+    Ok(if is_events_view(resource) {
+        super::events::from_core(object)
+    } else {
+        object
+    })
+}
+
+/// [`from_kv`] in `resource`'s version.
+pub fn from_kv_as(resource: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+    from_stored_as(resource, &kv.value, kv.mod_revision)
+}
+
+/// [`to_stored`] of an object of `resource`, in the stored version.
+pub fn to_stored_as(resource: &Resource, object: &Value) -> Vec<u8> {
+    if is_events_view(resource) {
+        to_stored(&super::events::to_core(object.clone()))
+    } else {
+        to_stored(object)
+    }
+}
+
 /// Sets `metadata.resourceVersion`.
 pub fn set_resource_version(object: &mut Value, revision: u64) {
     if !object["metadata"].is_object() {
@@ -88,7 +117,7 @@ pub fn decode(resource: &Resource, object: Value) -> Result<Value, ApiError> {
     })
 }
 
-/// The `autoscaling/v1 Scale` of a deployment.
+/// The `autoscaling/v1 Scale` of a Deployment, ReplicaSet or StatefulSet.
 pub fn scale_of(deployment: &Value) -> Value {
     let meta = &deployment["metadata"];
     let selector: Vec<String> = deployment["spec"]["selector"]["matchLabels"]

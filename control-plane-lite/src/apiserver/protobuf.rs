@@ -1,6 +1,6 @@
 //! Decoding of `application/vnd.kubernetes.protobuf` request bodies into JSON, for the kinds
 //! that kubectl (1.32 and later) creates through its typed, protobuf-speaking clients:
-//! `create namespace|configmap|secret|serviceaccount|deployment|service`.
+//! `create namespace|configmap|secret|serviceaccount|deployment|service|job`.
 //!
 //! The body is the `k8s\0` magic and a `runtime.Unknown` envelope whose `raw` field holds the
 //! object's protobuf. Each supported message is described by a small schema (field number →
@@ -145,6 +145,29 @@ const DEPLOYMENT: &[Field] = &[
                 ]),
             ),
             (5, "minReadySeconds", Ty::Int0),
+        ]),
+    ),
+];
+const POD_TEMPLATE: &[Field] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META)),
+    (2, "spec", Ty::Msg(POD_SPEC)),
+];
+const JOB: &[Field] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Ty::Msg(&[
+            (1, "parallelism", Ty::Int),
+            (2, "completions", Ty::Int),
+            (3, "activeDeadlineSeconds", Ty::Int),
+            (4, "selector", Ty::Msg(LABEL_SELECTOR)),
+            (5, "manualSelector", Ty::Bool),
+            (6, "template", Ty::Msg(POD_TEMPLATE)),
+            (7, "backoffLimit", Ty::Int),
+            (8, "ttlSecondsAfterFinished", Ty::Int),
+            (9, "completionMode", Ty::Str),
+            (10, "suspend", Ty::Bool),
         ]),
     ),
 ];
@@ -335,6 +358,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "Service") => SERVICE,
         ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("batch/v1", "Job") => JOB,
         _ => {
             return Err(ApiError::UnsupportedMediaType {
                 accepted: "application/json",
@@ -377,7 +401,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_415_and_garbage_is_400() {
-        let type_meta = [field(1, b"batch/v1"), field(2, b"Job")].concat();
+        let type_meta = [field(1, b"batch/v1"), field(2, b"CronJob")].concat();
         let body = [b"k8s\0".as_slice(), &field(1, &type_meta)].concat();
         assert_eq!(decode(&body).unwrap_err().code(), 415);
         assert_eq!(decode(b"k8s\0\x0a\xff").unwrap_err().code(), 400);

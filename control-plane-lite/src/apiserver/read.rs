@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::http::{self, Body, Query, Rendering};
 use super::object;
 use super::path::{collection_prefix, object_key, Subresource, Target};
+use super::resources::Resource;
 use super::selector::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject};
 use crate::storage::{KeyValue, Storage, StorageError};
@@ -22,7 +23,7 @@ pub async fn get_object(
     let key = object_key(t.resource, t.namespace.as_deref(), name);
     match storage.get(&key).await? {
         Some(kv) => {
-            let obj = object::from_kv(&kv)?;
+            let obj = object::from_kv_as(t.resource, &kv)?;
             Ok((kv, obj))
         }
         None => Err(ApiError::NotFound {
@@ -115,6 +116,7 @@ pub struct Page {
 /// snapshot `at`, filling the page across storage pages when the selectors drop objects.
 pub async fn list_page(
     storage: &dyn Storage,
+    resource: &Resource,
     prefix: &str,
     filter: &Filter,
     limit: usize,
@@ -144,7 +146,7 @@ pub async fn list_page(
             })?;
         at = Some(page.revision);
         for kv in &page.kvs {
-            let obj = object::from_kv(kv)?;
+            let obj = object::from_kv_as(resource, kv)?;
             if filter.matches(&obj) {
                 items.push(obj);
             }
@@ -191,7 +193,7 @@ pub async fn list(
         }
         None => (None, None),
     };
-    let page = list_page(storage, &prefix, &filter, limit, at, start).await?;
+    let page = list_page(storage, t.resource, &prefix, &filter, limit, at, start).await?;
     let rv = page.revision.to_string();
     let body = match rendering {
         Rendering::Table => table::table(

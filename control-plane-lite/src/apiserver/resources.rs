@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use k8s_openapi::api::{apps, coordination, core, discovery};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, networking};
 
 /// Decodes a JSON object into the kind's typed struct and back, so that malformed fields are
 /// rejected and unknown ones dropped (the apiserver's decoding and pruning).
@@ -101,6 +101,21 @@ const fn core(
         scale: false,
         name_is_label: false,
         decode,
+    }
+}
+
+/// A namespaced kind of a named group, in `v1`, without subresources.
+const fn grouped(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    decode: DecodeFn,
+) -> Resource {
+    Resource {
+        group,
+        ..core(kind, plural, singular, true, short_names, decode)
     }
 }
 
@@ -206,6 +221,80 @@ pub static RESOURCES: &[Resource] = &[
         decode: roundtrip::<apps::v1::Deployment>,
     },
     Resource {
+        status: true,
+        scale: true,
+        ..grouped(
+            "apps",
+            "ReplicaSet",
+            "replicasets",
+            "replicaset",
+            &["rs"],
+            roundtrip::<apps::v1::ReplicaSet>,
+        )
+    },
+    Resource {
+        status: true,
+        scale: true,
+        ..grouped(
+            "apps",
+            "StatefulSet",
+            "statefulsets",
+            "statefulset",
+            &["sts"],
+            roundtrip::<apps::v1::StatefulSet>,
+        )
+    },
+    Resource {
+        status: true,
+        ..grouped(
+            "apps",
+            "DaemonSet",
+            "daemonsets",
+            "daemonset",
+            &["ds"],
+            roundtrip::<apps::v1::DaemonSet>,
+        )
+    },
+    Resource {
+        status: true,
+        ..grouped(
+            "batch",
+            "Job",
+            "jobs",
+            "job",
+            &[],
+            roundtrip::<batch::v1::Job>,
+        )
+    },
+    grouped(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        &["netpol"],
+        roundtrip::<networking::v1::NetworkPolicy>,
+    ),
+    Resource {
+        status: true,
+        ..grouped(
+            "networking.k8s.io",
+            "Ingress",
+            "ingresses",
+            "ingress",
+            &["ing"],
+            roundtrip::<networking::v1::Ingress>,
+        )
+    },
+    // The same objects as core Events (one storage key space); see `events.rs`.
+    grouped(
+        "events.k8s.io",
+        "Event",
+        "events",
+        "event",
+        &["ev"],
+        roundtrip::<events::v1::Event>,
+    ),
+    Resource {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
@@ -269,6 +358,16 @@ mod tests {
         assert!(find("", "v1", "deployments").is_none());
         assert_eq!(namespaces().api_version(), "v1");
         assert!(group_versions().contains(&("discovery.k8s.io", "v1")));
+        assert!(group_versions().contains(&("batch", "v1")));
+        let rs = find("apps", "v1", "replicasets").unwrap();
+        assert!(rs.namespaced && rs.status && rs.scale);
+        assert!(!find("apps", "v1", "daemonsets").unwrap().scale);
+        assert_eq!(
+            find("networking.k8s.io", "v1", "ingresses")
+                .unwrap()
+                .short_names,
+            ["ing"]
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
+use super::deletion::{self, DeleteOptions};
 use super::discovery;
 use super::error::ApiError;
 use super::http::{self, Body, Query, Rendering};
 use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Target};
+use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
 use super::{openapi, read, watch, write};
 use crate::storage::Storage;
@@ -19,12 +21,13 @@ use crate::storage::Storage;
 #[derive(Clone)]
 pub struct Router {
     storage: Arc<dyn Storage>,
+    services: Arc<ServiceAllocator>,
 }
 
 impl Router {
-    /// A router over `storage`.
-    pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Router { storage }
+    /// A router over `storage`; Service writes allocate through `services`.
+    pub fn new(storage: Arc<dyn Storage>, services: Arc<ServiceAllocator>) -> Self {
+        Router { storage, services }
     }
 
     /// Answers one request. `authenticated` says whether the connection presented a client
@@ -124,6 +127,7 @@ impl Router {
         let opts = write::WriteOptions {
             validation: FieldValidation::parse(query.get("fieldValidation")),
             dry_run,
+            services: Some(self.services.as_ref()),
         };
         let rendering = if method == Method::GET {
             http::negotiate(&headers)?
@@ -151,10 +155,11 @@ impl Router {
             }
             (Method::PATCH, Some(name)) => {
                 let kind = patch_type(&headers)?;
-                write::patch(storage, &t, &name, kind, &bytes, dry_run).await
+                write::patch(storage, &t, &name, kind, &bytes, opts).await
             }
             (Method::DELETE, Some(name)) if t.subresource.is_none() => {
-                write::delete(storage, &t, &name, &bytes, dry_run).await
+                let options = DeleteOptions::parse(&bytes, query.get("gracePeriodSeconds"))?;
+                deletion::delete(storage, &t, &name, &options, dry_run).await
             }
             _ => Err(not_allowed(&t)),
         }

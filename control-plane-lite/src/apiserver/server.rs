@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::router::Router;
+use super::services::ServiceAllocator;
 use crate::storage::Storage;
 
 /// Serves the API on `listener` until the process ends.
@@ -21,9 +22,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     storage: Arc<dyn Storage>,
+    services: Arc<ServiceAllocator>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let router = Router::new(storage);
+    let router = Router::new(storage, services);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();

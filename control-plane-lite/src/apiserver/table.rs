@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use super::printers::{event_cell, job_status, pairs, selector};
 use super::resources::Resource;
 
 /// Which object each row carries (`includeObject`).
@@ -30,6 +31,17 @@ impl IncludeObject {
 type Column = (&'static str, &'static str, u8);
 
 fn columns(resource: &Resource) -> Vec<Column> {
+    // kubectl's Event columns put the name last, among the wide ones.
+    if resource.plural == "events" {
+        return vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Message", "string", 0),
+            ("Name", "string", 1),
+        ];
+    }
     let mut cols: Vec<Column> = vec![("Name", "string", 0)];
     cols.extend_from_slice(match resource.plural {
         "pods" => &[
@@ -64,6 +76,50 @@ fn columns(resource: &Resource) -> Vec<Column> {
             ("Age", "string", 0),
             ("Containers", "string", 1),
             ("Images", "string", 1),
+        ],
+        "replicasets" => &[
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "daemonsets" => &[
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "statefulsets" => &[
+            ("Ready", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+        ],
+        "jobs" => &[
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "networkpolicies" => &[("Pod-Selector", "string", 0), ("Age", "string", 0)],
+        "ingresses" => &[
+            ("Class", "string", 0),
+            ("Hosts", "string", 0),
+            ("Address", "string", 0),
+            ("Ports", "string", 0),
+            ("Age", "string", 0),
         ],
         "configmaps" => &[("Data", "integer", 0), ("Age", "string", 0)],
         "secrets" => &[
@@ -120,12 +176,25 @@ fn age(object: &Value) -> String {
     }
 }
 
-fn str_or<'a>(v: &'a Value, default: &'a str) -> &'a str {
+/// The string `v`, or `default` when absent or empty.
+pub fn str_or<'a>(v: &'a Value, default: &'a str) -> &'a str {
     v.as_str().filter(|s| !s.is_empty()).unwrap_or(default)
 }
 
 fn count(v: &Value) -> usize {
     v.as_object().map_or(0, |m| m.len())
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s
+    }
 }
 
 fn cell(resource: &Resource, name: &str, o: &Value) -> Value {
@@ -138,6 +207,10 @@ fn cell(resource: &Resource, name: &str, o: &Value) -> Value {
             let total = spec["containers"].as_array().map_or(0, Vec::len);
             let ready = statuses.map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
             json!(format!("{ready}/{total}"))
+        }
+        // As kubectl's printer: a pod being deleted shows Terminating.
+        ("pods", "Status") if o["metadata"]["deletionTimestamp"].is_string() => {
+            json!("Terminating")
         }
         ("pods", "Status") => json!(str_or(
             &status["reason"],
@@ -240,7 +313,7 @@ fn cell(resource: &Resource, name: &str, o: &Value) -> Value {
         )),
         ("deployments", "Up-to-date") => json!(status["updatedReplicas"].as_i64().unwrap_or(0)),
         ("deployments", "Available") => json!(status["availableReplicas"].as_i64().unwrap_or(0)),
-        ("deployments", "Containers") | ("deployments", "Images") => {
+        (_, "Containers" | "Images") => {
             let field = if name == "Containers" {
                 "name"
             } else {
@@ -252,6 +325,78 @@ fn cell(resource: &Resource, name: &str, o: &Value) -> Value {
                 .unwrap_or_default();
             json!(v.join(","))
         }
+        (_, "Selector") if resource.plural != "services" => json!(selector(&spec["selector"])),
+        ("replicasets", "Desired") => json!(spec["replicas"].as_i64().unwrap_or(1)),
+        ("replicasets", "Current") => json!(int(&status["replicas"])),
+        ("replicasets", "Ready") => json!(int(&status["readyReplicas"])),
+        ("daemonsets", "Desired") => json!(int(&status["desiredNumberScheduled"])),
+        ("daemonsets", "Current") => json!(int(&status["currentNumberScheduled"])),
+        ("daemonsets", "Ready") => json!(int(&status["numberReady"])),
+        ("daemonsets", "Up-to-date") => json!(int(&status["updatedNumberScheduled"])),
+        ("daemonsets", "Available") => json!(int(&status["numberAvailable"])),
+        ("daemonsets", "Node Selector") => {
+            json!(or_none(pairs(&spec["template"]["spec"]["nodeSelector"])))
+        }
+        ("statefulsets", "Ready") => json!(format!(
+            "{}/{}",
+            int(&status["readyReplicas"]),
+            spec["replicas"].as_i64().unwrap_or(1)
+        )),
+        ("jobs", "Status") => json!(job_status(o)),
+        ("jobs", "Completions") => {
+            let succeeded = int(&status["succeeded"]);
+            json!(match spec["completions"].as_i64() {
+                Some(c) => format!("{succeeded}/{c}"),
+                None => format!(
+                    "{succeeded}/1 of {}",
+                    spec["parallelism"].as_i64().unwrap_or(1)
+                ),
+            })
+        }
+        ("jobs", "Duration") => {
+            let at = |v: &Value| {
+                v.as_str()
+                    .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .map(|t| t.as_second())
+            };
+            json!(match at(&status["startTime"]) {
+                Some(start) => {
+                    let end =
+                        at(&status["completionTime"]).unwrap_or_else(super::defaults::now_seconds);
+                    human_age(end - start)
+                }
+                None => String::new(),
+            })
+        }
+        ("networkpolicies", "Pod-Selector") => json!(or_none(selector(&spec["podSelector"]))),
+        ("ingresses", "Class") => json!(str_or(&spec["ingressClassName"], "<none>")),
+        ("ingresses", "Hosts") => {
+            let hosts: Vec<&str> = spec["rules"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|r| r["host"].as_str()).collect())
+                .unwrap_or_default();
+            json!(if hosts.is_empty() {
+                "*".to_string()
+            } else {
+                hosts.join(",")
+            })
+        }
+        ("ingresses", "Address") => {
+            let addrs: Vec<&str> = status["loadBalancer"]["ingress"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!(addrs.join(","))
+        }
+        ("ingresses", "Ports") => {
+            let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+            json!(if tls { "80, 443" } else { "80" })
+        }
+        ("events", _) => event_cell(name, o),
         ("configmaps", "Data") => json!(count(&o["data"]) + count(&o["binaryData"])),
         ("secrets", "Type") => json!(str_or(&o["type"], "Opaque")),
         ("secrets", "Data") => json!(count(&o["data"])),
@@ -339,5 +484,66 @@ mod tests {
         assert_eq!(cells[3], "2");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+    }
+
+    #[test]
+    fn event_rows_in_both_forms() {
+        let core = json!({"metadata": {"name": "e1"}, "type": "Normal", "reason": "Pulled",
+            "involvedObject": {"kind": "Pod", "name": "p"}, "message": "done"});
+        let new = crate::apiserver::events::from_core(core.clone());
+        for (group, e) in [("", core), ("events.k8s.io", new)] {
+            let r = find(group, "v1", "events").unwrap();
+            let t = table(r, &[e], "1", None, IncludeObject::None);
+            let cells = &t["rows"][0]["cells"];
+            assert_eq!(cells[1], "Normal");
+            assert_eq!(cells[3], "pod/p");
+            assert_eq!(cells[4], "done");
+            assert_eq!(cells[5], "e1");
+        }
+    }
+
+    #[test]
+    fn workload_and_network_cells() {
+        let cells = |group: &str, plural: &str, o: Value| -> Vec<Value> {
+            let r = find(group, "v1", plural).unwrap();
+            let t = table(r, &[o], "1", None, IncludeObject::None);
+            t["rows"][0]["cells"].as_array().unwrap().clone()
+        };
+        let template = json!({"spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        let rs = json!({"metadata": {"name": "r"}, "spec": {"replicas": 3, "template": template,
+            "selector": {"matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}},
+            "status": {"replicas": 2, "readyReplicas": 1}});
+        let c = cells("apps", "replicasets", rs);
+        assert_eq!(&c[1..4], &[json!(3), json!(2), json!(1)]);
+        assert_eq!(c[5], "c");
+        assert_eq!(c[6], "nginx");
+        assert_eq!(c[7], "app=web,tier in (a,b)");
+        let sts = json!({"metadata": {"name": "s"}, "spec": {"replicas": 2},
+            "status": {"readyReplicas": 2}});
+        assert_eq!(cells("apps", "statefulsets", sts)[1], "2/2");
+        let job = json!({"metadata": {"name": "j"}, "spec": {"completions": 1},
+            "status": {"succeeded": 1, "startTime": "2024-01-01T00:00:00Z",
+                "completionTime": "2024-01-01T00:00:05Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let c = cells("batch", "jobs", job);
+        assert_eq!(&c[1..4], &[json!("Complete"), json!("1/1"), json!("5s")]);
+        let np = json!({"metadata": {"name": "n"}, "spec": {"podSelector": {}}});
+        assert_eq!(
+            cells("networking.k8s.io", "networkpolicies", np)[1],
+            "<none>"
+        );
+        let ing = json!({"metadata": {"name": "i"}, "spec": {"ingressClassName": "nginx",
+            "rules": [{"host": "a.example"}], "tls": [{"hosts": ["a.example"]}]}});
+        let c = cells("networking.k8s.io", "ingresses", ing);
+        assert_eq!(
+            &c[1..5],
+            &[
+                json!("nginx"),
+                json!("a.example"),
+                json!(""),
+                json!("80, 443")
+            ]
+        );
     }
 }

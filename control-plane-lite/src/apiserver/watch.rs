@@ -80,7 +80,8 @@ impl Request {
     /// that moves it out is DELETED, as the apiserver reports them.
     fn translate(&self, event: &Event) -> Option<Bytes> {
         let revision = event.revision();
-        let decode = |kv: &KeyValue| object::from_stored(&kv.value, revision).ok();
+        let decode =
+            |kv: &KeyValue| object::from_stored_as(self.resource, &kv.value, revision).ok();
         let prev = event.prev_kv.as_ref().and_then(decode);
         let was = prev.as_ref().is_some_and(|p| self.wanted(p));
         match event.kind {
@@ -175,7 +176,17 @@ pub fn watch(
 async fn run(storage: Arc<dyn Storage>, req: Request, tx: mpsc::Sender<Bytes>) {
     let start = match req.from {
         Some(rev) => rev,
-        None => match list_page(storage.as_ref(), &req.prefix, &req.filter, 0, None, None).await {
+        None => match list_page(
+            storage.as_ref(),
+            req.resource,
+            &req.prefix,
+            &req.filter,
+            0,
+            None,
+            None,
+        )
+        .await
+        {
             Ok(page) => {
                 for obj in page.items.iter().filter(|o| req.wanted(o)) {
                     if tx.send(req.event("ADDED", obj)).await.is_err() {

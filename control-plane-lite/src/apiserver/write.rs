@@ -10,20 +10,25 @@ use super::error::ApiError;
 use super::http::{self, Body};
 use super::object;
 use super::patch::{self, PatchType};
-use super::path::{collection_prefix, object_key, Subresource, Target};
+use super::path::{object_key, Subresource, Target};
 use super::read::get_object;
-use super::resources::{namespaces, Resource, RESOURCES};
+use super::resources::Resource;
+use super::services::ServiceAllocator;
 use super::strict::{self, FieldValidation};
 use super::validation::name_causes;
+use super::{deletion, namespaces};
 use crate::storage::{KeyValue, Storage, StorageError};
 
-/// The query options every write honours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteOptions {
+/// The query options every write honours, and the allocator Service writes go through.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions<'a> {
     /// `fieldValidation` of creates and updates.
     pub validation: FieldValidation,
     /// `dryRun=All`: run every check, store nothing.
     pub dry_run: bool,
+    /// Assigns cluster IPs and NodePorts to Services; `None` for callers that write no
+    /// Services (they are then stored as given).
+    pub services: Option<&'a ServiceAllocator>,
 }
 
 /// How many times a PATCH is retried when a concurrent write beats it.
@@ -92,7 +97,7 @@ pub async fn create(
     storage: &dyn Storage,
     t: &Target,
     mut object: Value,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let r = t.resource;
     object::check_type_meta(r, &mut object, r.kind, &r.api_version())?;
@@ -130,15 +135,13 @@ pub async fn create(
     defaults::apply_kind_defaults(r, &mut object);
     if r.namespaced {
         let ns = t.namespace.as_deref().unwrap_or_default();
-        let ns_key = object_key(namespaces(), None, ns);
-        if storage.get(&ns_key).await?.is_none() {
-            return Err(ApiError::NotFound {
-                group: "",
-                resource: "namespaces",
-                name: ns.into(),
-            });
-        }
+        namespaces::check_open(storage, r, ns, &name).await?;
     }
+    // Held until the write is done, so no other Service write takes the same IP or ports.
+    let _allocation = match (r.plural, opts.services) {
+        ("services", Some(a)) => Some(a.allocate(storage, None, &mut object).await?),
+        _ => None,
+    };
     let mut name = name;
     let mut attempts = 0;
     let revision = loop {
@@ -150,7 +153,7 @@ pub async fn create(
                 None => Ok(0),
             }
         } else {
-            storage.create(&key, object::to_stored(&object)).await
+            storage.create(&key, object::to_stored_as(r, &object)).await
         };
         match result {
             Ok(revision) => break revision,
@@ -172,6 +175,9 @@ pub async fn create(
         }
     } else {
         object::set_resource_version(&mut object, revision);
+        if r.plural == "namespaces" {
+            namespaces::ensure_default_service_account(storage, &name).await?;
+        }
     }
     Ok(http::json(201, &object))
 }
@@ -185,7 +191,7 @@ async fn replace(
     (current_kv, current): (&KeyValue, &Value),
     mut new: Value,
     expected: Option<u64>,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Value, ApiError> {
     let r = t.resource;
     if let Some(expected) = expected {
@@ -226,6 +232,11 @@ async fn replace(
     strict::check(opts.validation, &input, &new)?;
     defaults::on_update(current, &mut new);
     defaults::apply_kind_defaults(r, &mut new);
+    deletion::check_new_finalizers(r, current, &new)?;
+    let _allocation = match (r.plural, opts.services, t.subresource) {
+        ("services", Some(a), None) => Some(a.allocate(storage, Some(current), &mut new).await?),
+        _ => None,
+    };
     let mut unchanged = current.clone();
     if let Some(m) = unchanged["metadata"].as_object_mut() {
         m.remove("resourceVersion");
@@ -237,12 +248,25 @@ async fn replace(
         object::set_resource_version(&mut new, current_kv.mod_revision);
         return Ok(new);
     }
+    // The last finalizer of an object being deleted is gone: the update removes it.
+    if r.plural != "namespaces" && deletion::removed_by_update(&new) {
+        deletion::remove_released(storage, t, name, current_kv.mod_revision).await?;
+        object::set_resource_version(&mut new, current_kv.mod_revision);
+        return Ok(new);
+    }
     let key = object_key(r, t.namespace.as_deref(), name);
     let revision = storage
-        .update(&key, object::to_stored(&new), Some(current_kv.mod_revision))
+        .update(
+            &key,
+            object::to_stored_as(r, &new),
+            Some(current_kv.mod_revision),
+        )
         .await
         .map_err(|e| storage_error(r, name, e))?;
     object::set_resource_version(&mut new, revision);
+    if r.plural == "namespaces" && deletion::is_deleting(&new) {
+        namespaces::finalize(storage, name).await?;
+    }
     Ok(new)
 }
 
@@ -276,7 +300,7 @@ pub async fn update(
     t: &Target,
     name: &str,
     mut body: Value,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let r = t.resource;
     if t.subresource == Some(Subresource::Scale) {
@@ -298,7 +322,7 @@ pub async fn patch(
     name: &str,
     kind: PatchType,
     body: &[u8],
-    dry_run: bool,
+    opts: WriteOptions<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut attempt = 0;
     loop {
@@ -319,7 +343,7 @@ pub async fn patch(
             precondition,
             WriteOptions {
                 validation: FieldValidation::Lenient,
-                dry_run,
+                ..opts
             },
         )
         .await
@@ -331,71 +355,6 @@ pub async fn patch(
             Ok(stored) => return Ok(http::json(200, &render(t, &stored))),
         }
     }
-}
-
-/// DELETE an object; `body` is an optional `DeleteOptions` with `preconditions`.
-pub async fn delete(
-    storage: &dyn Storage,
-    t: &Target,
-    name: &str,
-    body: &[u8],
-    dry_run: bool,
-) -> Result<Response<Body>, ApiError> {
-    let r = t.resource;
-    let options: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
-    };
-    let (kv, current) = get_object(storage, t, name).await?;
-    let pre = &options["preconditions"];
-    let conflict = || ApiError::Conflict {
-        group: r.group,
-        resource: r.plural,
-        name: name.into(),
-    };
-    if let Some(uid) = pre["uid"].as_str() {
-        if current["metadata"]["uid"].as_str() != Some(uid) {
-            return Err(conflict());
-        }
-    }
-    if let Some(rv) = pre["resourceVersion"].as_str() {
-        if rv != kv.mod_revision.to_string() {
-            return Err(conflict());
-        }
-    }
-    if dry_run {
-        return Ok(http::json(200, &current));
-    }
-    let key = object_key(r, t.namespace.as_deref(), name);
-    storage
-        .delete(&key, Some(kv.mod_revision))
-        .await
-        .map_err(|e| storage_error(r, name, e))?;
-    if r.plural == "namespaces" {
-        delete_namespace_contents(storage, name).await?;
-    }
-    Ok(http::json(200, &current))
-}
-
-/// Deletes every object in namespace `ns` (just deleted).
-///
-/// A stand-in for the namespace controller: the apiserver marks the namespace Terminating and
-/// a controller empties it before the namespace disappears; here both happen at once, so a
-/// create racing with the delete can leave an orphan behind.
-async fn delete_namespace_contents(storage: &dyn Storage, ns: &str) -> Result<(), ApiError> {
-    for r in RESOURCES.iter().filter(|r| r.namespaced) {
-        let prefix = collection_prefix(r, Some(ns));
-        let page = storage.list(&prefix, None, 0, None).await?;
-        for kv in page.kvs {
-            match storage.delete(&kv.key, None).await {
-                Ok(_) | Err(StorageError::NotFound { .. }) => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -417,6 +376,7 @@ mod tests {
     const STRICT: WriteOptions = WriteOptions {
         validation: FieldValidation::Strict,
         dry_run: false,
+        services: None,
     };
 
     fn cm(name: &str) -> Value {
@@ -493,7 +453,7 @@ mod tests {
             "a",
             PatchType::Merge,
             br#"{"data":{"x":"y"}}"#,
-            false,
+            STRICT,
         )
         .await
         .unwrap();
@@ -511,11 +471,11 @@ mod tests {
             let cms = target("configmaps", Some(ns), None);
             create(&storage, &cms, cm("a"), STRICT).await.unwrap();
         }
-        delete(
+        deletion::delete(
             &storage,
             &target("namespaces", None, Some("n")),
             "n",
-            b"",
+            &deletion::DeleteOptions::default(),
             false,
         )
         .await

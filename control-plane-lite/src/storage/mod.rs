@@ -13,16 +13,34 @@
 //!
 //! - [`EmbeddedStorage`] (`embedded.rs`): the default, SQLite in-process, no external daemon.
 //! - [`MemoryStorage`] (`memory.rs`): not durable; a fast stand-in for apiserver tests.
-//! - etcd v3 (not written yet). The trait is shaped so that it maps one call to one request:
-//!   `get`/`list` are `Range` (with `revision` for `at_revision`, `limit`, and `key >
-//!   continue_from_key` as the range start `continue_from_key + "\0"`); `create` is a `Txn`
-//!   comparing `CreateRevision(key) == 0` then `Put`; `update`/`delete` are a `Txn` comparing
-//!   `ModRevision(key) == expected` (or `CreateRevision(key) != 0` when unconditional) with a
-//!   `Range` in the else branch to tell [`StorageError::NotFound`] from
+//! - [`EtcdStorage`] (`etcd.rs`): an etcd v3 cluster, through the `etcd-client` crate;
+//!   [`EtcdStorage::connect`] takes the members' endpoints and a key prefix (`""` stores the
+//!   apiserver's keys as they are; another prefix lets several stores share one etcd). The trait
+//!   maps one call to one request: `get`/`list` are `Range` (with `revision` for `at_revision`,
+//!   `limit`, and `key > continue_from_key` as the range start `continue_from_key + "\0"`);
+//!   `create` is a `Txn` comparing `CreateRevision(key) == 0` then `Put`; `update`/`delete` are a
+//!   `Txn` comparing `ModRevision(key) == expected` (or `CreateRevision(key) > 0` when
+//!   unconditional) with a `Range` in the else branch to tell [`StorageError::NotFound`] from
 //!   [`StorageError::Conflict`]; `delete` asks for `prev_kv`; `watch` is a `Watch` with
-//!   `start_revision = from_revision + 1` and `prev_kv = true`, whose `compact_revision` reply
-//!   becomes [`StorageError::Compacted`]; `compact` and `current_revision` are `Compact` and the
-//!   header revision of any response. Revisions are etcd's revisions, unchanged.
+//!   `prev_kv` and `progress_notify`, whose `compact_revision` reply becomes
+//!   [`StorageError::Compacted`]; `compact` and `current_revision` are `Compact` and the header
+//!   revision of any response. What differs from the first sketch of this mapping:
+//!   - Revisions are etcd's minus one. An empty etcd is at revision 1 and its first write gets
+//!     2; the contract starts at 0 and 1. So `watch` uses `start_revision = from_revision + 2`
+//!     in etcd's numbering (`from_revision + 1` in ours), and `resourceVersion`s differ by one
+//!     from what `etcdctl` shows.
+//!   - etcd's errors do not say which revision was compacted; the error paths find it by
+//!     bisection with `Range` reads at past revisions (a few extra requests, errors only).
+//!   - `watch` first reads at `from_revision`, because etcd still streams from one revision
+//!     below its compaction point, which the contract calls compacted. The etcd watch itself
+//!     opens on the stream's first poll, so a compaction before then is reported.
+//!   - Failover: requests go to one member; when it is unreachable the store moves to the next
+//!     and retries reads and watch opens, and writes and compactions only if they certainly
+//!     never reached a member. A write whose outcome is unknown (in flight when a member or the
+//!     leader died) fails with [`StorageError::Backend`] instead of risking a double apply.
+//!     Watches re-open on another member after the last revision they delivered.
+//!   - When the store is dropped its watches end after delivering the writes it had seen (or
+//!     after 2 s), like the embedded store's.
 //!
 //! # Why `async-trait`
 //!
@@ -33,6 +51,7 @@
 //! next to an SQLite read or an etcd round trip.
 
 mod embedded;
+pub mod etcd;
 mod memory;
 mod watch;
 
@@ -45,6 +64,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStats, EmbeddedStorage};
+pub use etcd::{EtcdError, EtcdStorage};
 pub use memory::MemoryStorage;
 
 /// A stored key and its value, as of some revision.

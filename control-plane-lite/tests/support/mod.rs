@@ -16,10 +16,11 @@ use serde_json::Value;
 
 /// A running `netlet-control-plane serve` in a temporary directory, killed on drop.
 pub struct Server {
-    _guard: ChildGuard,
+    guard: Option<ChildGuard>,
     /// The data directory (kubeconfig, PKI, logs, scratch files).
     pub dir: tempfile::TempDir,
     url: String,
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -29,10 +30,38 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+        let (guard, url) = Self::spawn(dir.path(), extra);
+        let server = Server {
+            guard: Some(guard),
+            dir,
+            url,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Kills the server and starts it again on the same data directory (and a new port).
+    pub fn restart(&mut self) {
+        // Dropping the guard kills the old server and waits for it.
+        self.guard = None;
+        std::fs::remove_file(self.dir.path().join("admin.kubeconfig")).expect("rm kubeconfig");
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (guard, url) = Self::spawn(self.dir.path(), &extra);
+        self.guard = Some(guard);
+        self.url = url;
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &Path, extra: &[&str]) -> (ChildGuard, String) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_netlet-control-plane"))
             .args(["serve", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
             .args(["--bind", "127.0.0.1", "--port", "0"])
             .args(extra)
             .stdout(Stdio::null())
@@ -40,7 +69,7 @@ impl Server {
             .spawn()
             .expect("start netlet-control-plane");
         let guard = ChildGuard::new(child);
-        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let kubeconfig = dir.join("admin.kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = loop {
             if let Ok(text) = std::fs::read_to_string(&kubeconfig) {
@@ -54,14 +83,14 @@ impl Server {
             assert!(Instant::now() < deadline, "no kubeconfig after 20s");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let server = Server {
-            _guard: guard,
-            dir,
-            url,
-        };
+        (guard, url)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (code, _) = server.curl_raw(
-                &["--cacert", &server.pki("ca.crt")],
+            let (code, _) = self.curl_raw(
+                &["--cacert", &self.pki("ca.crt")],
                 "GET",
                 "/readyz",
                 None,
@@ -73,7 +102,6 @@ impl Server {
             assert!(Instant::now() < deadline, "/readyz not ready after 20s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     pub fn pki(&self, file: &str) -> String {

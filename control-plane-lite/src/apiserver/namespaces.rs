@@ -1,0 +1,252 @@
+//! Namespace lifecycle: the `default` ServiceAccount of every namespace, refusing creates in a
+//! namespace that is being deleted (the NamespaceLifecycle admission), and termination.
+//!
+//! Kubernetes splits termination between the apiserver (mark the namespace Terminating) and
+//! the namespace controller (delete its contents, then the namespace). Here the DELETE does
+//! both: it marks the namespace, deletes every object in it with the usual rules (so bound
+//! pods and objects with finalizers stay until released) and removes the namespace once it is
+//! empty; [`finalize`] runs again whenever an object of a Terminating namespace goes away.
+//! A create that passed its namespace check just before the namespace was marked can still
+//! land after the contents were listed; that object keeps the namespace Terminating until it is
+//! deleted.
+
+use serde_json::{json, Value};
+
+use super::defaults;
+use super::deletion::{self, is_deleting};
+use super::error::ApiError;
+use super::object;
+use super::path::{collection_prefix, object_key};
+use super::resources::{find, namespaces, Resource, RESOURCES};
+use crate::storage::{KeyValue, Storage, StorageError};
+
+fn service_accounts() -> &'static Resource {
+    find("", "v1", "serviceaccounts").expect("serviceaccounts is in the table")
+}
+
+/// Creates the `default` ServiceAccount in `ns` unless it exists (pods default to it).
+pub async fn ensure_default_service_account(
+    storage: &dyn Storage,
+    ns: &str,
+) -> Result<(), ApiError> {
+    let mut sa = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": ns},
+    });
+    defaults::on_create(&mut sa);
+    let key = object_key(service_accounts(), Some(ns), "default");
+    match storage.create(&key, object::to_stored(&sa)).await {
+        Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Checks that `ns` exists and is not being deleted before `name` of `r` is created in it.
+pub async fn check_open(
+    storage: &dyn Storage,
+    r: &Resource,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let key = object_key(namespaces(), None, ns);
+    let Some(kv) = storage.get(&key).await? else {
+        return Err(ApiError::NotFound {
+            group: "",
+            resource: "namespaces",
+            name: ns.into(),
+        });
+    };
+    let namespace = object::from_kv(&kv)?;
+    if is_deleting(&namespace) || namespace["status"]["phase"] == "Terminating" {
+        return Err(ApiError::NamespaceTerminating {
+            group: r.group,
+            resource: r.plural,
+            name: name.into(),
+            namespace: ns.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Starts (or continues) the termination of the namespace read at `kv`; returns the namespace
+/// as left (its last state if it is already gone).
+pub async fn terminate(
+    storage: &dyn Storage,
+    (kv, current): (&KeyValue, Value),
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let name = current["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut ns = current;
+    if !is_deleting(&ns) {
+        ns["metadata"]["deletionTimestamp"] = json!(defaults::now());
+        ns["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        ns["status"]["phase"] = json!("Terminating");
+        if dry_run {
+            return Ok(ns);
+        }
+        let revision = storage
+            .update(&kv.key, object::to_stored(&ns), Some(kv.mod_revision))
+            .await
+            .map_err(|e| match e {
+                StorageError::Conflict { .. } => ApiError::Conflict {
+                    group: "",
+                    resource: "namespaces",
+                    name: name.clone(),
+                },
+                other => other.into(),
+            })?;
+        object::set_resource_version(&mut ns, revision);
+    } else if dry_run {
+        return Ok(ns);
+    }
+    for r in RESOURCES.iter().filter(|r| r.namespaced) {
+        let page = storage
+            .list(&collection_prefix(r, Some(&name)), None, 0, None)
+            .await?;
+        for kv in page.kvs {
+            let object = object::from_kv_as(r, &kv)?;
+            match deletion::delete_object(storage, r, &kv, object, None, false).await {
+                // Gone or changed meanwhile: whoever changed it owns its fate.
+                Ok(_) | Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    finalize(storage, &name).await?;
+    Ok(ns)
+}
+
+/// Removes namespace `ns` if it is Terminating, has no finalizers left and is empty.
+pub async fn finalize(storage: &dyn Storage, ns: &str) -> Result<(), ApiError> {
+    let key = object_key(namespaces(), None, ns);
+    let Some(kv) = storage.get(&key).await? else {
+        return Ok(());
+    };
+    let namespace = object::from_kv(&kv)?;
+    if !is_deleting(&namespace) || deletion::has_finalizers(&namespace) {
+        return Ok(());
+    }
+    for r in RESOURCES.iter().filter(|r| r.namespaced) {
+        let page = storage
+            .list(&collection_prefix(r, Some(ns)), None, 1, None)
+            .await?;
+        if !page.kvs.is_empty() {
+            return Ok(());
+        }
+    }
+    match storage.delete(&key, Some(kv.mod_revision)).await {
+        // A concurrent finalize won, or the namespace changed and will be looked at again.
+        Ok(_) | Err(StorageError::NotFound { .. } | StorageError::Conflict { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::deletion::{delete, DeleteOptions};
+    use crate::apiserver::path::Target;
+    use crate::apiserver::strict::FieldValidation;
+    use crate::apiserver::write::{create, update, WriteOptions};
+    use crate::storage::MemoryStorage;
+
+    const OPTS: WriteOptions = WriteOptions {
+        validation: FieldValidation::Strict,
+        dry_run: false,
+        services: None,
+    };
+
+    fn target(plural: &str, ns: Option<&str>, name: Option<&str>) -> Target {
+        Target {
+            resource: find("", "v1", plural).unwrap(),
+            namespace: ns.map(Into::into),
+            name: name.map(Into::into),
+            subresource: None,
+            watch_path: false,
+        }
+    }
+
+    async fn get(storage: &MemoryStorage, plural: &str, ns: Option<&str>, name: &str) -> Value {
+        let t = target(plural, ns, Some(name));
+        let kv = storage.get(&object_key(t.resource, ns, name)).await;
+        kv.unwrap()
+            .map_or(Value::Null, |kv| object::from_kv(&kv).unwrap())
+    }
+
+    #[tokio::test]
+    async fn termination_waits_for_bound_pods_and_finalizers() {
+        let storage = MemoryStorage::new();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}});
+        create(&storage, &target("namespaces", None, None), ns, OPTS)
+            .await
+            .unwrap();
+        assert_eq!(
+            get(&storage, "serviceaccounts", Some("n"), "default").await["metadata"]["name"],
+            "default"
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}});
+        create(&storage, &target("pods", Some("n"), None), pod, OPTS)
+            .await
+            .unwrap();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "finalizers": ["example.com/hold"]}});
+        create(&storage, &target("configmaps", Some("n"), None), cm, OPTS)
+            .await
+            .unwrap();
+
+        let none = DeleteOptions::default();
+        delete(
+            &storage,
+            &target("namespaces", None, Some("n")),
+            "n",
+            &none,
+            false,
+        )
+        .await
+        .unwrap();
+        let ns = get(&storage, "namespaces", None, "n").await;
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        assert!(get(&storage, "serviceaccounts", Some("n"), "default")
+            .await
+            .is_null());
+        let cms = target("configmaps", Some("n"), None);
+        let err = create(
+            &storage,
+            &cms,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "late"}}),
+            OPTS,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), 403, "{err}");
+
+        // The node agent's final delete, then the finalizer's release.
+        let now = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        };
+        delete(
+            &storage,
+            &target("pods", Some("n"), Some("p")),
+            "p",
+            &now,
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(get(&storage, "pods", Some("n"), "p").await.is_null());
+        assert!(!get(&storage, "namespaces", None, "n").await.is_null());
+        let mut held = get(&storage, "configmaps", Some("n"), "c").await;
+        assert!(is_deleting(&held));
+        held["metadata"]["finalizers"] = json!([]);
+        let one = target("configmaps", Some("n"), Some("c"));
+        update(&storage, &one, "c", held, OPTS).await.unwrap();
+        assert!(get(&storage, "configmaps", Some("n"), "c").await.is_null());
+        assert!(get(&storage, "namespaces", None, "n").await.is_null());
+    }
+}
