@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use netlet_control_plane::apiserver::{self, Pki, ServiceAllocator, ServiceCidr};
-use netlet_control_plane::storage::{EmbeddedStorage, Storage};
+use netlet_control_plane::storage::{EmbeddedStorage, EtcdStorage, Storage};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -17,9 +17,19 @@ struct Cli {
     command: Command,
 }
 
+/// Where the apiserver keeps its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StorageKind {
+    /// SQLite under `--data-dir`, in-process: no external service to run.
+    Embedded,
+    /// An etcd v3 cluster at `--etcd-endpoints`.
+    Etcd,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Kubernetes API over HTTPS from embedded storage in DATA_DIR.
+    /// Serve the Kubernetes API over HTTPS; objects live in embedded storage under DATA_DIR
+    /// (default) or in etcd.
     Serve {
         /// Directory for the database, the PKI and admin.kubeconfig.
         #[arg(long)]
@@ -37,6 +47,15 @@ enum Command {
         /// `kubernetes` Service's.
         #[arg(long, default_value = "10.96.0.0/12")]
         service_cidr: ServiceCidr,
+        /// Storage backend.
+        #[arg(long, value_enum, default_value_t = StorageKind::Embedded)]
+        storage: StorageKind,
+        /// etcd client URLs, comma-separated (with `--storage etcd`).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// Prefix prepended to every key in etcd (with `--storage etcd`).
+        #[arg(long, default_value = "")]
+        etcd_prefix: String,
     },
 }
 
@@ -60,27 +79,60 @@ fn main() -> anyhow::Result<()> {
             port,
             compaction_interval,
             service_cidr,
-        } => runtime.block_on(serve(
-            data_dir,
-            bind,
-            port,
-            compaction_interval,
-            service_cidr,
-        )),
+            storage,
+            etcd_endpoints,
+            etcd_prefix,
+        } => runtime.block_on(async {
+            let storage = open_storage(storage, &data_dir, &etcd_endpoints, etcd_prefix).await?;
+            serve(
+                storage,
+                data_dir,
+                bind,
+                port,
+                compaction_interval,
+                service_cidr,
+            )
+            .await
+        }),
     }
 }
 
+/// Opens the chosen storage backend.
+async fn open_storage(
+    kind: StorageKind,
+    data_dir: &std::path::Path,
+    etcd_endpoints: &[String],
+    etcd_prefix: String,
+) -> anyhow::Result<Arc<dyn Storage>> {
+    Ok(match kind {
+        StorageKind::Embedded => Arc::new(
+            EmbeddedStorage::open(data_dir.join("storage"))
+                .with_context(|| format!("opening storage in {}", data_dir.display()))?,
+        ),
+        StorageKind::Etcd => {
+            anyhow::ensure!(
+                !etcd_endpoints.is_empty(),
+                "--storage etcd needs --etcd-endpoints URL[,URL...]"
+            );
+            Arc::new(
+                EtcdStorage::connect(etcd_endpoints, etcd_prefix)
+                    .await
+                    .with_context(|| {
+                        format!("connecting to etcd at {}", etcd_endpoints.join(","))
+                    })?,
+            )
+        }
+    })
+}
+
 async fn serve(
+    storage: Arc<dyn Storage>,
     data_dir: PathBuf,
     bind: String,
     port: u16,
     compaction_interval: u64,
     service_cidr: ServiceCidr,
 ) -> anyhow::Result<()> {
-    let storage: Arc<dyn Storage> = Arc::new(
-        EmbeddedStorage::open(data_dir.join("storage"))
-            .with_context(|| format!("opening storage in {}", data_dir.display()))?,
-    );
     apiserver::ensure_system_namespaces(storage.as_ref())
         .await
         .context("creating the system namespaces")?;
