@@ -467,12 +467,7 @@ impl Storage for EmbeddedStorage {
             .reads
             .run("watch", prefix, |conn| Ok(revisions(conn)?))
             .await?;
-        if from_revision < compacted {
-            return Err(StorageError::Compacted {
-                requested: from_revision,
-                compacted,
-            });
-        }
+        StorageError::ensure_not_compacted(from_revision, compacted)?;
         let log = Arc::new(SqlLog(Arc::clone(&self.reads)));
         Ok(watch_stream(log, rx, prefix, from_revision))
     }

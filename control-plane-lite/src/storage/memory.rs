@@ -214,12 +214,7 @@ impl Storage for MemoryStorage {
                 current: state.revision,
             });
         }
-        if revision < state.compacted {
-            return Err(StorageError::Compacted {
-                requested: revision,
-                compacted: state.compacted,
-            });
-        }
+        StorageError::ensure_not_compacted(revision, state.compacted)?;
         let start = String::from_utf8(list_start(prefix, continue_from_key))
             .expect("a str plus a NUL byte is UTF-8");
         let end = prefix_end(prefix.as_bytes());
@@ -284,12 +279,7 @@ impl Storage for MemoryStorage {
     async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StorageError> {
         let rx = self.hub.subscribe();
         let compacted = self.lock().compacted;
-        if from_revision < compacted {
-            return Err(StorageError::Compacted {
-                requested: from_revision,
-                compacted,
-            });
-        }
+        StorageError::ensure_not_compacted(from_revision, compacted)?;
         let log = Arc::new(MemoryLog(Arc::clone(&self.state)));
         Ok(watch_stream(log, rx, prefix, from_revision))
     }
@@ -329,12 +319,7 @@ impl EventLog for MemoryLog {
         limit: usize,
     ) -> Result<EventPage, StorageError> {
         let state = lock(&self.0);
-        if after < state.compacted {
-            return Err(StorageError::Compacted {
-                requested: after,
-                compacted: state.compacted,
-            });
-        }
+        StorageError::ensure_not_compacted(after, state.compacted)?;
         let mut events = Vec::new();
         for (&revision, row) in state.log.range(after + 1..) {
             if !row.key.starts_with(prefix) {

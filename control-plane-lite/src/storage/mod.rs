@@ -190,6 +190,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// `Compacted` when `requested` is older than the oldest revision still kept.
+    pub fn ensure_not_compacted(requested: u64, compacted: u64) -> Result<(), StorageError> {
+        if requested < compacted {
+            return Err(StorageError::Compacted {
+                requested,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+
     /// Wraps a backend error for the operation `op` on `key`.
     pub fn backend(
         op: &'static str,
