@@ -201,6 +201,7 @@ fn kubectl_apply_and_scale_deployment() {
 fn kubectl_watch_sees_added_and_deleted() {
     let s = Server::start();
     s.kubectl_ok(&["create", "namespace", "t1"]);
+    s.kubectl_ok(&["create", "configmap", "sentinel", "-n", "t1"]);
     let out_path = s.dir.path().join("watch.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let watcher = ChildGuard::new(
@@ -214,8 +215,12 @@ fn kubectl_watch_sees_added_and_deleted() {
             .spawn()
             .expect("start kubectl watch"),
     );
-    // Give the watch time to establish before writing (its initial list is empty).
-    std::thread::sleep(Duration::from_millis(1500));
+    // The watch is established once its initial list (the sentinel) has been printed.
+    let listed = wait_for(&out_path, "sentinel", Duration::from_secs(15));
+    assert!(
+        listed.contains("sentinel"),
+        "kubectl watch never listed: {listed}"
+    );
     s.kubectl_ok(&["create", "configmap", "w1", "-n", "t1"]);
     s.kubectl_ok(&["delete", "configmap", "w1", "-n", "t1"]);
     let seen = wait_for(&out_path, "DELETED", Duration::from_secs(15));
@@ -446,7 +451,12 @@ fn kubectl_graceful_pod_deletion_and_finalizers() {
             .spawn()
             .expect("start kubectl watch"),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // The watch is established once its initial list has been printed.
+    let listed = wait_for(&out_path, "unbound", Duration::from_secs(15));
+    assert!(
+        listed.contains("unbound"),
+        "kubectl watch never listed: {listed}"
+    );
 
     // Not on a node: gone at once.
     s.kubectl_ok(&["delete", "pod", "unbound"]);
