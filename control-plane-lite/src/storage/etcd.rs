@@ -109,6 +109,9 @@ impl std::fmt::Debug for EtcdStorage {
     }
 }
 
+/// Keys per range request when listing; see [`EtcdStorage`]'s `list`.
+const LIST_PAGE: usize = 500;
+
 impl EtcdStorage {
     /// Connects to the etcd members at `endpoints` (e.g. `http://127.0.0.1:2379`), storing every
     /// key under `prefix` (`""` for the apiserver's keys as they are).
@@ -294,36 +297,53 @@ impl Storage for EtcdStorage {
         limit: usize,
         continue_from_key: Option<&str>,
     ) -> Result<ListResult, StorageError> {
-        let (start, end) = key_range(&self.prefix, prefix, continue_from_key);
-        let mut options = GetOptions::new().with_range(end).with_limit(limit as i64);
-        if let Some(revision) = at_revision {
-            options = options.with_revision(to_etcd(revision));
-        }
-        let result: Result<GetResponse, _> = self
-            .members
-            .call(true, |mut c| {
-                let (start, options) = (start.clone(), options.clone());
-                async move { c.get(start, Some(options)).await }
-            })
-            .await;
-        let response = match result {
-            Ok(response) => response,
-            Err(err) => {
-                let requested = at_revision.unwrap_or(0);
-                return Err(self.error("list", prefix, requested, err).await);
+        // Read in pages pinned to the first page's revision: one snapshot, and no response near
+        // gRPC's 4 MiB message cap (10,000 pods are ~6.5 MB in one range response).
+        let mut kvs = Vec::new();
+        let mut pinned = at_revision;
+        let mut after = continue_from_key.map(str::to_owned);
+        loop {
+            let want = match limit {
+                0 => LIST_PAGE,
+                _ => (limit - kvs.len()).min(LIST_PAGE),
+            };
+            let (start, end) = key_range(&self.prefix, prefix, after.as_deref());
+            let mut options = GetOptions::new().with_range(end).with_limit(want as i64);
+            if let Some(revision) = pinned {
+                options = options.with_revision(to_etcd(revision));
             }
-        };
-        let revision = self.revision("list", response.header())?;
-        let kvs = response
-            .kvs()
-            .iter()
-            .map(|kv| self.key_value(kv))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ListResult {
-            kvs,
-            revision: at_revision.unwrap_or(revision),
-            more: response.more(),
-        })
+            let result: Result<GetResponse, _> = self
+                .members
+                .call(true, |mut c| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { c.get(start, Some(options)).await }
+                })
+                .await;
+            let response = match result {
+                Ok(response) => response,
+                Err(err) => {
+                    let requested = pinned.unwrap_or(0);
+                    return Err(self.error("list", prefix, requested, err).await);
+                }
+            };
+            let revision = *pinned.get_or_insert(self.revision("list", response.header())?);
+            let page = response
+                .kvs()
+                .iter()
+                .map(|kv| self.key_value(kv))
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = response.more();
+            after = page.last().map(|kv| kv.key.clone());
+            kvs.extend(page);
+            let full = limit != 0 && kvs.len() >= limit;
+            if !more || full || after.is_none() {
+                return Ok(ListResult {
+                    kvs,
+                    revision,
+                    more,
+                });
+            }
+        }
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<u64, StorageError> {

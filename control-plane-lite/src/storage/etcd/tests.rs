@@ -211,6 +211,64 @@ async fn prefix_keeps_stores_apart() {
     assert_eq!(raw.kvs()[0].value(), b"a");
 }
 
+/// A LIST larger than gRPC's 4 MiB message cap and than one page: read in pages at one
+/// revision, all keys in order, and `limit` + continue still page exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_are_read_in_pages_at_one_revision() {
+    let cluster = Cluster::start(1, true).await;
+    let store = std::sync::Arc::new(cluster.store("").await);
+    let value = vec![b'x'; 4096];
+    let n = 1_300; // ~5.3 MB and 3 pages of 500
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let (store, value) = (std::sync::Arc::clone(&store), value.clone());
+            tokio::spawn(async move {
+                for i in (w..n).step_by(16) {
+                    store
+                        .create(&format!("/registry/pods/big/p{i:05}"), value.clone())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = store
+        .list("/registry/pods/big/", None, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(all.kvs.len(), n);
+    assert!(!all.more);
+    assert!(all.kvs.windows(2).all(|w| w[0].key < w[1].key), "sorted");
+    // A write after the snapshot does not appear when listing at that revision.
+    store
+        .create("/registry/pods/big/zz-late", value.clone())
+        .await
+        .unwrap();
+    let again = store
+        .list("/registry/pods/big/", Some(all.revision), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(again.kvs.len(), n);
+    let page = store
+        .list("/registry/pods/big/", Some(all.revision), 700, None)
+        .await
+        .unwrap();
+    assert_eq!((page.kvs.len(), page.more), (700, true));
+    let rest = store
+        .list(
+            "/registry/pods/big/",
+            Some(all.revision),
+            0,
+            Some(&page.kvs[699].key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.kvs.len(), n - 700);
+}
+
 #[tokio::test]
 async fn connect_needs_an_endpoint() {
     let err = EtcdStorage::connect::<&str>(&[], "").await.unwrap_err();
