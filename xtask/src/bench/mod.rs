@@ -1,7 +1,9 @@
 //! `cargo xtask bench <name>`: one subcommand per benchmark; each compares netlet with the
 //! component it replaces, in one process run, and prints a table.
 
+mod apiserver;
 mod cni;
+mod proxy;
 mod stats;
 
 use anyhow::Result;
@@ -13,11 +15,19 @@ pub enum Bench {
     /// netlet-cni against the reference bridge + host-local plugins: ADD/DEL latency,
     /// sequential and concurrent. Needs root.
     Cni(cni::Args),
+    /// netlet-proxy's iptables and nftables backends against kube-proxy's rulesets: full sync
+    /// of N services x 5 endpoints and one endpoint change. Needs root.
+    Proxy(proxy::Args),
+    /// netlet-control-plane on embedded storage against etcd: create, LIST, watch delivery,
+    /// RSS and durable writes/s. Needs the Debian etcd-server package.
+    Apiserver(apiserver::Args),
 }
 
 /// Runs the chosen benchmark.
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Cni(args) => cni::run(&args),
+        Bench::Proxy(args) => proxy::run(&args),
+        Bench::Apiserver(args) => apiserver::run(&args),
     }
 }
