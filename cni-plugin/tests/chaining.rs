@@ -149,6 +149,8 @@ fn chaining_with_portmap() {
     assert_eq!(line.trim(), "ready", "server did not start");
     ping(&client, "198.18.1.1");
     let mut got = Err(String::new());
+    // Bounded retry, not a settle delay: the first SYN can race portmap's freshly loaded DNAT
+    // rules and the bridge port leaving its initial state; three tries 300 ms apart at most.
     for _ in 0..3 {
         got = connect(&client, "198.18.1.1", "18080");
         if got.is_ok() {

@@ -95,6 +95,8 @@ fn kill_during_add_then_gc_leaves_no_leak() {
     let mut killed = 0;
     for (i, ns) in nss.iter().enumerate() {
         let mut child = net.spawn_add(&format!("ctr-kill-{i}"), ns);
+        // The delay is the point of the test, not a wait: kill ADD number i after i steps so
+        // the kills land at different stages of ADD (before IPAM, mid-netlink, after).
         std::thread::sleep(step * i as u32);
         let _ = child.kill(); // SIGKILL; by PID, a process this test started
         let r = finish(child);
