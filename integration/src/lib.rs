@@ -8,10 +8,13 @@
 //! # Layout
 //! - [`netns`]: the namespace guard and helpers to run commands inside a namespace.
 //! - [`process`]: the child-process guard.
+//! - [`apiserver`]: our apiserver in a temporary directory, for API-driven tests.
 
+pub mod apiserver;
 pub mod netns;
 pub mod process;
 
+pub use apiserver::TestApiserver;
 pub use netns::NetNs;
 pub use process::ChildGuard;
 

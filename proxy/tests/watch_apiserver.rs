@@ -7,18 +7,15 @@
 
 mod support;
 
-use integration::ChildGuard;
+use integration::TestApiserver;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
+use kube::Api;
 use netlet_proxy::sync_loop::{self, ProxySyncer};
 use netlet_proxy::watch::WatchConfig;
 use netlet_proxy::{Backend, ProxyConfig, Result, ServiceKey, ServiceTable, SyncStats};
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -86,64 +83,6 @@ impl Backend for Recorder {
     }
 }
 
-/// A running apiserver and a client for it.
-struct Apiserver {
-    _guard: ChildGuard,
-    dir: tempfile::TempDir,
-    client: Client,
-}
-
-impl Apiserver {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(support::apiserver_bin())
-            .args(["serve", "--data-dir"])
-            .arg(dir.path())
-            .args(["--bind", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start netlet-control-plane");
-        let guard = ChildGuard::new(child);
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = loop {
-            if let Some(c) = try_client(&kubeconfig).await {
-                break c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "apiserver not serving within 20s; log:\n{}",
-                std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        Self {
-            _guard: guard,
-            dir,
-            client,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-/// A client once the kubeconfig is written and the server answers a list of Services.
-async fn try_client(kubeconfig: &Path) -> Option<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig).ok()?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .ok()?;
-    let client = Client::try_from(config).ok()?;
-    Api::<Service>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .ok()?;
-    Some(client)
-}
 
 fn service(name: &str, cluster_ip: &str) -> Service {
     serde_json::from_value(support::service_json(name, cluster_ip)).expect("service json")
@@ -173,7 +112,8 @@ fn ips(s: &[&str]) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_and_slices_reach_the_backend_full_then_partial() {
-    let server = Apiserver::start().await;
+    let server = TestApiserver::start();
+    let client = server.client().await;
     let recorder = Recorder::default();
     let syncer = ProxySyncer::new(Box::new(recorder.clone()), ProxyConfig::new("node-a"));
     let metrics = syncer.metrics();
@@ -184,7 +124,7 @@ async fn services_and_slices_reach_the_backend_full_then_partial() {
         ..WatchConfig::default()
     };
     let task = tokio::spawn(sync_loop::run(
-        server.client.clone(),
+        client.clone(),
         syncer,
         cfg,
         cancel.clone(),
@@ -201,8 +141,8 @@ async fn services_and_slices_reach_the_backend_full_then_partial() {
     );
 
     let web = ServiceKey::new("default", "web");
-    let services: Api<Service> = Api::namespaced(server.client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(server.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let pp = PostParams::default();
     let mark = recorder.calls().len();
     services

@@ -5,43 +5,9 @@
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
-/// The apiserver binary next to this test's target directory, built once if missing.
-pub fn apiserver_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/<test>-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps");
-        let bin = profile_dir.join("netlet-control-plane");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "netlet-control-plane",
-                "--bin",
-                "netlet-control-plane",
-            ])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building netlet-control-plane failed");
-        }
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
-}
+#[allow(unused_imports)] // used by some of the test binaries only
+pub use integration::apiserver::apiserver_bin;
 
 /// A ClusterIP Service `default/NAME` with port `http` 80 → 8080 and an explicit cluster IP
 /// (so the test does not depend on the apiserver allocating one).
