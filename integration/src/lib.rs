@@ -8,9 +8,11 @@
 //! # Layout
 //! - [`netns`]: the namespace guard and helpers to run commands inside a namespace.
 //! - [`process`]: the child-process guard.
+//! - [`containerd`]: a containerd confined to one directory, and its forced teardown.
 //! - [`apiserver`]: our apiserver in a temporary directory, for API-driven tests.
 
 pub mod apiserver;
+pub mod containerd;
 pub mod netns;
 pub mod process;
 
