@@ -69,7 +69,10 @@ impl ContainerdLayout {
         for plugin in DEBIAN_PLUGINS {
             link(&Path::new("/usr/lib/cni").join(plugin), plugin)?;
         }
-        std::fs::write(self.root.join("config.toml"), self.config_toml(sandbox_image))
+        std::fs::write(
+            self.root.join("config.toml"),
+            self.config_toml(sandbox_image),
+        )
     }
 
     /// `nsenter --net=<netns> containerd --config …`, logging to [`Self::log_path`]; the caller
@@ -144,7 +147,14 @@ disabled_plugins = [
         let out = Command::new("ctr")
             .arg("-a")
             .arg(self.socket())
-            .args(["-n", "k8s.io", "images", "import", "--snapshotter", "native"])
+            .args([
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+            ])
             .arg(archive)
             .output()?;
         if out.status.success() {
@@ -300,7 +310,10 @@ mod tests {
         let layout = ContainerdLayout::new("/tmp/nlt-x");
         let toml = layout.config_toml("docker.io/netlet/pause:v1");
         for line in toml.lines().filter(|l| l.contains("= \"/")) {
-            assert!(line.contains("\"/tmp/nlt-x/"), "path outside the root: {line}");
+            assert!(
+                line.contains("\"/tmp/nlt-x/"),
+                "path outside the root: {line}"
+            );
         }
         assert!(toml.contains("sandbox_image = \"docker.io/netlet/pause:v1\""));
         assert_eq!(layout.socket(), Path::new("/tmp/nlt-x/containerd.sock"));

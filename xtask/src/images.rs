@@ -69,6 +69,26 @@ struct Image {
 
 /// `cargo xtask images`.
 pub fn run(args: &Args) -> Result<()> {
+    let archives = build()?;
+    if let Some(socket) = &args.import {
+        for path in &archives {
+            util::run(
+                Command::new("ctr")
+                    .arg("-a")
+                    .arg(socket)
+                    .args(["-n", "k8s.io", "images", "import"])
+                    .args(["--snapshotter", &args.snapshotter])
+                    .arg(path),
+            )
+            .with_context(|| format!("importing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the image archives under `target/images` (rewritten only when their content
+/// changed) and returns their paths.
+pub fn build() -> Result<Vec<PathBuf>> {
     let out_dir = util::target_dir().join("images");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let images = [pause_image(&out_dir)?, testapp_image()?];
@@ -84,20 +104,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         archives.push(path);
     }
-    if let Some(socket) = &args.import {
-        for path in &archives {
-            util::run(
-                Command::new("ctr")
-                    .arg("-a")
-                    .arg(socket)
-                    .args(["-n", "k8s.io", "images", "import"])
-                    .args(["--snapshotter", &args.snapshotter])
-                    .arg(path),
-            )
-            .with_context(|| format!("importing {}", path.display()))?;
-        }
-    }
-    Ok(())
+    Ok(archives)
 }
 
 /// The sandbox image: the statically linked pause program and the directories runc mounts on.

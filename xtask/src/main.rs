@@ -11,6 +11,7 @@
 //! - [`util`]: running commands, paths, temp namespaces.
 
 mod bench;
+mod cluster;
 mod cni_exec;
 mod demo;
 mod deps;
@@ -55,6 +56,14 @@ enum Command {
     /// Builds the test images (pause, busybox testapp) as OCI archives in target/images,
     /// optionally importing them into a containerd. No network, no docker.
     Images(images::Args),
+    /// Starts a local cluster: the control plane and N nodes (containerd + netlet-agent each),
+    /// all inside `nlt-up-` network namespaces. Needs root. Prints the KUBECONFIG to use.
+    Up(cluster::UpArgs),
+    /// Stops and removes everything `up` started (idempotent, also after a crash). Needs root.
+    Down,
+    /// Internal (started by `up`): relays TCP from listeners in node namespaces to the API.
+    #[command(hide = true)]
+    Forward(cluster::forward::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +83,9 @@ fn main() -> ExitCode {
         Command::Bench { which } => bench::run(which).map(|()| true),
         Command::Demo(args) => demo::run(&args).map(|()| true),
         Command::Images(args) => images::run(&args).map(|()| true),
+        Command::Up(args) => cluster::up(&args).map(|()| true),
+        Command::Down => cluster::down().map(|()| true),
+        Command::Forward(args) => cluster::forward::run(&args).map(|()| true),
     };
     // `Ok(false)`: the task ran to the end and already reported what failed (e.g. a test tally).
     match result {

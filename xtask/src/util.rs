@@ -102,3 +102,41 @@ pub fn require_root(what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Calls `probe` every `interval` until it returns `Some` or `timeout` passes (then `None`).
+///
+/// For waiting on other processes (a file they write, a socket they open, an API state) that
+/// offer nothing to block on; the sleep between probes is the point, not a timing assumption.
+pub fn poll<T>(
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Runs `cmd` with its output captured, failing with its stderr unless it succeeds (for the
+/// many small `ip` calls whose output only matters when they fail).
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting `{}`", display(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `cargo xtask down`: stops every process of the cluster by PID (agents first, so nothing
+//! recreates what is being removed), cleans up after each containerd, deletes the namespaces
+//! and the cluster directory. Idempotent, and works after an `up` that crashed halfway: what
+//! `state.json` missed is found by the cluster directory's path in command lines.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use integration::containerd::{processes_mentioning, ContainerdLayout};
+
+use super::state::{is_ours, State};
+use super::{cluster_dir, underlay};
+use crate::util;
+
+/// How long a process gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// `cargo xtask down`.
+pub fn down() -> Result<()> {
+    util::require_root("cargo xtask down")?;
+    let dir = cluster_dir();
+    let state = State::load(&dir.join("state.json"))?;
+    let mut stopped = 0;
+    for p in state.processes.iter().rev() {
+        if stop(p.pid, &p.marker) {
+            println!("stopped {} (pid {})", p.role, p.pid);
+            stopped += 1;
+        }
+    }
+    // Containers and shims outlive containerd; each node's containerd dir says what is left.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for entry in rd.filter_map(Result::ok) {
+            let root = entry.path().join("containerd");
+            if root.is_dir() {
+                for what in ContainerdLayout::new(&root).force_cleanup(None) {
+                    println!("cleaned up {what}");
+                }
+            }
+        }
+    }
+    // Anything else still naming the cluster dir (started before state.json recorded it).
+    let marker = dir.display().to_string();
+    for pid in processes_mentioning(&marker) {
+        if stop(pid, &marker) {
+            println!("stopped leftover pid {pid}");
+            stopped += 1;
+        }
+    }
+    let failed = underlay::delete_all();
+    if !failed.is_empty() {
+        bail!("could not delete namespaces {}", failed.join(" "));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+    }
+    println!("cluster down ({stopped} processes stopped)");
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL after [`GRACE`], if `pid` is still ours; whether it was.
+fn stop(pid: u32, marker: &str) -> bool {
+    if !is_ours(pid, marker) {
+        return false;
+    }
+    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
+    let gone = util::poll(GRACE, Duration::from_millis(50), || {
+        (!is_ours(pid, marker)).then_some(())
+    });
+    if gone.is_none() {
+        let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+    }
+    true
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask up` / `down`: a whole netlet cluster on this machine, every piece of it inside
+//! network namespaces this task creates (all named `nlt-up-…`).
+//!
+//! Layout (see `underlay.rs`): namespace `nlt-up-lan` holds the LAN bridge; each node `K` is a
+//! namespace `nlt-up-node-K` with `eth0` = `10.200.0.(10+K)/24` on that bridge, running its own
+//! containerd (all state under the cluster dir) and `netlet-agent`; `nlt-up-outside` is a host
+//! outside the cluster (`10.200.0.250`) for masquerade checks. The apiserver runs in the host
+//! namespace on 127.0.0.1 (a listening socket, not an address or route), and one forwarder
+//! process opens `127.0.0.1:6443` inside every node namespace and relays to it, so agents reach
+//! the API without the host namespace gaining any address, route or rule.
+//!
+//! Everything the cluster writes lives in `target/netlet-up/`; `state.json` there records the
+//! PIDs to stop, so `down` works after `up` crashed halfway and is idempotent.
+
+mod down;
+pub mod forward;
+mod state;
+mod underlay;
+mod up;
+
+use std::path::PathBuf;
+
+use crate::util;
+
+pub use down::down;
+pub use up::up;
+
+/// Options of `cargo xtask up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub nodes: u8,
+    /// Build and run release binaries (slower to build, faster to run).
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// The directory holding everything of the cluster.
+pub fn cluster_dir() -> PathBuf {
+    util::target_dir().join("netlet-up")
+}
+
+/// The prefix of every namespace the cluster creates.
+pub const NS_PREFIX: &str = "nlt-up-";
+/// The port the forwarder listens on inside each node namespace (127.0.0.1).
+pub const NODE_API_PORT: u16 = 6443;
