@@ -24,11 +24,17 @@ use crate::util;
 /// The pause program's source, compiled for the sandbox image.
 const PAUSE_C: &str = include_str!("images/pause.c");
 
+/// The test app's source, compiled with plain `rustc` (std only) into a static binary.
+const ECHO_RS: &str = include_str!("images/echo.rs");
+
 /// Where Debian's busybox-static installs its binary.
 const BUSYBOX: &str = "/bin/busybox";
 
 /// The sandbox image's name as containerd stores it (CRI normalises `netlet/pause:v1` to this).
 pub const PAUSE_IMAGE: &str = "docker.io/netlet/pause:v1";
+
+/// The test app image: `/echo` (HTTP 8080, TCP echo 9000, UDP echo 9001) plus busybox.
+pub const ECHO_IMAGE: &str = "localhost/netlet-echo:1";
 
 /// The busybox test image's name as containerd stores it.
 pub const TESTAPP_IMAGE: &str = "docker.io/netlet/testapp:v1";
@@ -91,7 +97,12 @@ pub fn run(args: &Args) -> Result<()> {
 pub fn build() -> Result<Vec<PathBuf>> {
     let out_dir = util::target_dir().join("images");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let images = [pause_image(&out_dir)?, testapp_image()?];
+    let build_dir = out_dir.join("build");
+    let images = [
+        pause_image(&build_dir)?,
+        testapp_image()?,
+        echo_image(&build_dir)?,
+    ];
     let mut archives = Vec::new();
     for image in &images {
         let path = out_dir.join(format!("{}.tar", image.file));
@@ -108,8 +119,8 @@ pub fn build() -> Result<Vec<PathBuf>> {
 }
 
 /// The sandbox image: the statically linked pause program and the directories runc mounts on.
-fn pause_image(out_dir: &Path) -> Result<Image> {
-    let binary = compile_pause(&out_dir.join("build"))?;
+fn pause_image(build_dir: &Path) -> Result<Image> {
+    let binary = compile_pause(build_dir)?;
     let mut entries = base_dirs();
     entries.insert("pause".into(), Entry::File(0o755, binary));
     Ok(Image {
@@ -140,8 +151,58 @@ fn compile_pause(build_dir: &Path) -> Result<Vec<u8>> {
     std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))
 }
 
+/// The echo image: the busybox image's files plus the static `/echo` as entrypoint.
+fn echo_image(build_dir: &Path) -> Result<Image> {
+    let binary = compile_echo(build_dir)?;
+    let mut entries = busybox_entries()?;
+    entries.insert("echo".into(), Entry::File(0o755, binary));
+    Ok(Image {
+        file: "echo",
+        reference: ECHO_IMAGE,
+        entries,
+        entrypoint: vec!["/echo"],
+    })
+}
+
+/// Compiles `echo.rs` statically with the workspace's `rustc` unless the copy of the source
+/// next to the binary is unchanged.
+fn compile_echo(build_dir: &Path) -> Result<Vec<u8>> {
+    let src = build_dir.join("echo.rs");
+    let bin = build_dir.join("echo");
+    let fresh = bin.is_file() && std::fs::read_to_string(&src).is_ok_and(|s| s == ECHO_RS);
+    if !fresh {
+        std::fs::write(&src, ECHO_RS).with_context(|| format!("writing {}", src.display()))?;
+        util::run(
+            Command::new("rustc")
+                .current_dir(util::workspace_root())
+                .args([
+                    "--edition",
+                    "2021",
+                    "-O",
+                    "-C",
+                    "target-feature=+crt-static",
+                ])
+                .args(["-C", "strip=symbols", "-o"])
+                .arg(&bin)
+                .arg(&src),
+        )
+        .context("compiling the echo test app (static, needs libc6-dev)")?;
+    }
+    std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))
+}
+
 /// The busybox image: `/bin/busybox`, a link per applet, and a minimal `/etc`.
 fn testapp_image() -> Result<Image> {
+    Ok(Image {
+        file: "testapp",
+        reference: TESTAPP_IMAGE,
+        entries: busybox_entries()?,
+        entrypoint: vec!["/bin/sh"],
+    })
+}
+
+/// Files of an image with Debian's static busybox under `/bin` (`sh`, `wget`, `nc`, `ip`, …).
+fn busybox_entries() -> Result<BTreeMap<String, Entry>> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("reading {BUSYBOX} (Debian package busybox-static)"))?;
     let out = Command::new(BUSYBOX)
@@ -173,12 +234,7 @@ fn testapp_image() -> Result<Image> {
     entries.insert("root".into(), Entry::Dir(0o700));
     entries.insert("var".into(), Entry::Dir(0o755));
     entries.insert("var/www".into(), Entry::Dir(0o755));
-    Ok(Image {
-        file: "testapp",
-        reference: TESTAPP_IMAGE,
-        entries,
-        entrypoint: vec!["/bin/sh"],
-    })
+    Ok(entries)
 }
 
 /// Directories every image has: mount points for runc and a sticky `/tmp`.
