@@ -88,12 +88,15 @@ type PostOnly = (
     &'static [&'static str],
 );
 
-/// The POST-only subresources of `r` (pods' `binding`).
+/// The POST-only subresources of `r` (pods' `binding` and `eviction`).
 fn post_only_subresources(r: &Resource) -> Vec<PostOnly> {
     if !(r.is_in("", "v1") && r.plural == "pods") {
         return Vec::new();
     }
-    vec![("binding", "", "v1", "Binding", &["create"])]
+    vec![
+        ("binding", "", "v1", "Binding", &["create"]),
+        ("eviction", "policy", "v1", "Eviction", &["create"]),
+    ]
 }
 
 fn resource_entries(r: &Resource) -> Vec<Value> {
@@ -306,7 +309,7 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding"]);
+        assert_eq!(subs, ["status", "binding", "eviction"]);
         let groups = aggregated(false);
         assert!(groups["items"]
             .as_array()

@@ -11,6 +11,7 @@
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
 //!   graceful deletion of bound pods, finalizers), `watch.rs` (WATCH streams).
 //! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
+//! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
 //! - `services.rs`: cluster IP and NodePort allocation of Service writes;
 //!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
@@ -41,6 +42,7 @@ mod deletion;
 mod discovery;
 mod error;
 mod events;
+mod eviction;
 mod http;
 mod namespaces;
 mod object;

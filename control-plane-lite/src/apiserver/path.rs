@@ -12,6 +12,8 @@ pub enum Subresource {
     Scale,
     /// `pods/<name>/binding` (and the `bindings` collection): assigning a pod to a node.
     Binding,
+    /// `pods/<name>/eviction`: a delete that disruption budgets may refuse.
+    Eviction,
 }
 
 /// A parsed resource URL.
@@ -87,6 +89,7 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         Some(&"status") if resource.status => Some(Subresource::Status),
         Some(&"scale") if resource.scale => Some(Subresource::Scale),
         Some(&"binding") if is_core_pods(resource) => Some(Subresource::Binding),
+        Some(&"eviction") if is_core_pods(resource) => Some(Subresource::Eviction),
         Some(_) => return Parsed::NotFound,
     };
     if rest.len() > 3 {
@@ -169,6 +172,10 @@ mod tests {
             target("", "v1", "namespaces/t1/bindings/p"),
             Parsed::NotFound
         );
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/pods/p/eviction") else {
+            panic!()
+        };
+        assert_eq!(t.subresource, Some(Subresource::Eviction));
         assert_eq!(
             target("", "v1", "namespaces/t1/configmaps/c/binding"),
             Parsed::NotFound

@@ -14,7 +14,7 @@ use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
-use super::{binding, openapi, read, watch, write};
+use super::{binding, eviction, openapi, read, watch, write};
 use crate::storage::Storage;
 
 /// The apiserver's request handler, shared by all connections.
@@ -147,6 +147,13 @@ impl Router {
             }
             let body = http::json_body(&headers, &bytes)?;
             return binding::create(storage, &t, body, dry_run).await;
+        }
+        if t.subresource == Some(Subresource::Eviction) {
+            let Some(name) = name.as_deref().filter(|_| method == Method::POST) else {
+                return Err(not_allowed(&t));
+            };
+            let body = http::json_body(&headers, &bytes)?;
+            return eviction::create(storage, &t, name, body, dry_run).await;
         }
         match (method, name) {
             (Method::GET, None) if t.subresource.is_none() => {
