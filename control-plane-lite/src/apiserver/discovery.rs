@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::resources::{group_versions, Resource, RESOURCES, VERBS};
+use super::resources::{group_versions, Resource, RESOURCES};
 
 /// The Kubernetes minor version this server claims (it serves a subset of it).
 pub const MINOR: &str = "33";
@@ -105,7 +105,7 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
@@ -212,7 +212,7 @@ fn aggregated_resource(r: &Resource) -> Value {
         "responseKind": kind,
         "scope": scope(r),
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         out["shortNames"] = json!(r.short_names);
@@ -303,6 +303,21 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(pods["scope"], "Namespaced");
+        assert!(pods["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
+        let namespaces = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "namespaces")
+            .unwrap()
+            .clone();
+        assert!(!namespaces["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
         let subs: Vec<&str> = pods["subresources"]
             .as_array()
             .unwrap()

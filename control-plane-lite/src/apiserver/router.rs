@@ -14,7 +14,7 @@ use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
-use super::{binding, eviction, openapi, read, watch, write};
+use super::{binding, deletecollection, eviction, openapi, read, watch, write};
 use crate::storage::Storage;
 
 /// The apiserver's request handler, shared by all connections.
@@ -171,6 +171,10 @@ impl Router {
             (Method::PATCH, Some(name)) => {
                 let kind = patch_type(&headers)?;
                 write::patch(storage, &t, &name, kind, &bytes, opts).await
+            }
+            (Method::DELETE, None) if t.subresource.is_none() => {
+                let options = DeleteOptions::parse(&bytes, query.get("gracePeriodSeconds"))?;
+                deletecollection::delete_collection(storage, &t, &query, &options, dry_run).await
             }
             (Method::DELETE, Some(name)) if t.subresource.is_none() => {
                 let options = DeleteOptions::parse(&bytes, query.get("gracePeriodSeconds"))?;
