@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::resources::{group_versions, Resource, RESOURCES, VERBS};
+use super::resources::{group_versions, Resource, RESOURCES};
 
 /// The Kubernetes minor version this server claims (it serves a subset of it).
 pub const MINOR: &str = "33";
@@ -79,13 +79,33 @@ fn in_category_all(r: &Resource) -> bool {
     )
 }
 
+/// A subresource that only takes a POST of its own kind: name, group, version, kind, verbs.
+type PostOnly = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// The POST-only subresources of `r` (pods' `binding` and `eviction`).
+fn post_only_subresources(r: &Resource) -> Vec<PostOnly> {
+    if !(r.is_in("", "v1") && r.plural == "pods") {
+        return Vec::new();
+    }
+    vec![
+        ("binding", "", "v1", "Binding", &["create"]),
+        ("eviction", "policy", "v1", "Eviction", &["create"]),
+    ]
+}
+
 fn resource_entries(r: &Resource) -> Vec<Value> {
     let mut main = json!({
         "name": r.plural,
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
@@ -94,6 +114,17 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         main["categories"] = json!(["all"]);
     }
     let mut out = vec![main];
+    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+        out.push(json!({
+            "name": format!("{}/{sub}", r.plural),
+            "singularName": "",
+            "namespaced": r.namespaced,
+            "group": group,
+            "version": version,
+            "kind": kind,
+            "verbs": verbs,
+        }));
+    }
     if r.status {
         out.push(json!({
             "name": format!("{}/status", r.plural),
@@ -162,6 +193,13 @@ fn aggregated_resource(r: &Resource) -> Value {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+        subresources.push(json!({
+            "subresource": sub,
+            "responseKind": {"group": group, "version": version, "kind": kind},
+            "verbs": verbs,
+        }));
+    }
     if r.scale {
         subresources.push(json!({
             "subresource": "scale",
@@ -174,7 +212,7 @@ fn aggregated_resource(r: &Resource) -> Value {
         "responseKind": kind,
         "scope": scope(r),
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         out["shortNames"] = json!(r.short_names);
@@ -237,6 +275,16 @@ mod tests {
             .map(|r| r["name"].as_str().unwrap())
             .collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status"));
+        let binding = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/binding")
+            .unwrap();
+        assert_eq!(
+            (&binding["kind"], &binding["verbs"]),
+            (&json!("Binding"), &json!(["create"]))
+        );
         assert!(resource_list("apps", "v2").is_none());
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["resources"][2]["kind"], "Scale");
@@ -255,7 +303,28 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(pods["scope"], "Namespaced");
-        assert_eq!(pods["subresources"][0]["subresource"], "status");
+        assert!(pods["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
+        let namespaces = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "namespaces")
+            .unwrap()
+            .clone();
+        assert!(!namespaces["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
+        let subs: Vec<&str> = pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subresource"].as_str().unwrap())
+            .collect();
+        assert_eq!(subs, ["status", "binding", "eviction"]);
         let groups = aggregated(false);
         assert!(groups["items"]
             .as_array()

@@ -9,7 +9,10 @@
 //!   `openapi.rs`: a schema-less OpenAPI v3 that lets kubectl leave validation to `strict.rs`
 //!   (`fieldValidation=Strict`).
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
-//!   graceful deletion of bound pods, finalizers), `watch.rs` (WATCH streams).
+//!   graceful deletion of bound pods, finalizers), `deletecollection.rs` (DELETE of a
+//!   collection by selectors), `watch.rs` (WATCH streams).
+//! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
+//! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
 //! - `services.rs`: cluster IP and NodePort allocation of Service writes;
 //!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
@@ -28,17 +31,20 @@
 //!
 //! Not done yet: OpenAPI schemas (`/openapi/v3` has paths only and `/openapi/v2` is 404, so
 //! `kubectl explain` finds nothing and kubectl 1.28 and older need `--validate=false`),
-//! server-side apply, deletecollection, YAML bodies, protobuf bodies beyond what kubectl's
+//! server-side apply, YAML bodies, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` and owner references (no garbage collector), IPv6 and dual-stack
 //! Services, `healthCheckNodePort`.
 
+mod binding;
 mod bootstrap;
 mod defaults;
+mod deletecollection;
 mod deletion;
 mod discovery;
 mod error;
 mod events;
+mod eviction;
 mod http;
 mod namespaces;
 mod object;

@@ -71,10 +71,33 @@ impl PartialEq for Resource {
 
 impl Eq for Resource {}
 
-/// The verbs served for every resource (no `deletecollection` yet).
+/// The verbs served for every resource but namespaces.
 pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// The verbs of namespaces, which (as upstream) take no `deletecollection`.
+pub const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
+
+impl Resource {
+    /// The verbs discovery lists for the resource.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.plural == "namespaces" {
+            NAMESPACE_VERBS
+        } else {
+            VERBS
+        }
+    }
+}
 
 fn roundtrip<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
     let typed: T = serde_json::from_value(value)?;
