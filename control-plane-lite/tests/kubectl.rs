@@ -649,3 +649,43 @@ fn kubectl_events_in_both_api_groups() {
     assert_eq!(new["note"], "image pulled");
     assert_eq!(new["deprecatedCount"], 1);
 }
+
+#[test]
+fn kubectl_drain_evicts_the_pods_of_a_node() {
+    let s = Server::start();
+    let manifest = s.dir.path().join("drain.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: on-n1\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: nginx\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: on-n2\nspec:\n  nodeName: n2\n  containers:\n  - name: c\n    image: nginx\n",
+    )
+    .unwrap();
+    s.kubectl_ok(&["create", "-f", &manifest.display().to_string()]);
+    // --force: the pods have no controller; --grace-period=0: no agent is there to finish a
+    // graceful deletion, so drain's wait for the pod to go would time out.
+    // -v=6 logs each request, showing that drain used the eviction subresource.
+    let drain = s.kubectl(&[
+        "drain",
+        "n1",
+        "--force",
+        "--grace-period=0",
+        "--timeout=30s",
+        "-v=6",
+    ]);
+    let (out, log) = (
+        String::from_utf8_lossy(&drain.stdout),
+        String::from_utf8_lossy(&drain.stderr),
+    );
+    assert!(drain.status.success(), "{out}\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("POST") && l.contains("/pods/on-n1/eviction") && l.contains("201")),
+        "{log}"
+    );
+    assert!(out.contains("pod/on-n1 evicted"), "{out}");
+    assert!(out.contains("node/n1 drained"), "{out}");
+    assert!(!s.kubectl(&["get", "pod", "on-n1"]).status.success());
+    s.kubectl_ok(&["get", "pod", "on-n2"]);
+    let unschedulable =
+        s.kubectl_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(unschedulable, "true");
+}

@@ -83,7 +83,6 @@ impl Backend for Recorder {
     }
 }
 
-
 fn service(name: &str, cluster_ip: &str) -> Service {
     serde_json::from_value(support::service_json(name, cluster_ip)).expect("service json")
 }
@@ -123,12 +122,7 @@ async fn services_and_slices_reach_the_backend_full_then_partial() {
         min_interval: Duration::from_millis(50),
         ..WatchConfig::default()
     };
-    let task = tokio::spawn(sync_loop::run(
-        client.clone(),
-        syncer,
-        cfg,
-        cancel.clone(),
-    ));
+    let task = tokio::spawn(sync_loop::run(client.clone(), syncer, cfg, cancel.clone()));
 
     // The first sync is a full one, made once both kinds are listed.
     recorder

@@ -79,6 +79,26 @@ fn in_category_all(r: &Resource) -> bool {
     )
 }
 
+/// A subresource that only takes a POST of its own kind: name, group, version, kind, verbs.
+type PostOnly = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// The POST-only subresources of `r` (pods' `binding` and `eviction`).
+fn post_only_subresources(r: &Resource) -> Vec<PostOnly> {
+    if !(r.is_in("", "v1") && r.plural == "pods") {
+        return Vec::new();
+    }
+    vec![
+        ("binding", "", "v1", "Binding", &["create"]),
+        ("eviction", "policy", "v1", "Eviction", &["create"]),
+    ]
+}
+
 fn resource_entries(r: &Resource) -> Vec<Value> {
     let mut main = json!({
         "name": r.plural,
@@ -94,6 +114,17 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         main["categories"] = json!(["all"]);
     }
     let mut out = vec![main];
+    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+        out.push(json!({
+            "name": format!("{}/{sub}", r.plural),
+            "singularName": "",
+            "namespaced": r.namespaced,
+            "group": group,
+            "version": version,
+            "kind": kind,
+            "verbs": verbs,
+        }));
+    }
     if r.status {
         out.push(json!({
             "name": format!("{}/status", r.plural),
@@ -160,6 +191,13 @@ fn aggregated_resource(r: &Resource) -> Value {
             "subresource": "status",
             "responseKind": kind,
             "verbs": ["get", "patch", "update"],
+        }));
+    }
+    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+        subresources.push(json!({
+            "subresource": sub,
+            "responseKind": {"group": group, "version": version, "kind": kind},
+            "verbs": verbs,
         }));
     }
     if r.scale {
@@ -237,6 +275,16 @@ mod tests {
             .map(|r| r["name"].as_str().unwrap())
             .collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status"));
+        let binding = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/binding")
+            .unwrap();
+        assert_eq!(
+            (&binding["kind"], &binding["verbs"]),
+            (&json!("Binding"), &json!(["create"]))
+        );
         assert!(resource_list("apps", "v2").is_none());
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["resources"][2]["kind"], "Scale");
@@ -255,7 +303,13 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(pods["scope"], "Namespaced");
-        assert_eq!(pods["subresources"][0]["subresource"], "status");
+        let subs: Vec<&str> = pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subresource"].as_str().unwrap())
+            .collect();
+        assert_eq!(subs, ["status", "binding", "eviction"]);
         let groups = aggregated(false);
         assert!(groups["items"]
             .as_array()

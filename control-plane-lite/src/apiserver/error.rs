@@ -48,6 +48,19 @@ pub enum ApiError {
         /// Object name.
         name: String,
     },
+    /// A write refused because of the object's state, with the reason why (e.g. binding a pod
+    /// that already has a node); a 409 like [`ApiError::Conflict`], but not to be retried.
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {reason}")]
+    Refused {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource (or `resource/subresource`) as named in the message, e.g. `pods/binding`.
+        resource: &'static str,
+        /// Object name.
+        name: String,
+        /// Why, e.g. `pod p is already assigned to node "n1"`.
+        reason: String,
+    },
     /// The object failed validation.
     #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -125,7 +138,9 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => 404,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::Refused { .. } => 409,
             ApiError::Invalid { .. } => 422,
             ApiError::NamespaceTerminating { .. } => 403,
             ApiError::BadRequest(_) => 400,
@@ -145,7 +160,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::Refused { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::BadRequest(_) => "BadRequest",
@@ -179,6 +194,12 @@ impl ApiError {
                 group,
                 resource,
                 name,
+            }
+            | ApiError::Refused {
+                group,
+                resource,
+                name,
+                ..
             } => Some(json!({"name": name, "group": group, "kind": resource})),
             ApiError::Invalid {
                 group,

@@ -10,6 +10,8 @@
 //!   (`fieldValidation=Strict`).
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
 //!   graceful deletion of bound pods, finalizers), `watch.rs` (WATCH streams).
+//! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
+//! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
 //! - `services.rs`: cluster IP and NodePort allocation of Service writes;
 //!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
@@ -33,12 +35,14 @@
 //! in), `propagationPolicy` and owner references (no garbage collector), IPv6 and dual-stack
 //! Services, `healthCheckNodePort`.
 
+mod binding;
 mod bootstrap;
 mod defaults;
 mod deletion;
 mod discovery;
 mod error;
 mod events;
+mod eviction;
 mod http;
 mod namespaces;
 mod object;

@@ -10,6 +10,10 @@ pub enum Subresource {
     Status,
     /// `…/scale`.
     Scale,
+    /// `pods/<name>/binding` (and the `bindings` collection): assigning a pod to a node.
+    Binding,
+    /// `pods/<name>/eviction`: a delete that disruption budgets may refuse.
+    Eviction,
 }
 
 /// A parsed resource URL.
@@ -57,6 +61,19 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
     let Some(plural) = rest.first() else {
         return Parsed::NotFound;
     };
+    // The core `bindings` collection: POST a Binding named after the pod it binds.
+    if (group, version, *plural) == ("", "v1", "bindings") {
+        return match (namespace, rest.len(), find("", "v1", "pods")) {
+            (Some(namespace), 1, Some(pods)) => Parsed::Target(Target {
+                resource: pods,
+                namespace: Some(namespace),
+                name: None,
+                subresource: Some(Subresource::Binding),
+                watch_path,
+            }),
+            _ => Parsed::NotFound,
+        };
+    }
     let Some(resource) = find(group, version, plural) else {
         return Parsed::NotFound;
     };
@@ -71,6 +88,8 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         None => None,
         Some(&"status") if resource.status => Some(Subresource::Status),
         Some(&"scale") if resource.scale => Some(Subresource::Scale),
+        Some(&"binding") if is_core_pods(resource) => Some(Subresource::Binding),
+        Some(&"eviction") if is_core_pods(resource) => Some(Subresource::Eviction),
         Some(_) => return Parsed::NotFound,
     };
     if rest.len() > 3 {
@@ -83,6 +102,10 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         subresource,
         watch_path,
     })
+}
+
+fn is_core_pods(resource: &Resource) -> bool {
+    resource.is_in("", "v1") && resource.plural == "pods"
 }
 
 /// The storage key prefix of a collection (`/registry/<resource>/[<ns>/]`).
@@ -132,6 +155,31 @@ mod tests {
             panic!()
         };
         assert!(t.watch_path && t.name.is_none());
+
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/pods/p/binding") else {
+            panic!()
+        };
+        assert_eq!(t.subresource, Some(Subresource::Binding));
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/bindings") else {
+            panic!()
+        };
+        assert_eq!(
+            (t.resource.plural, t.name, t.subresource),
+            ("pods", None, Some(Subresource::Binding))
+        );
+        assert_eq!(target("", "v1", "bindings"), Parsed::NotFound);
+        assert_eq!(
+            target("", "v1", "namespaces/t1/bindings/p"),
+            Parsed::NotFound
+        );
+        let Parsed::Target(t) = target("", "v1", "namespaces/t1/pods/p/eviction") else {
+            panic!()
+        };
+        assert_eq!(t.subresource, Some(Subresource::Eviction));
+        assert_eq!(
+            target("", "v1", "namespaces/t1/configmaps/c/binding"),
+            Parsed::NotFound
+        );
 
         assert_eq!(target("", "v1", "namespaces/t1/nodes"), Parsed::NotFound);
         assert_eq!(target("", "v1", "configmaps/a/status"), Parsed::NotFound);

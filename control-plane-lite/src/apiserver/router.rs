@@ -11,10 +11,10 @@ use super::discovery;
 use super::error::ApiError;
 use super::http::{self, Body, Query, Rendering};
 use super::patch::{self, PatchType};
-use super::path::{self, Parsed, Target};
+use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
-use super::{openapi, read, watch, write};
+use super::{binding, eviction, openapi, read, watch, write};
 use crate::storage::Storage;
 
 /// The apiserver's request handler, shared by all connections.
@@ -139,6 +139,21 @@ impl Router {
                 return Err(ApiError::MethodNotAllowed);
             }
             return watch::watch(Arc::clone(&self.storage), &t, rendering, &query);
+        }
+        // Subresources that only take a POST of their own kind.
+        if t.subresource == Some(Subresource::Binding) {
+            if method != Method::POST {
+                return Err(not_allowed(&t));
+            }
+            let body = http::json_body(&headers, &bytes)?;
+            return binding::create(storage, &t, body, dry_run).await;
+        }
+        if t.subresource == Some(Subresource::Eviction) {
+            let Some(name) = name.as_deref().filter(|_| method == Method::POST) else {
+                return Err(not_allowed(&t));
+            };
+            let body = http::json_body(&headers, &bytes)?;
+            return eviction::create(storage, &t, name, body, dry_run).await;
         }
         match (method, name) {
             (Method::GET, None) if t.subresource.is_none() => {

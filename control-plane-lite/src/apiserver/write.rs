@@ -219,6 +219,10 @@ async fn replace(
             new = current.clone();
             new["spec"]["replicas"] = replicas;
         }
+        // Served by `binding.rs` and `eviction.rs`; the router sends no writes of it here.
+        Some(Subresource::Binding | Subresource::Eviction) => {
+            return Err(ApiError::MethodNotAllowed)
+        }
         None if r.status => new["status"] = current["status"].clone(),
         None => {}
     }
