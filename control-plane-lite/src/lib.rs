@@ -14,6 +14,11 @@
 //! - [`apiserver`]: the Kubernetes REST API over the storage, served over HTTPS with client
 //!   certificates; its own Layout section maps its files. The binary (`src/main.rs`,
 //!   `netlet-control-plane serve`) opens the embedded storage and runs it.
+//! - [`scheduler`]: the scheduler, an API client (kube-rs watchers) with an in-memory cache;
+//!   its Layout section maps its files.
+//! - [`leader`]: Lease-based leader election that runs a task only while leading.
 
 pub mod apiserver;
+pub mod leader;
+pub mod scheduler;
 pub mod storage;

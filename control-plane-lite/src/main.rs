@@ -1,4 +1,4 @@
-//! `netlet-control-plane`: parses arguments and runs the library's apiserver.
+//! `netlet-control-plane`: parses arguments and runs the library's apiserver and scheduler.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use netlet_control_plane::apiserver::{self, Pki, ServiceAllocator, ServiceCidr};
+use netlet_control_plane::leader::{LeaderConfig, LeaderElector, Outcome};
+use netlet_control_plane::scheduler::{self, SchedulerConfig, DEFAULT_SCHEDULER_NAME};
 use netlet_control_plane::storage::{EmbeddedStorage, EtcdStorage, Storage};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "netlet-control-plane", about = "netlet control plane")]
@@ -56,6 +59,22 @@ enum Command {
         /// Prefix prepended to every key in etcd (with `--storage etcd`).
         #[arg(long, default_value = "")]
         etcd_prefix: String,
+        /// Do not run the scheduler in-process (it runs by default, behind leader election,
+        /// as a client of this server).
+        #[arg(long)]
+        disable_scheduler: bool,
+    },
+    /// Schedule pods: assign pending pods to nodes through the API at `--kubeconfig`.
+    Scheduler {
+        /// Kubeconfig of the API server to talk to.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Schedule the pods whose `spec.schedulerName` is this.
+        #[arg(long, default_value = DEFAULT_SCHEDULER_NAME)]
+        scheduler_name: String,
+        /// Run only while holding the Lease kube-system/kube-scheduler (for several replicas).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
     },
 }
 
@@ -82,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             storage,
             etcd_endpoints,
             etcd_prefix,
+            disable_scheduler,
         } => runtime.block_on(async {
             let storage = open_storage(storage, &data_dir, &etcd_endpoints, etcd_prefix).await?;
             serve(
@@ -91,9 +111,83 @@ fn main() -> anyhow::Result<()> {
                 port,
                 compaction_interval,
                 service_cidr,
+                !disable_scheduler,
             )
             .await
         }),
+        Command::Scheduler {
+            kubeconfig,
+            scheduler_name,
+            leader_elect,
+        } => runtime.block_on(async {
+            let client = client_from(&kubeconfig).await?;
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                on_signal.cancel();
+            });
+            run_scheduler(client, scheduler_name, leader_elect, shutdown).await
+        }),
+    }
+}
+
+/// An API client from a kubeconfig file.
+async fn client_from(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Runs the scheduler until `shutdown`: directly, or only while leading (waiting to lead again
+/// after losing the Lease).
+async fn run_scheduler(
+    client: kube::Client,
+    scheduler_name: String,
+    leader_elect: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = SchedulerConfig {
+        scheduler_name: scheduler_name.clone(),
+        ..Default::default()
+    };
+    if !leader_elect {
+        return scheduler::run(client, config, shutdown)
+            .await
+            .context("running the scheduler");
+    }
+    let lease = if scheduler_name == DEFAULT_SCHEDULER_NAME {
+        "kube-scheduler".to_string()
+    } else {
+        scheduler_name
+    };
+    let mut elector = LeaderElector::new(client.clone(), LeaderConfig::new("kube-system", &lease));
+    loop {
+        let (client, config) = (client.clone(), config.clone());
+        let outcome = elector
+            .run(shutdown.clone(), |token| async move {
+                if let Err(e) = scheduler::run(client, config, token).await {
+                    tracing::error!(error = %e, "scheduler stopped");
+                }
+            })
+            .await;
+        match outcome {
+            Outcome::Shutdown => return Ok(()),
+            Outcome::LostLeadership => tracing::warn!("scheduler lost leadership; waiting to lead"),
+            Outcome::TaskFinished => {
+                // The scheduler ended on its own (a watch closed): back off, then start over.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -132,6 +226,7 @@ async fn serve(
     port: u16,
     compaction_interval: u64,
     service_cidr: ServiceCidr,
+    with_scheduler: bool,
 ) -> anyhow::Result<()> {
     apiserver::ensure_system_namespaces(storage.as_ref())
         .await
@@ -161,6 +256,24 @@ async fn serve(
             Arc::clone(&storage),
             Duration::from_secs(compaction_interval),
         ));
+    }
+    let shutdown = CancellationToken::new();
+    // Cancels the in-process scheduler whichever way `serve` returns.
+    let _stop_scheduler = shutdown.clone().drop_guard();
+    if with_scheduler {
+        let kubeconfig = kubeconfig.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = match client_from(&kubeconfig).await {
+                Ok(client) => {
+                    run_scheduler(client, DEFAULT_SCHEDULER_NAME.into(), true, shutdown).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = format!("{e:#}"), "in-process scheduler failed");
+            }
+        });
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -1,0 +1,377 @@
+//! The scheduler's in-memory view of the cluster: nodes and the pods bound (or assumed bound)
+//! to each, with running sums of their requests, host ports and owners. Scheduling reads it
+//! directly instead of re-listing per pod; a pod counts on its node as soon as the scheduler
+//! decides ("assumes") it, so a burst never overcommits while binds are still in flight.
+
+use super::resources::{pod_requests, Resources};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A pod's identity in the cache and queue: `namespace/name`.
+pub type PodKey = String;
+
+/// `namespace/name` of a pod.
+pub fn pod_key(pod: &Pod) -> PodKey {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A host port a pod takes on its node: (protocol, host IP, port).
+pub type HostPort = (String, String, i32);
+
+/// The host ports a pod asks for; an empty host IP means every address (`0.0.0.0`).
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|&hp| hp > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.host_ip
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or_else(|| "0.0.0.0".into()),
+                port,
+            ))
+        })
+        .collect()
+}
+
+/// The uid of a pod's controller ownerReference (its ReplicaSet, Job, …), for spreading.
+pub fn controller_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// What one pod contributes to its node's sums.
+#[derive(Debug, Clone)]
+struct PodEntry {
+    requests: Resources,
+    non_zero: Resources,
+    ports: Vec<HostPort>,
+    owner: Option<String>,
+}
+
+impl PodEntry {
+    fn new(pod: &Pod) -> Self {
+        Self {
+            requests: pod_requests(pod, false),
+            non_zero: pod_requests(pod, true),
+            ports: host_ports(pod),
+            owner: controller_uid(pod).map(str::to_string),
+        }
+    }
+}
+
+/// One node and the sums over the pods on it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The node object, `None` while only pods naming it have been seen.
+    pub node: Option<Arc<Node>>,
+    /// The node's allocatable resources.
+    pub allocatable: Resources,
+    /// Sum of the requests of the pods on it (pods = their count).
+    pub requested: Resources,
+    /// Sum with non-zero defaults, for the resource scores.
+    pub non_zero_requested: Resources,
+    /// Host ports in use, with how many pods use each.
+    pub used_ports: HashMap<HostPort, usize>,
+    /// Pods per controller uid.
+    pub owners: HashMap<String, usize>,
+    pods: HashSet<PodKey>,
+}
+
+impl NodeInfo {
+    /// A node with nothing on it (for tests and new nodes).
+    pub fn from_node(node: Node) -> Self {
+        let mut info = NodeInfo::default();
+        info.set_node(Arc::new(node));
+        info
+    }
+
+    fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable =
+            Resources::from_list(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        self.node = Some(node);
+    }
+
+    /// The node's name ("" if only pods named it so far).
+    pub fn name(&self) -> &str {
+        self.node
+            .as_ref()
+            .and_then(|n| n.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// How many pods are on the node.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    fn add(&mut self, key: &PodKey, entry: &PodEntry) {
+        if !self.pods.insert(key.clone()) {
+            return;
+        }
+        self.requested.add(&entry.requests);
+        self.non_zero_requested.add(&entry.non_zero);
+        for port in &entry.ports {
+            *self.used_ports.entry(port.clone()).or_default() += 1;
+        }
+        if let Some(owner) = &entry.owner {
+            *self.owners.entry(owner.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &PodKey, entry: &PodEntry) {
+        if !self.pods.remove(key) {
+            return;
+        }
+        self.requested.sub(&entry.requests);
+        self.non_zero_requested.sub(&entry.non_zero);
+        for port in &entry.ports {
+            if let Some(n) = self.used_ports.get_mut(port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.used_ports.remove(port);
+                }
+            }
+        }
+        if let Some(owner) = &entry.owner {
+            if let Some(n) = self.owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(owner);
+                }
+            }
+        }
+    }
+
+    /// Accounts `pod` on this node (test helper and what assuming does).
+    pub fn add_pod(&mut self, pod: &Pod) {
+        self.add(&pod_key(pod), &PodEntry::new(pod));
+    }
+}
+
+/// Where a cached pod is and why.
+#[derive(Debug, Clone)]
+struct Placement {
+    node: String,
+    entry: PodEntry,
+    /// Assumed by us and not yet seen bound by the watch.
+    assumed: bool,
+}
+
+/// Nodes and the pods on them; the scheduling loop owns it (no locks).
+#[derive(Debug, Default)]
+pub struct Cache {
+    nodes: BTreeMap<String, NodeInfo>,
+    pods: HashMap<PodKey, Placement>,
+}
+
+/// A pod holds node resources until it ends.
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Cache {
+    /// Adds or replaces a node.
+    pub fn upsert_node(&mut self, node: Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.nodes.entry(name).or_default().set_node(Arc::new(node));
+    }
+
+    /// Forgets a node (its pods stay accounted under its name until they go).
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(info) = self.nodes.get_mut(name) {
+            info.node = None;
+            if info.pods.is_empty() {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    /// Applies a pod seen by the watch: a bound, running pod is accounted on its node (this
+    /// confirms an assumption); a finished one is dropped.
+    pub fn upsert_pod(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        match node {
+            Some(node) if !node.is_empty() && !is_terminal(pod) => {
+                self.remove_key(&key);
+                self.place(key, node, PodEntry::new(pod), false);
+            }
+            // Not bound yet: keep an assumption, the watch just has not seen the binding.
+            _ if !is_terminal(pod) && self.is_assumed(&key) => {}
+            _ => self.remove_key(&key),
+        }
+    }
+
+    /// Drops a deleted pod.
+    pub fn remove_pod(&mut self, key: &PodKey) {
+        self.remove_key(key);
+    }
+
+    /// Counts `pod` on `node` right away, before its binding is written.
+    pub fn assume(&mut self, pod: &Pod, node: &str) {
+        let key = pod_key(pod);
+        self.remove_key(&key);
+        self.place(key, node.to_string(), PodEntry::new(pod), true);
+    }
+
+    /// Undoes [`Self::assume`] after a failed bind (no-op if the watch already saw it bound).
+    pub fn forget(&mut self, key: &PodKey) {
+        if self.is_assumed(key) {
+            self.remove_key(key);
+        }
+    }
+
+    /// Whether `key` is assumed and not yet confirmed by the watch.
+    pub fn is_assumed(&self, key: &PodKey) -> bool {
+        self.pods.get(key).is_some_and(|p| p.assumed)
+    }
+
+    /// Whether the cache has `key` on some node (bound or assumed).
+    pub fn has_pod(&self, key: &PodKey) -> bool {
+        self.pods.contains_key(key)
+    }
+
+    /// The nodes that exist (node object seen), in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values().filter(|n| n.node.is_some())
+    }
+
+    /// Names of the nodes that exist.
+    pub fn node_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes().map(NodeInfo::name)
+    }
+
+    /// Keys of every cached pod.
+    pub fn pod_keys(&self) -> impl Iterator<Item = &PodKey> {
+        self.pods.keys()
+    }
+
+    /// One node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name).filter(|n| n.node.is_some())
+    }
+
+    fn place(&mut self, key: PodKey, node: String, entry: PodEntry, assumed: bool) {
+        self.nodes
+            .entry(node.clone())
+            .or_default()
+            .add(&key, &entry);
+        self.pods.insert(
+            key,
+            Placement {
+                node,
+                entry,
+                assumed,
+            },
+        );
+    }
+
+    fn remove_key(&mut self, key: &PodKey) {
+        if let Some(p) = self.pods.remove(key) {
+            if let Some(info) = self.nodes.get_mut(&p.node) {
+                info.remove(key, &p.entry);
+                if info.node.is_none() && info.pods.is_empty() {
+                    self.nodes.remove(&p.node);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, node: Option<&str>, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                    "uid": "u1", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c",
+                "ports": [{"containerPort": 80, "hostPort": 8080}],
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn assumed_pods_count_until_confirmed_or_forgotten() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("n1"));
+        let p = pod("a", None, "Pending");
+        cache.assume(&p, "n1");
+        let info = cache.node("n1").unwrap();
+        assert_eq!(info.requested.milli_cpu, 500);
+        assert_eq!(info.requested.pods, 1);
+        assert_eq!(info.owners.get("u1"), Some(&1));
+        assert!(info
+            .used_ports
+            .contains_key(&("TCP".into(), "0.0.0.0".into(), 8080)));
+        // A stale unbound update from the watch keeps the assumption.
+        cache.upsert_pod(&p);
+        assert!(cache.is_assumed(&"ns/a".to_string()));
+        // The watch sees it bound: confirmed, counted once.
+        cache.upsert_pod(&pod("a", Some("n1"), "Pending"));
+        assert!(!cache.is_assumed(&"ns/a".to_string()));
+        assert_eq!(cache.node("n1").unwrap().requested.pods, 1);
+        // Forget after confirmation does nothing.
+        cache.forget(&"ns/a".to_string());
+        assert_eq!(cache.node("n1").unwrap().requested.pods, 1);
+        // Finished pods free their node.
+        cache.upsert_pod(&pod("a", Some("n1"), "Succeeded"));
+        let info = cache.node("n1").unwrap();
+        assert_eq!(info.requested, Resources::default());
+        assert!(info.used_ports.is_empty() && info.owners.is_empty());
+    }
+
+    #[test]
+    fn forget_undoes_an_assumption() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("n1"));
+        cache.assume(&pod("a", None, "Pending"), "n1");
+        cache.forget(&"ns/a".to_string());
+        assert_eq!(cache.node("n1").unwrap().requested, Resources::default());
+    }
+
+    #[test]
+    fn pods_of_unknown_nodes_wait_for_the_node() {
+        let mut cache = Cache::default();
+        cache.upsert_pod(&pod("a", Some("n2"), "Running"));
+        assert_eq!(cache.nodes().count(), 0);
+        cache.upsert_node(node("n2"));
+        assert_eq!(cache.node("n2").unwrap().requested.pods, 1);
+        cache.remove_node("n2");
+        assert!(cache.node("n2").is_none());
+        cache.remove_pod(&"ns/a".to_string());
+        assert!(cache.nodes.is_empty());
+    }
+}
