@@ -16,4 +16,5 @@
 //!   `netlet-control-plane serve`) opens the embedded storage and runs it.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod storage;
