@@ -12,6 +12,7 @@
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
+pub mod endpoints;
 pub mod node_ipam;
 mod owner;
 mod pods;
@@ -140,6 +141,11 @@ impl ControllerError {
     }
 }
 
+/// Whether a client error is the apiserver's 404 (already gone is fine when deleting).
+pub(crate) fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
 /// `namespace/name` of an object, for logs and errors.
 pub(crate) fn key<K: Resource>(obj: &K) -> String {
     let meta = obj.meta();
@@ -193,6 +199,7 @@ pub async fn run(
     let all = async move {
         futures::join!(
             ipam,
+            endpoints::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
