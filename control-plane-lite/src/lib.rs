@@ -16,9 +16,12 @@
 //!   `netlet-control-plane serve`) opens the embedded storage and runs it.
 //! - [`scheduler`]: the scheduler, an API client (kube-rs watchers) with an in-memory cache;
 //!   its Layout section maps its files.
+//! - [`controllers`]: the controllers (node IPAM, endpoints, workloads), API clients like the
+//!   scheduler, run together by [`controllers::run`].
 //! - [`leader`]: Lease-based leader election that runs a task only while leading.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod leader;
 pub mod scheduler;
 pub mod storage;
