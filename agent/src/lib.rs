@@ -5,14 +5,19 @@
 //! `netlet-cni`, route to other nodes' pod CIDRs and masquerade traffic leaving the cluster.
 //! It also has a network-only mode for running as a DaemonSet beside another kubelet.
 //!
-//! So far only the runtime edge exists: the CRI client, tested against a real containerd that
-//! invokes `netlet-cni` for the pods it runs.
-//!
 //! # Layout
+//! - [`config`]: the settings (defaults, JSON file, validation); `main.rs` maps flags onto them.
+//! - [`node`]: registration, node status, Lease, CNI config and pod routes — one loop each.
 //! - [`cri`]: the only module that speaks CRI — a `runtime.v1` client over containerd's unix
 //!   socket; errors name the operation and the pod, container or image.
 //! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
 //!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
 //!   with the images of `cargo xtask images`.
+//! - `tests/node_routes.rs`: the route reconciler against a real routing table in an `nlt-`
+//!   namespace, driven by Nodes in our apiserver.
+//! - `tests/node_agent.rs`: the `netlet-agent` binary inside an `nlt-` namespace against our
+//!   apiserver: registration, Lease, CNI config, routes.
 
+pub mod config;
 pub mod cri;
+pub mod node;

@@ -1,0 +1,263 @@
+//! `netlet-agent`: maps flags onto the library's [`AgentConfig`] and runs the node loops side by
+//! side until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Node;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use netlet_agent::config::AgentConfig;
+use netlet_agent::node::address;
+use netlet_agent::node::cni_config::{self, CniSettings};
+use netlet_agent::node::lease::NodeLease;
+use netlet_agent::node::registration::Registration;
+use netlet_agent::node::route_table::NetlinkRouteTable;
+use netlet_agent::node::routes::RouteReconciler;
+use netlet_agent::node::runtime::RuntimeProbe;
+use netlet_agent::node::sysinfo::SystemInfo;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Flags override the config file, which overrides the built-in defaults.
+#[derive(Parser, Debug)]
+#[command(name = "netlet-agent", about = "netlet node agent")]
+struct Cli {
+    /// JSON config file (camelCase keys of the agent config); flags given override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kubeconfig to reach the apiserver [default: in-cluster config or $KUBECONFIG].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The Node this agent registers and serves.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP [default: first non-loopback IPv4 of the network namespace].
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// containerd's CRI socket [default: /run/containerd/containerd.sock].
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
+    /// Where the CNI conflist is written [default: /etc/cni/net.d].
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where containerd finds the CNI plugins [default: /opt/cni/bin].
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    /// The agent's state directory [default: /var/lib/netlet].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The cluster's pod network [default: 10.244.0.0/16].
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Network>,
+    /// Only node networking (CNI config, routes): no Node registration or Lease, for running
+    /// beside another kubelet.
+    #[arg(long)]
+    network_only: bool,
+    /// Do not manage routes to other nodes' pod CIDRs (another component routes pod traffic).
+    #[arg(long)]
+    no_routes: bool,
+    /// Seconds between Lease renewals and node status checks [default: 10].
+    #[arg(long)]
+    heartbeat_interval_secs: Option<u64>,
+}
+
+impl Cli {
+    /// The validated config: defaults, then the file, then the flags.
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let mut c = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v.into(); } )* };
+        }
+        set!(
+            node_name,
+            containerd_socket,
+            cni_conf_dir,
+            cni_bin_dir,
+            state_dir,
+            cluster_cidr,
+            heartbeat_interval_secs
+        );
+        if self.kubeconfig.is_some() {
+            c.kubeconfig = self.kubeconfig;
+        }
+        if self.node_ip.is_some() {
+            c.node_ip = self.node_ip;
+        }
+        c.network_only |= self.network_only;
+        c.manage_routes &= !self.no_routes;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Cli::parse().into_config()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(cfg))
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig, and neither in-cluster config nor $KUBECONFIG works")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Cancels `cancel` on SIGTERM or SIGINT.
+fn cancel_on_signals(cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone())?;
+    let client = kube_client(cfg.kubeconfig.as_ref()).await?;
+    let (connection, netlink, _) =
+        rtnetlink::new_connection().context("opening a netlink route socket")?;
+    tokio::spawn(connection);
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => address::detect_node_ip(&netlink).await?,
+    };
+    tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, "netlet-agent starting");
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (cni_ready_tx, cni_ready) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(cni_config::run(
+        nodes.clone(),
+        cfg.node_name.clone(),
+        CniSettings {
+            cluster_cidr: cfg.cluster_cidr,
+            ipam_dir: cfg.ipam_dir(),
+            conf_dir: cfg.cni_conf_dir.clone(),
+        },
+        cni_ready_tx,
+        cancel.clone(),
+    ));
+    if !cfg.network_only {
+        let sys = SystemInfo::gather(&cfg.state_dir).context("describing this machine")?;
+        let registration = Registration {
+            api: nodes.clone(),
+            node_name: cfg.node_name.clone(),
+            node_ip,
+            sys,
+            runtime: Some(Arc::new(RuntimeProbe::new(&cfg.containerd_socket))),
+            cni_ready,
+            heartbeat: cfg.heartbeat_interval(),
+            report_interval: cfg.status_report_interval(),
+        };
+        tasks.spawn(registration.run(cancel.clone()));
+        let lease = NodeLease::new(client.clone(), &cfg.node_name);
+        tasks.spawn(lease.run(cfg.heartbeat_interval(), cancel.clone()));
+    }
+    if cfg.manage_routes {
+        let routes = RouteReconciler {
+            api: nodes,
+            node_name: cfg.node_name.clone(),
+            node_ip,
+            table: NetlinkRouteTable::new(netlink),
+            resync: cfg.route_resync(),
+        };
+        tasks.spawn(routes.run(cancel.clone()));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a node loop panicked")?;
+        // A loop ends only on cancellation (or when its watch stream ends): stop the others.
+        cancel.cancel();
+    }
+    tracing::info!("netlet-agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<AgentConfig> {
+        Cli::try_parse_from(std::iter::once("netlet-agent").chain(args.iter().copied()))?
+            .into_config()
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = parse(&[
+            "--kubeconfig",
+            "/k",
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "192.0.2.4",
+            "--cni-conf-dir",
+            "/tmp/net.d",
+            "--cluster-cidr",
+            "10.8.0.0/16",
+            "--no-routes",
+        ])
+        .unwrap();
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(c.node_name, "n1");
+        assert_eq!(c.node_ip, Some(Ipv4Addr::new(192, 0, 2, 4)));
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/tmp/net.d"));
+        assert_eq!(c.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/netlet"));
+        assert_eq!(c.cluster_cidr.to_string(), "10.8.0.0/16");
+        assert!(!c.manage_routes && !c.network_only);
+    }
+
+    #[test]
+    fn flags_override_the_config_file_and_validation_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.json");
+        std::fs::write(
+            &file,
+            r#"{"nodeName": "from-file", "networkOnly": true, "stateDir": "/s"}"#,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["--config", f]).unwrap();
+        assert_eq!((c.node_name.as_str(), c.network_only), ("from-file", true));
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        let c = parse(&["--config", f, "--node-name", "flag"]).unwrap();
+        assert_eq!(c.node_name, "flag");
+        assert!(parse(&[]).unwrap_err().to_string().contains("node name"));
+        assert!(parse(&["--node-name", "n", "--state-dir", "rel"]).is_err());
+        assert!(parse(&["--node-name", "n", "--cluster-cidr", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! The node's InternalIP when none is configured: the first usable IPv4 address of the
+//! agent's network namespace, in interface-index order (so the primary NIC, created first,
+//! wins over bridges and veths created later by containerd and netlet-cni).
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Why no node address could be found.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// The netlink address dump failed.
+    #[error("listing the network namespace's addresses over netlink: {0}")]
+    Dump(#[source] rtnetlink::Error),
+    /// The namespace has no address a node could use.
+    #[error("no non-loopback, non-link-local IPv4 address in the agent's network namespace; set --node-ip")]
+    NoneFound,
+}
+
+/// Whether `ip` can be a node's InternalIP: not loopback (127/8), not link-local (169.254/16,
+/// which every host may reuse), not unspecified, broadcast or multicast.
+pub fn usable(ip: Ipv4Addr) -> bool {
+    !(ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast())
+}
+
+/// The first usable address of `(interface index, address)` pairs, lowest index first, the
+/// kernel's order within an interface.
+pub fn pick(addrs: &[(u32, Ipv4Addr)]) -> Option<Ipv4Addr> {
+    let mut sorted: Vec<&(u32, Ipv4Addr)> = addrs.iter().filter(|(_, ip)| usable(*ip)).collect();
+    sorted.sort_by_key(|(index, _)| *index); // stable: keeps the kernel's order per interface
+    sorted.first().map(|(_, ip)| *ip)
+}
+
+/// Dumps the namespace's IPv4 addresses over `handle` and [`pick`]s one.
+pub async fn detect_node_ip(handle: &rtnetlink::Handle) -> Result<Ipv4Addr, AddressError> {
+    let mut addrs = Vec::new();
+    let mut dump = handle.address().get().execute();
+    while let Some(msg) = dump.try_next().await.map_err(AddressError::Dump)? {
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
+        // point-to-point links, so prefer the former when both are present.
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        let address = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local.or(address) {
+            addrs.push((msg.header.index, ip));
+        }
+    }
+    pick(&addrs).ok_or(AddressError::NoneFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn picks_lowest_interface_and_skips_loopback_and_link_local() {
+        let addrs = [
+            (1, ip("127.0.0.1")),
+            (5, ip("10.244.1.1")),
+            (2, ip("169.254.3.4")),
+            (3, ip("192.0.2.10")),
+            (3, ip("192.0.2.11")),
+        ];
+        assert_eq!(pick(&addrs), Some(ip("192.0.2.10")));
+        assert_eq!(pick(&[(1, ip("127.0.0.1"))]), None);
+        assert_eq!(pick(&[]), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Registering this node and keeping its status current.
+//!
+//! The Node is created if absent and adopted if present (our labels merged in, nothing else of
+//! its metadata or spec touched). Then every heartbeat the agent recomputes the status and
+//! writes it through the `status` subresource when it changed — a condition flipped, an address
+//! or the runtime version changed — or when the report interval passed; in between, liveness is
+//! the Lease's job, as with the kubelet's `nodeStatusReportFrequency`. A Node deleted behind the
+//! agent's back is registered again.
+
+use super::runtime::RuntimeProbe;
+use super::status::{desired_status, differs_beyond_heartbeat, node_labels, StatusInputs};
+use super::sysinfo::SystemInfo;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Field manager name for our writes, so server-side apply and `managedFields` show who
+/// wrote what.
+pub const FIELD_MANAGER: &str = "netlet-agent";
+
+/// Why registering or reporting failed (the loop logs these and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// Reading, creating or patching the Node failed.
+    #[error("{op} Node {node}: {source}")]
+    Api {
+        /// What was attempted.
+        op: &'static str,
+        /// The node name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Whether a kube error is the apiserver's 404.
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Whether a kube error is the apiserver's 409 (already exists / conflict).
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Creates the Node `name` with `labels`, or merges `labels` into the existing one.
+pub async fn ensure_node(
+    api: &Api<Node>,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Node, RegistrationError> {
+    let err = |op| {
+        move |source| RegistrationError::Api {
+            op,
+            node: name.to_string(),
+            source,
+        }
+    };
+    match api.get_opt(name).await.map_err(err("reading"))? {
+        Some(existing) => {
+            let have = existing.metadata.labels.clone().unwrap_or_default();
+            if labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                return Ok(existing);
+            }
+            tracing::info!(node = name, "adopting existing Node, adding our labels");
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .map_err(err("labelling"))
+        }
+        None => {
+            let node = Node {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Node::default()
+            };
+            match api.create(&PostParams::default(), &node).await {
+                Ok(n) => {
+                    tracing::info!(node = name, "registered Node");
+                    Ok(n)
+                }
+                // Someone (an admin, a previous agent) created it in between: adopt it.
+                Err(e) if is_conflict(&e) => api.get(name).await.map_err(err("reading")),
+                Err(e) => Err(err("creating")(e)),
+            }
+        }
+    }
+}
+
+/// The status reporter of one node.
+pub struct Registration {
+    /// Nodes API.
+    pub api: Api<Node>,
+    /// This node's name.
+    pub node_name: String,
+    /// Its InternalIP.
+    pub node_ip: Ipv4Addr,
+    /// The machine.
+    pub sys: SystemInfo,
+    /// The container runtime, when this agent runs pods; `None`: readiness is the CNI
+    /// config's alone.
+    pub runtime: Option<Arc<RuntimeProbe>>,
+    /// Whether the CNI config for this node's pod CIDR is in place.
+    pub cni_ready: watch::Receiver<bool>,
+    /// How often the status is recomputed.
+    pub heartbeat: Duration,
+    /// How long an unchanged status may go unwritten.
+    pub report_interval: Duration,
+}
+
+impl Registration {
+    /// Registers the node and reports its status until `cancel` fires. Errors are logged
+    /// and retried at the next heartbeat.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let labels = node_labels(&self.node_name, self.sys.architecture);
+        // What we last wrote and when; `None` forces a write (first round, or after an error).
+        let mut last: Option<(NodeStatus, Instant)> = None;
+        let mut registered = false;
+        loop {
+            if !registered {
+                match ensure_node(&self.api, &self.node_name, &labels).await {
+                    Ok(node) => {
+                        registered = true;
+                        // Carry over transition times of conditions a previous run reported.
+                        last = node
+                            .status
+                            .filter(|s| s.conditions.is_some())
+                            .map(|s| (s, Instant::now() - self.report_interval));
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            if registered {
+                match self.report(last.as_ref()).await {
+                    Ok(Some(written)) => last = Some((written, Instant::now())),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let RegistrationError::Api { source, .. } = &e;
+                        if is_not_found(source) {
+                            tracing::warn!(node = %self.node_name, "Node was deleted; registering it again");
+                            registered = false;
+                            last = None;
+                            continue;
+                        }
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.heartbeat) => {}
+                // A CNI config just appeared or vanished: report it now, not a heartbeat later.
+                r = self.cni_ready.changed() => {
+                    if r.is_err() {
+                        // The CNI config task ended (shutdown); keep the heartbeat alone.
+                        cancel.cancelled().await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Computes the status and writes it if due; returns what was written.
+    async fn report(
+        &self,
+        last: Option<&(NodeStatus, Instant)>,
+    ) -> Result<Option<NodeStatus>, RegistrationError> {
+        let mut problems = Vec::new();
+        let mut runtime_version = None;
+        if let Some(probe) = &self.runtime {
+            let state = probe.check().await;
+            runtime_version = state.version;
+            problems.extend(state.problem);
+        }
+        if !*self.cni_ready.borrow() {
+            problems.push(
+                "network plugin not ready: no CNI config yet (waiting for the Node's spec.podCIDR)"
+                    .to_string(),
+            );
+        }
+        let now = Time(Timestamp::now());
+        let status = desired_status(
+            &StatusInputs {
+                node_name: &self.node_name,
+                node_ip: self.node_ip,
+                sys: &self.sys,
+                runtime_version: runtime_version.as_deref(),
+                problems: &problems,
+            },
+            last.and_then(|(s, _)| s.conditions.as_deref()),
+            &now,
+        );
+        let due = match last {
+            None => true,
+            Some((prev, at)) => {
+                differs_beyond_heartbeat(prev, &status) || at.elapsed() >= self.report_interval
+            }
+        };
+        if !due {
+            return Ok(None);
+        }
+        self.api
+            .patch_status(
+                &self.node_name,
+                &patch_params(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .map_err(|source| RegistrationError::Api {
+                op: "updating status of",
+                node: self.node_name.clone(),
+                source,
+            })?;
+        tracing::debug!(node = %self.node_name, ready = problems.is_empty(), "node status written");
+        if last.is_none_or(|(prev, _)| {
+            super::status::ready_status(prev) != super::status::ready_status(&status)
+        }) {
+            tracing::info!(node = %self.node_name, ready = problems.is_empty(), problems = ?problems, "node readiness");
+        }
+        Ok(Some(status))
+    }
+}
+
+/// Patch parameters naming us as the field manager.
+pub(crate) fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
