@@ -1,4 +1,5 @@
-//! `netlet-control-plane`: parses arguments and runs the library's apiserver and scheduler.
+//! `netlet-control-plane`: parses arguments and runs the library's apiserver, scheduler and
+//! controllers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use netlet_control_plane::apiserver::{self, Pki, ServiceAllocator, ServiceCidr};
+use netlet_control_plane::controllers::{self, ControllersConfig};
 use netlet_control_plane::leader::{LeaderConfig, LeaderElector, Outcome};
 use netlet_control_plane::scheduler::{self, SchedulerConfig, DEFAULT_SCHEDULER_NAME};
 use netlet_control_plane::storage::{EmbeddedStorage, EtcdStorage, Storage};
@@ -63,6 +65,13 @@ enum Command {
         /// as a client of this server).
         #[arg(long)]
         disable_scheduler: bool,
+        /// Do not run the controllers in-process (they run by default, behind leader
+        /// election, as clients of this server).
+        #[arg(long)]
+        disable_controllers: bool,
+        /// Settings of the in-process controllers.
+        #[command(flatten)]
+        controllers: ControllersConfig,
     },
     /// Schedule pods: assign pending pods to nodes through the API at `--kubeconfig`.
     Scheduler {
@@ -75,6 +84,18 @@ enum Command {
         /// Run only while holding the Lease kube-system/kube-scheduler (for several replicas).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         leader_elect: bool,
+    },
+    /// Run the controllers (node IPAM, endpoints, workloads) against the API at `--kubeconfig`.
+    Controllers {
+        /// Kubeconfig of the API server to talk to.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Run only while holding the Lease kube-system/kube-controller-manager.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Controller settings.
+        #[command(flatten)]
+        config: ControllersConfig,
     },
 }
 
@@ -102,6 +123,8 @@ fn main() -> anyhow::Result<()> {
             etcd_endpoints,
             etcd_prefix,
             disable_scheduler,
+            disable_controllers,
+            controllers,
         } => runtime.block_on(async {
             let storage = open_storage(storage, &data_dir, &etcd_endpoints, etcd_prefix).await?;
             serve(
@@ -111,7 +134,10 @@ fn main() -> anyhow::Result<()> {
                 port,
                 compaction_interval,
                 service_cidr,
-                !disable_scheduler,
+                InProcess {
+                    scheduler: !disable_scheduler,
+                    controllers: (!disable_controllers).then_some(controllers),
+                },
             )
             .await
         }),
@@ -121,21 +147,33 @@ fn main() -> anyhow::Result<()> {
             leader_elect,
         } => runtime.block_on(async {
             let client = client_from(&kubeconfig).await?;
-            let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-                on_signal.cancel();
-            });
-            run_scheduler(client, scheduler_name, leader_elect, shutdown).await
+            run_scheduler(client, scheduler_name, leader_elect, cancel_on_signal()?).await
+        }),
+        Command::Controllers {
+            kubeconfig,
+            leader_elect,
+            config,
+        } => runtime.block_on(async {
+            let client = client_from(&kubeconfig).await?;
+            run_controllers(client, config, leader_elect, cancel_on_signal()?).await
         }),
     }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    Ok(shutdown)
 }
 
 /// An API client from a kubeconfig file.
@@ -160,35 +198,82 @@ async fn run_scheduler(
         scheduler_name: scheduler_name.clone(),
         ..Default::default()
     };
-    if !leader_elect {
-        return scheduler::run(client, config, shutdown)
-            .await
-            .context("running the scheduler");
-    }
     let lease = if scheduler_name == DEFAULT_SCHEDULER_NAME {
         "kube-scheduler".to_string()
     } else {
         scheduler_name
     };
-    let mut elector = LeaderElector::new(client.clone(), LeaderConfig::new("kube-system", &lease));
+    let elect = leader_elect.then_some(lease.as_str());
+    run_elected("scheduler", client.clone(), elect, shutdown, move |token| {
+        scheduler::run(client.clone(), config.clone(), token)
+    })
+    .await
+}
+
+/// Runs the controllers until `shutdown`, like [`run_scheduler`] (Lease
+/// kube-system/kube-controller-manager).
+async fn run_controllers(
+    client: kube::Client,
+    config: ControllersConfig,
+    leader_elect: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let elect = leader_elect.then_some("kube-controller-manager");
+    run_elected("controllers", client.clone(), elect, shutdown, move |token| {
+        controllers::run(client.clone(), config.clone(), token)
+    })
+    .await
+}
+
+/// Runs `task` until `shutdown`: directly when `lease` is `None`, else only while holding the
+/// Lease kube-system/`lease` (waiting to lead again after losing it, and restarting the task
+/// after a pause if it ends by itself).
+async fn run_elected<F, Fut, E>(
+    what: &'static str,
+    client: kube::Client,
+    lease: Option<&str>,
+    shutdown: CancellationToken,
+    task: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let Some(lease) = lease else {
+        return task(shutdown)
+            .await
+            .with_context(|| format!("running the {what}"));
+    };
+    let mut elector = LeaderElector::new(client, LeaderConfig::new("kube-system", lease));
     loop {
-        let (client, config) = (client.clone(), config.clone());
         let outcome = elector
-            .run(shutdown.clone(), |token| async move {
-                if let Err(e) = scheduler::run(client, config, token).await {
-                    tracing::error!(error = %e, "scheduler stopped");
+            .run(shutdown.clone(), |token| {
+                let run = task(token);
+                async move {
+                    if let Err(e) = run.await {
+                        tracing::error!(error = %e, "{what} stopped");
+                    }
                 }
             })
             .await;
         match outcome {
             Outcome::Shutdown => return Ok(()),
-            Outcome::LostLeadership => tracing::warn!("scheduler lost leadership; waiting to lead"),
+            Outcome::LostLeadership => tracing::warn!("{what} lost leadership; waiting to lead"),
             Outcome::TaskFinished => {
-                // The scheduler ended on its own (a watch closed): back off, then start over.
+                // The task ended on its own (a watch closed): back off, then start over.
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+/// What `serve` runs in-process beside the API.
+struct InProcess {
+    /// The scheduler.
+    scheduler: bool,
+    /// The controllers, with their settings.
+    controllers: Option<ControllersConfig>,
 }
 
 /// Opens the chosen storage backend.
@@ -226,7 +311,7 @@ async fn serve(
     port: u16,
     compaction_interval: u64,
     service_cidr: ServiceCidr,
-    with_scheduler: bool,
+    in_process: InProcess,
 ) -> anyhow::Result<()> {
     apiserver::ensure_system_namespaces(storage.as_ref())
         .await
@@ -258,20 +343,38 @@ async fn serve(
         ));
     }
     let shutdown = CancellationToken::new();
-    // Cancels the in-process scheduler whichever way `serve` returns.
-    let _stop_scheduler = shutdown.clone().drop_guard();
-    if with_scheduler {
+    // Cancels the in-process scheduler and controllers whichever way `serve` returns.
+    let _stop_clients = shutdown.clone().drop_guard();
+    if in_process.scheduler || in_process.controllers.is_some() {
         let kubeconfig = kubeconfig.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let result = match client_from(&kubeconfig).await {
-                Ok(client) => {
-                    run_scheduler(client, DEFAULT_SCHEDULER_NAME.into(), true, shutdown).await
+            let client = match client_from(&kubeconfig).await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "in-process API client failed");
+                    return;
                 }
-                Err(e) => Err(e),
             };
-            if let Err(e) = result {
-                tracing::error!(error = format!("{e:#}"), "in-process scheduler failed");
+            let scheduler = async {
+                if in_process.scheduler {
+                    let name = DEFAULT_SCHEDULER_NAME.to_string();
+                    run_scheduler(client.clone(), name, true, shutdown.clone()).await
+                } else {
+                    Ok(())
+                }
+            };
+            let controllers = async {
+                match in_process.controllers {
+                    Some(config) => {
+                        run_controllers(client.clone(), config, true, shutdown.clone()).await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let (s, c) = tokio::join!(scheduler, controllers);
+            for e in [s.err(), c.err()].into_iter().flatten() {
+                tracing::error!(error = format!("{e:#}"), "in-process component failed");
             }
         });
     }
