@@ -14,6 +14,7 @@ mod bench;
 mod cluster;
 mod cni_exec;
 mod demo;
+mod e2e;
 mod deps;
 mod images;
 mod interrupt;

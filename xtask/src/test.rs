@@ -42,7 +42,10 @@ pub struct Suite {
 }
 
 /// The registered e2e suites, run in this order.
-pub const SUITES: &[Suite] = &[];
+pub const SUITES: &[Suite] = &[Suite {
+    name: "cluster",
+    run: crate::e2e::run_cluster_suite,
+}];
 
 /// `cargo xtask test`; `Ok(false)` when anything failed.
 pub fn run() -> Result<bool> {

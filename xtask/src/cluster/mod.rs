@@ -15,7 +15,7 @@
 mod down;
 pub mod forward;
 mod state;
-mod underlay;
+pub mod underlay;
 mod up;
 
 use std::path::PathBuf;

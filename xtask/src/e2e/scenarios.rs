@@ -1,0 +1,250 @@
+//! The e2e scenarios, each a function that drives the running cluster through stock `kubectl`
+//! and fails with what it saw. Pods report results through their own exit status (a client
+//! pod with `restartPolicy: Never` ends `Succeeded` or `Failed`), so no exec or logs are needed.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use super::kubectl::Kubectl;
+use crate::cluster::underlay;
+use crate::images::ECHO_IMAGE;
+
+/// What every scenario gets.
+pub struct Ctx {
+    /// kubectl for the cluster.
+    pub kubectl: Kubectl,
+    /// Number of nodes (named `node-1` …).
+    pub nodes: u8,
+}
+
+/// A scenario: its name and body.
+pub type Scenario = (&'static str, fn(&Ctx) -> Result<()>);
+
+/// The scenarios, in order (later ones use the Deployment the second one creates).
+pub const SCENARIOS: &[Scenario] = &[
+    ("nodes get distinct pod CIDRs", nodes_have_distinct_pod_cidrs),
+    ("deployment spreads over nodes", deployment_spreads_over_nodes),
+    ("pod to pod across nodes without NAT", pod_to_pod_without_nat),
+    ("pod to outside is masqueraded", pod_to_outside_is_masqueraded),
+    ("deleted pods go away", deleted_pods_go_away),
+];
+
+const NS: &str = "e2e";
+const POD_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn nodes_have_distinct_pod_cidrs(ctx: &Ctx) -> Result<()> {
+    let cidrs = ctx.kubectl.wait_for(
+        "a podCIDR on every node",
+        &["nodes"],
+        Duration::from_secs(30),
+        |list| {
+            let cidrs: Vec<String> = items(list)
+                .iter()
+                .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
+                .collect();
+            (cidrs.len() == usize::from(ctx.nodes)).then_some(cidrs)
+        },
+    )?;
+    let mut unique = cidrs.clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(unique.len() == cidrs.len(), "duplicate pod CIDRs: {cidrs:?}");
+    Ok(())
+}
+
+fn deployment_spreads_over_nodes(ctx: &Ctx) -> Result<()> {
+    ctx.kubectl
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))?;
+    let replicas = i64::from(ctx.nodes);
+    ctx.kubectl.apply(&json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "echo", "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}},
+                "spec": {"containers": [{
+                    "name": "echo", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+                    "ports": [{"containerPort": 8080, "name": "http"}],
+                }]},
+            },
+        },
+    }))?;
+    let pods = running_pods(ctx, "app=echo", replicas as usize)?;
+    let nodes = ctx.kubectl.get(&["nodes"])?;
+    let mut used = Vec::new();
+    for pod in &pods {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let ip: Ipv4Addr = pod["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("pod {} has no IPv4 podIP", name(pod)))?;
+        let cidr = items(&nodes)
+            .iter()
+            .find(|n| name(n) == node)
+            .and_then(|n| n["spec"]["podCIDR"].as_str())
+            .with_context(|| format!("node {node} of pod {} has no podCIDR", name(pod)))?
+            .to_string();
+        ensure!(
+            in_cidr(ip, &cidr),
+            "pod {} on {node} has IP {ip} outside the node's {cidr}",
+            name(pod)
+        );
+        used.push(node.to_string());
+    }
+    used.sort();
+    used.dedup();
+    ensure!(
+        used.len() == pods.len(),
+        "{} replicas landed on only {} nodes: {used:?}",
+        pods.len(),
+        used.len()
+    );
+    Ok(())
+}
+
+fn pod_to_pod_without_nat(ctx: &Ctx) -> Result<()> {
+    let pods = running_pods(ctx, "app=echo", usize::from(ctx.nodes))?;
+    let target = &pods[0];
+    let target_node = target["spec"]["nodeName"].as_str().unwrap_or_default();
+    let client_node = (1..=ctx.nodes)
+        .map(|k| format!("node-{k}"))
+        .find(|n| n != target_node)
+        .context("needs two nodes")?;
+    let ip = target["status"]["podIP"].as_str().unwrap_or_default();
+    // The echo server answers with the client address it saw; it must be the pod's own.
+    let script = format!(
+        "me=$(ip -4 -o addr show eth0 | awk '{{print $4}}' | cut -d/ -f1); \
+         out=$(wget -qO- -T 5 http://{ip}:8080/); echo \"me=$me got: $out\"; \
+         case \"$out\" in *\"client=$me:\"*) exit 0;; *) exit 1;; esac"
+    );
+    run_client_pod(ctx, "client-direct", &client_node, &script)
+}
+
+fn pod_to_outside_is_masqueraded(ctx: &Ctx) -> Result<()> {
+    let echo = crate::util::target_dir().join("images/build/echo");
+    let outside = underlay::outside_ns();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &outside])
+        .arg(&echo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} in {outside}", echo.display()))?;
+    let _server = integration::ChildGuard::new(child);
+    let node_ip = underlay::node_ip(1);
+    let script = format!(
+        "out=$(wget -qO- -T 5 http://{}:8080/); echo \"got: $out\"; \
+         case \"$out\" in *\"client={node_ip}:\"*) exit 0;; *) exit 1;; esac",
+        underlay::outside_ip()
+    );
+    run_client_pod(ctx, "client-outside", "node-1", &script)
+}
+
+fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
+    ctx.kubectl
+        .run(&["-n", NS, "delete", "deployment", "echo", "--wait=false"])?;
+    ctx.kubectl
+        .run(&["-n", NS, "delete", "pods", "--all", "--wait=false"])?;
+    ctx.kubectl.wait_for(
+        "every pod in namespace e2e to be gone",
+        &["-n", NS, "pods"],
+        POD_TIMEOUT,
+        |list| items(list).is_empty().then_some(()),
+    )
+}
+
+/// Runs a busybox script in a pod pinned to `node` and requires it to exit 0.
+fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> Result<()> {
+    ctx.kubectl.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": NS, "labels": {"role": "client"}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "client", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+            }],
+        },
+    }))?;
+    let phase = ctx.kubectl.wait_for(
+        &format!("pod {pod} to finish"),
+        &["-n", NS, "pod", pod],
+        POD_TIMEOUT,
+        |p| match p["status"]["phase"].as_str() {
+            Some(ph @ ("Succeeded" | "Failed")) => Some(ph.to_string()),
+            _ => None,
+        },
+    )?;
+    if phase != "Succeeded" {
+        let status = ctx.kubectl.get(&["-n", NS, "pod", pod])?;
+        bail!(
+            "client pod {pod} on {node} failed: {}",
+            status["status"]["containerStatuses"]
+        );
+    }
+    Ok(())
+}
+
+/// Waits until `count` pods with `selector` are Running and Ready; returns them.
+fn running_pods(ctx: &Ctx, selector: &str, count: usize) -> Result<Vec<Value>> {
+    ctx.kubectl.wait_for(
+        &format!("{count} Running and Ready pods {selector}"),
+        &["-n", NS, "pods", "-l", selector],
+        POD_TIMEOUT,
+        |list| {
+            let ready: Vec<Value> = items(list)
+                .into_iter()
+                .filter(|p| p["status"]["phase"] == "Running" && is_ready(p))
+                .collect();
+            (ready.len() == count).then_some(ready)
+        },
+    )
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or("?")
+}
+
+/// Whether `ip` lies in the IPv4 `cidr` (`a.b.c.d/len`).
+fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_membership() {
+        assert!(in_cidr("10.244.1.7".parse().unwrap(), "10.244.1.0/24"));
+        assert!(!in_cidr("10.244.2.7".parse().unwrap(), "10.244.1.0/24"));
+        assert!(in_cidr("1.2.3.4".parse().unwrap(), "0.0.0.0/0"));
+        assert!(!in_cidr("1.2.3.4".parse().unwrap(), "garbage"));
+    }
+}
