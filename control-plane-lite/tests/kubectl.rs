@@ -689,3 +689,64 @@ fn kubectl_drain_evicts_the_pods_of_a_node() {
         s.kubectl_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]);
     assert_eq!(unschedulable, "true");
 }
+
+#[test]
+fn kubectl_explain_and_apply_validation_use_openapi_v3() {
+    let s = Server::start();
+    let explained = s.kubectl_ok(&["explain", "pod.spec.containers"]);
+    for needle in [
+        "KIND:       Pod",
+        "VERSION:    v1",
+        "FIELD: containers <[]Container>",
+        "image\t<string>",
+        "imagePullPolicy\t<string>",
+        "ports\t<[]ContainerPort>",
+    ] {
+        assert!(
+            explained.contains(needle),
+            "{needle:?} missing in {explained}"
+        );
+    }
+    let deployment = s.kubectl_ok(&["explain", "deployments.spec.replicas"]);
+    assert!(
+        deployment.contains("GROUP:      apps") && deployment.contains("<integer>"),
+        "{deployment}"
+    );
+
+    // Default validation: a clean manifest applies, then re-applies as a patch.
+    let manifest = s.dir.path().join("pod.yaml");
+    let pod = |extra: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\nspec:\n  containers:\n  - name: c\n    image: nginx\n{extra}")
+    };
+    let file = manifest.display().to_string();
+    std::fs::write(&manifest, pod("")).unwrap();
+    s.kubectl_ok(&["apply", "-f", &file]);
+    std::fs::write(&manifest, pod("    workingDir: /srv\n")).unwrap();
+    let reapply = s.kubectl(&["apply", "-f", &file]);
+    let stderr = String::from_utf8_lossy(&reapply.stderr);
+    assert!(reapply.status.success(), "{stderr}");
+    // kubectl computed the patch without complaint (from its compiled-in types).
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let dir = s.kubectl_ok(&[
+        "get",
+        "pod",
+        "p1",
+        "-o",
+        "jsonpath={.spec.containers[0].workingDir}",
+    ]);
+    assert_eq!(dir, "/srv");
+
+    // An unknown field fails kubectl's strict validation, on create and on patch alike.
+    for (name, extra) in [("p1", "    imagee: x\n"), ("p2", "    imagee: x\n")] {
+        let text = pod(extra).replace("name: p1", &format!("name: {name}"));
+        std::fs::write(&manifest, text).unwrap();
+        let out = s.kubectl(&["apply", "-f", &file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains("strict decoding error: unknown field \"spec.containers[0].imagee\""),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(!s.kubectl(&["get", "pod", "p2"]).status.success());
+}

@@ -6,7 +6,8 @@
 //! - `router.rs`: dispatch by path and verb; `path.rs` parses resource URLs into a [`Target`]
 //!   and storage keys (`/registry/<resource>/[<namespace>/]<name>`).
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, legacy and aggregated discovery;
-//!   `openapi.rs`: a schema-less OpenAPI v3 that lets kubectl leave validation to `strict.rs`
+//!   `openapi.rs`: OpenAPI v3 with the kinds' schemas (from k8s-openapi via `schemars`, for
+//!   `kubectl explain`) whose operations let kubectl leave validation to `strict.rs`
 //!   (`fieldValidation=Strict`).
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
 //!   graceful deletion of bound pods, finalizers), `deletecollection.rs` (DELETE of a
@@ -29,9 +30,8 @@
 //! - `tls.rs`: the PKI (CA, serving and admin certificates) and kubeconfig; `server.rs`: the
 //!   HTTPS accept loop and periodic compaction.
 //!
-//! Not done yet: OpenAPI schemas (`/openapi/v3` has paths only and `/openapi/v2` is 404, so
-//! `kubectl explain` finds nothing and kubectl 1.28 and older need `--validate=false`),
-//! server-side apply, YAML bodies, protobuf bodies beyond what kubectl's
+//! Not done yet: `/openapi/v2` (404, so kubectl 1.28 and older need `--validate=false`),
+//! patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, YAML bodies, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` and owner references (no garbage collector), IPv6 and dual-stack
 //! Services, `healthCheckNodePort`.

@@ -1,11 +1,21 @@
-//! A minimal OpenAPI v3 (`/openapi/v3` index and one document per group/version).
+//! OpenAPI v3: the `/openapi/v3` index and one document per group/version, with the real
+//! schemas of the served kinds.
 //!
-//! The documents carry only paths with operations, their `x-kubernetes-group-version-kind` and
-//! the `fieldValidation` query parameter; no schemas. That is what kubectl's validation needs:
-//! when the PATCH operation of a kind lists `fieldValidation`, kubectl leaves validation to the
-//! server (`fieldValidation=Strict`, see `strict.rs`) instead of downloading schemas. Clients
-//! that need schemas (`kubectl explain`) find none yet; `/openapi/v2` is not served.
+//! The schemas come from k8s-openapi's types through `schemars` (its `schemars` feature), named
+//! as upstream (`io.k8s.api.core.v1.Pod`), references as `allOf: [{$ref}]` beside their
+//! description as upstream's v3 documents have them, and each served kind marked with
+//! `x-kubernetes-group-version-kind`, which is how `kubectl explain` finds a kind's schema.
+//! Every write operation lists the `fieldValidation` query parameter: kubectl then leaves
+//! validation to the server (`fieldValidation=Strict`, see `strict.rs`) instead of
+//! validating against the schemas itself. PATCH operations declare no request body, so
+//! `kubectl apply` computes strategic merge patches from its compiled-in types rather than from
+//! these schemas, which lack the patch-strategy extensions. The documents are built once, on
+//! first use. `/openapi/v2` is not served.
 
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use super::discovery::MINOR;
@@ -36,7 +46,10 @@ pub fn index() -> Value {
     json!({ "paths": paths })
 }
 
-fn operation(r: &Resource, action: &str, with_validation: bool) -> Value {
+/// The prefix of references to the document's component schemas.
+const COMPONENTS: &str = "#/components/schemas/";
+
+fn operation(r: &Resource, action: &str, with_validation: bool, schema: Option<&str>) -> Value {
     let mut params = vec![json!({"name": "pretty", "in": "query", "schema": {"type": "string"}})];
     if with_validation {
         for name in ["dryRun", "fieldManager", "fieldValidation"] {
@@ -46,34 +59,104 @@ fn operation(r: &Resource, action: &str, with_validation: bool) -> Value {
     json!({
         "operationId": format!("{action}{}", r.kind),
         "parameters": params,
-        "responses": {"200": {"description": "OK"}},
+        "responses": {"200": response(schema)},
         "x-kubernetes-action": action,
         "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
     })
 }
 
+fn response(schema: Option<&str>) -> Value {
+    match schema {
+        Some(name) => json!({
+            "description": "OK",
+            "content": {"application/json": {"schema": {"$ref": format!("{COMPONENTS}{name}")}}},
+        }),
+        None => json!({"description": "OK"}),
+    }
+}
+
+/// The documents by group/version path, built on first use.
+static DOCUMENTS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
+    let all = std::iter::once(("", "v1")).chain(group_versions());
+    all.filter_map(|(g, v)| {
+        let path = gv_path(g, v);
+        build(&path).map(|doc| (path, doc))
+    })
+    .collect()
+});
+
 /// The document of one group/version path such as `api/v1` or `apis/apps/v1`.
 pub fn document(path: &str) -> Option<Value> {
-    let mut paths = Map::new();
-    for r in RESOURCES
+    DOCUMENTS.get(path).cloned()
+}
+
+/// The component schemas of the kinds in `resources` and everything they refer to, each kind
+/// marked with its group/version/kind; returns them with each kind's component name.
+fn schemas(resources: &[&Resource]) -> (Map<String, Value>, Vec<String>) {
+    let mut generator = SchemaSettings::openapi3()
+        .with(|s| s.meta_schema = None)
+        .into_generator();
+    let names: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            let reference = (r.schema)(&mut generator);
+            reference
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix(COMPONENTS))
+                .unwrap_or(r.kind)
+                .to_string()
+        })
+        .collect();
+    // Status is what deletes and failed requests return.
+    generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
+    let mut components = generator.take_definitions(true);
+    for (r, name) in resources.iter().zip(&names) {
+        if let Some(schema) = components.get_mut(name).and_then(Value::as_object_mut) {
+            // k8s-openapi requires `metadata` (a non-optional Rust field); upstream does not.
+            if let Some(Value::Array(required)) = schema.get_mut("required") {
+                required.retain(|f| f != "metadata");
+                if required.is_empty() {
+                    schema.remove("required");
+                }
+            }
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "kind": r.kind, "version": r.version}]),
+            );
+        }
+    }
+    (components, names)
+}
+
+fn build(path: &str) -> Option<Value> {
+    let resources: Vec<&Resource> = RESOURCES
         .iter()
         .filter(|r| gv_path(r.group, r.version) == path)
-    {
+        .collect();
+    let (components, names) = schemas(&resources);
+    let mut paths = Map::new();
+    for (r, name) in resources.into_iter().zip(&names) {
+        let kind = Some(name.as_str());
         let base = format!("/{path}");
         let collection = if r.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}", r.plural)
         } else {
             format!("{base}/{}", r.plural)
         };
-        paths.insert(
-            collection.clone(),
-            json!({"get": operation(r, "list", false), "post": operation(r, "post", true)}),
-        );
+        let mut ops = json!({
+            "get": operation(r, "list", false, None),
+            "post": operation(r, "post", true, kind),
+        });
+        if r.verbs().contains(&"deletecollection") {
+            ops["delete"] = operation(r, "deletecollection", false, None);
+        }
+        paths.insert(collection.clone(), ops);
         let object = json!({
-            "get": operation(r, "get", false),
-            "put": operation(r, "put", true),
-            "patch": operation(r, "patch", true),
-            "delete": operation(r, "delete", false),
+            "get": operation(r, "get", false, kind),
+            "put": operation(r, "put", true, kind),
+            "patch": operation(r, "patch", true, kind),
+            "delete": operation(r, "delete", false, None),
         });
         paths.insert(format!("{collection}/{{name}}"), object);
     }
@@ -84,7 +167,7 @@ pub fn document(path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{MINOR}.0")},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": components},
     }))
 }
 
@@ -110,5 +193,47 @@ mod tests {
         assert!(params.iter().any(|p| p["name"] == "fieldValidation"));
         assert!(document("api/v1").unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
         assert!(document("apis/nope/v1").is_none());
+        let response = &patch["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            response["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.Deployment"
+        );
+        assert!(patch.get("requestBody").is_none(), "see the module doc");
+    }
+
+    #[test]
+    fn schemas_are_named_and_marked_as_upstream() {
+        let doc = document("api/v1").unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let pod = &schemas["io.k8s.api.core.v1.Pod"];
+        assert_eq!(
+            pod["x-kubernetes-group-version-kind"],
+            json!([{"group": "", "kind": "Pod", "version": "v1"}])
+        );
+        assert!(pod.get("required").is_none(), "{}", pod["required"]);
+        assert_eq!(
+            pod["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.core.v1.PodSpec"
+        );
+        let container = &schemas["io.k8s.api.core.v1.Container"];
+        assert_eq!(container["properties"]["image"]["type"], "string");
+        assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+        assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.Status"].is_object());
+        // Only served kinds are marked: a PodSpec is no kind.
+        assert!(schemas["io.k8s.api.core.v1.PodSpec"]
+            .get("x-kubernetes-group-version-kind")
+            .is_none());
+        let events = document("apis/events.k8s.io/v1").unwrap();
+        assert_eq!(
+            events["components"]["schemas"]["io.k8s.api.events.v1.Event"]
+                ["x-kubernetes-group-version-kind"][0]["group"],
+            "events.k8s.io"
+        );
+        let namespaces = &doc["paths"]["/api/v1/namespaces"];
+        assert!(namespaces.get("delete").is_none(), "no deletecollection");
+        assert_eq!(
+            doc["paths"]["/api/v1/namespaces/{namespace}/pods"]["delete"]["x-kubernetes-action"],
+            "deletecollection"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! is code (defaults, table columns) is keyed by [`Resource::plural`] in `defaults.rs` and
 //! `table.rs`.
 
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -14,6 +15,10 @@ use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, netwo
 /// Decodes a JSON object into the kind's typed struct and back, so that malformed fields are
 /// rejected and unknown ones dropped (the apiserver's decoding and pruning).
 pub type DecodeFn = fn(Value) -> Result<Value, serde_json::Error>;
+
+/// Registers the kind's JSON schema (and those it refers to) with an OpenAPI generator and
+/// returns the reference to it; `openapi.rs` builds the documents from these.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
 /// One served resource (a kind in one group/version).
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +45,8 @@ pub struct Resource {
     pub name_is_label: bool,
     /// The typed round trip of an incoming body.
     pub decode: DecodeFn,
+    /// The kind's schema, from the same typed struct.
+    pub schema: SchemaFn,
 }
 
 impl Resource {
@@ -99,6 +106,15 @@ impl Resource {
     }
 }
 
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// The decoding and the schema of the typed struct `T`.
+const fn typed<T: DeserializeOwned + Serialize + JsonSchema>() -> (DecodeFn, SchemaFn) {
+    (roundtrip::<T>, schema::<T>)
+}
+
 fn roundtrip<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
     let typed: T = serde_json::from_value(value)?;
     serde_json::to_value(typed)
@@ -110,7 +126,7 @@ const fn core(
     singular: &'static str,
     namespaced: bool,
     short_names: &'static [&'static str],
-    decode: DecodeFn,
+    (decode, schema): (DecodeFn, SchemaFn),
 ) -> Resource {
     Resource {
         group: "",
@@ -124,6 +140,7 @@ const fn core(
         scale: false,
         name_is_label: false,
         decode,
+        schema,
     }
 }
 
@@ -134,11 +151,11 @@ const fn grouped(
     plural: &'static str,
     singular: &'static str,
     short_names: &'static [&'static str],
-    decode: DecodeFn,
+    typed: (DecodeFn, SchemaFn),
 ) -> Resource {
     Resource {
         group,
-        ..core(kind, plural, singular, true, short_names, decode)
+        ..core(kind, plural, singular, true, short_names, typed)
     }
 }
 
@@ -153,7 +170,7 @@ pub static RESOURCES: &[Resource] = &[
             "namespace",
             false,
             &["ns"],
-            roundtrip::<core::v1::Namespace>,
+            typed::<core::v1::Namespace>(),
         )
     },
     Resource {
@@ -164,7 +181,7 @@ pub static RESOURCES: &[Resource] = &[
             "pod",
             true,
             &["po"],
-            roundtrip::<core::v1::Pod>,
+            typed::<core::v1::Pod>(),
         )
     },
     core(
@@ -173,7 +190,7 @@ pub static RESOURCES: &[Resource] = &[
         "configmap",
         true,
         &["cm"],
-        roundtrip::<core::v1::ConfigMap>,
+        typed::<core::v1::ConfigMap>(),
     ),
     core(
         "Secret",
@@ -181,7 +198,7 @@ pub static RESOURCES: &[Resource] = &[
         "secret",
         true,
         &[],
-        roundtrip::<core::v1::Secret>,
+        typed::<core::v1::Secret>(),
     ),
     Resource {
         status: true,
@@ -192,7 +209,7 @@ pub static RESOURCES: &[Resource] = &[
             "service",
             true,
             &["svc"],
-            roundtrip::<core::v1::Service>,
+            typed::<core::v1::Service>(),
         )
     },
     Resource {
@@ -203,7 +220,7 @@ pub static RESOURCES: &[Resource] = &[
             "node",
             false,
             &["no"],
-            roundtrip::<core::v1::Node>,
+            typed::<core::v1::Node>(),
         )
     },
     core(
@@ -212,7 +229,7 @@ pub static RESOURCES: &[Resource] = &[
         "event",
         true,
         &["ev"],
-        roundtrip::<core::v1::Event>,
+        typed::<core::v1::Event>(),
     ),
     core(
         "ServiceAccount",
@@ -220,7 +237,7 @@ pub static RESOURCES: &[Resource] = &[
         "serviceaccount",
         true,
         &["sa"],
-        roundtrip::<core::v1::ServiceAccount>,
+        typed::<core::v1::ServiceAccount>(),
     ),
     core(
         "Endpoints",
@@ -228,7 +245,7 @@ pub static RESOURCES: &[Resource] = &[
         "endpoints",
         true,
         &["ep"],
-        roundtrip::<core::v1::Endpoints>,
+        typed::<core::v1::Endpoints>(),
     ),
     Resource {
         group: "apps",
@@ -242,6 +259,7 @@ pub static RESOURCES: &[Resource] = &[
         scale: true,
         name_is_label: false,
         decode: roundtrip::<apps::v1::Deployment>,
+        schema: schema::<apps::v1::Deployment>,
     },
     Resource {
         status: true,
@@ -252,7 +270,7 @@ pub static RESOURCES: &[Resource] = &[
             "replicasets",
             "replicaset",
             &["rs"],
-            roundtrip::<apps::v1::ReplicaSet>,
+            typed::<apps::v1::ReplicaSet>(),
         )
     },
     Resource {
@@ -264,7 +282,7 @@ pub static RESOURCES: &[Resource] = &[
             "statefulsets",
             "statefulset",
             &["sts"],
-            roundtrip::<apps::v1::StatefulSet>,
+            typed::<apps::v1::StatefulSet>(),
         )
     },
     Resource {
@@ -275,7 +293,7 @@ pub static RESOURCES: &[Resource] = &[
             "daemonsets",
             "daemonset",
             &["ds"],
-            roundtrip::<apps::v1::DaemonSet>,
+            typed::<apps::v1::DaemonSet>(),
         )
     },
     Resource {
@@ -286,7 +304,7 @@ pub static RESOURCES: &[Resource] = &[
             "jobs",
             "job",
             &[],
-            roundtrip::<batch::v1::Job>,
+            typed::<batch::v1::Job>(),
         )
     },
     grouped(
@@ -295,7 +313,7 @@ pub static RESOURCES: &[Resource] = &[
         "networkpolicies",
         "networkpolicy",
         &["netpol"],
-        roundtrip::<networking::v1::NetworkPolicy>,
+        typed::<networking::v1::NetworkPolicy>(),
     ),
     Resource {
         status: true,
@@ -305,7 +323,7 @@ pub static RESOURCES: &[Resource] = &[
             "ingresses",
             "ingress",
             &["ing"],
-            roundtrip::<networking::v1::Ingress>,
+            typed::<networking::v1::Ingress>(),
         )
     },
     // The same objects as core Events (one storage key space); see `events.rs`.
@@ -315,7 +333,7 @@ pub static RESOURCES: &[Resource] = &[
         "events",
         "event",
         &["ev"],
-        roundtrip::<events::v1::Event>,
+        typed::<events::v1::Event>(),
     ),
     Resource {
         group: "coordination.k8s.io",
@@ -329,6 +347,7 @@ pub static RESOURCES: &[Resource] = &[
         scale: false,
         name_is_label: false,
         decode: roundtrip::<coordination::v1::Lease>,
+        schema: schema::<coordination::v1::Lease>,
     },
     Resource {
         group: "discovery.k8s.io",
@@ -342,6 +361,7 @@ pub static RESOURCES: &[Resource] = &[
         scale: false,
         name_is_label: false,
         decode: roundtrip::<discovery::v1::EndpointSlice>,
+        schema: schema::<discovery::v1::EndpointSlice>,
     },
 ];
 

@@ -4,7 +4,7 @@
 //! its input finds them. kubectl sends `fieldValidation=Strict` on create and update when the
 //! OpenAPI document says the server supports it (`openapi.rs`), so typos in manifests are
 //! reported as the apiserver reports them. `Warn` and `Ignore` accept the body (no warning
-//! header yet); PATCH bodies are not checked.
+//! header yet). A PATCH is checked on the patched object (`write.rs`).
 
 use serde_json::Value;
 

@@ -319,7 +319,9 @@ pub async fn update(
     Ok(http::json(200, &render(t, &stored)))
 }
 
-/// PATCH an object or its subresource, retrying when a concurrent write wins.
+/// PATCH an object or its subresource, retrying when a concurrent write wins. With
+/// `fieldValidation=Strict` (kubectl's default) the patched object may have no unknown fields;
+/// since the stored object has none, any there came from the patch, as upstream reports them.
 pub async fn patch(
     storage: &dyn Storage,
     t: &Target,
@@ -345,10 +347,7 @@ pub async fn patch(
             (&kv, &current),
             patched,
             precondition,
-            WriteOptions {
-                validation: FieldValidation::Lenient,
-                ..opts
-            },
+            opts,
         )
         .await
         {
