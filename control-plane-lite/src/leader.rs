@@ -307,8 +307,11 @@ impl LeaderElector {
         let mut last_renew = Instant::now();
         let outcome = loop {
             tokio::select! {
-                () = &mut task => break Outcome::TaskFinished,
+                // The task's token is a child of `shutdown`: check shutdown first so a task that
+                // ends because of it is reported as a shutdown.
+                biased;
                 _ = shutdown.cancelled() => break Outcome::Shutdown,
+                () = &mut task => break Outcome::TaskFinished,
                 _ = tokio::time::sleep(retry) => {}
             }
             let deadline = last_renew + self.config.renew_deadline;

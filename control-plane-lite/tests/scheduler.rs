@@ -388,3 +388,54 @@ async fn serve_schedules_in_process() {
     pod(&client, "inproc", "p", json!({}), None).await;
     assert_eq!(wait_bound(&client, &server, "inproc", "p").await, "n1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_subcommand_with_custom_name_and_leader_election() {
+    let (server, client) = start().await;
+    let log_path = server.dir().join("scheduler.log");
+    let log = std::fs::File::create(&log_path).expect("scheduler log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_netlet-control-plane"))
+        .arg("scheduler")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["--scheduler-name", "custom", "--leader-elect=true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start netlet-control-plane scheduler");
+    let _guard = integration::ChildGuard::new(child);
+    namespace(&client, "cli").await;
+    node(&client, "n1", alloc("4", 110), json!({}), json!([])).await;
+    pod(
+        &client,
+        "cli",
+        "mine",
+        json!({"schedulerName": "custom"}),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "cli");
+    while node_of(&pods.get("mine").await.expect("get pod")).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "not bound; scheduler log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It scheduled while holding its own Lease, named after the scheduler.
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "kube-system")
+            .get("custom")
+            .await
+            .expect("lease kube-system/custom");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.contains(&format!("_{}_", _guard.id())),
+        "holder {holder}"
+    );
+}

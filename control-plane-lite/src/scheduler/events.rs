@@ -177,9 +177,13 @@ async fn write_event(
 }
 
 /// The strategic-merge patch that sets `PodScheduled=False, reason Unschedulable` (conditions
-/// merge by `type`, so the pod's other conditions stay).
-pub fn unschedulable_condition_patch(message: &str) -> serde_json::Value {
-    json!({"status": {"conditions": [{
+/// merge by `type`, so the pod's other conditions stay). It carries the `resourceVersion` the
+/// decision was made on as a precondition, so it never lands on a pod bound meanwhile.
+pub fn unschedulable_condition_patch(
+    message: &str,
+    resource_version: Option<&str>,
+) -> serde_json::Value {
+    json!({"metadata": {"resourceVersion": resource_version}, "status": {"conditions": [{
         "type": "PodScheduled",
         "status": "False",
         "reason": "Unschedulable",
@@ -203,25 +207,28 @@ pub fn has_unschedulable_condition(pod: &Pod, message: &str) -> bool {
         })
 }
 
-/// Patches the pod's status subresource with the Unschedulable condition.
+/// Patches the pod's status subresource with the Unschedulable condition, unless the pod
+/// changed since `pod` was read (then the watch brings the new version to decide again).
 pub async fn set_unschedulable(
     client: &Client,
-    namespace: &str,
-    name: &str,
+    pod: &Pod,
     message: &str,
 ) -> Result<(), SchedulerError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Strategic(unschedulable_condition_patch(message)),
-    )
-    .await
-    .map_err(|source| SchedulerError::Condition {
-        pod: format!("{namespace}/{name}"),
-        source,
-    })?;
-    Ok(())
+    let patch = unschedulable_condition_patch(message, pod.metadata.resource_version.as_deref());
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(source) => Err(SchedulerError::Condition {
+            pod: format!("{namespace}/{name}"),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -252,8 +259,9 @@ mod tests {
     fn failed_event_and_condition() {
         let ev = PodEvent::failed(&pod(), "0/1 nodes are available: 1 Too many pods.".into());
         assert_eq!((ev.type_, ev.reason), ("Warning", "FailedScheduling"));
-        let patch = unschedulable_condition_patch("x");
+        let patch = unschedulable_condition_patch("x", Some("42"));
         assert_eq!(patch["status"]["conditions"][0]["reason"], "Unschedulable");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
         assert!(has_unschedulable_condition(&pod(), "m"));
         assert!(!has_unschedulable_condition(&pod(), "other"));
     }

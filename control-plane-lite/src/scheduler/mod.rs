@@ -303,20 +303,15 @@ impl Scheduler {
         }
     }
 
-    fn report_unschedulable(&self, pod: &Pod, message: String) {
+    fn report_unschedulable(&self, pod: &Arc<Pod>, message: String) {
         if events::has_unschedulable_condition(pod, &message) {
             return;
         }
         self.recorder.record(PodEvent::failed(pod, message.clone()));
         let client = self.client.clone();
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let pod = Arc::clone(pod);
         tokio::spawn(async move {
-            if let Err(e) = events::set_unschedulable(&client, &ns, &name, &message).await {
+            if let Err(e) = events::set_unschedulable(&client, &pod, &message).await {
                 tracing::warn!(error = %e, "condition not set");
             }
         });

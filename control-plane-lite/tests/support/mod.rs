@@ -63,6 +63,9 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--bind", "127.0.0.1", "--port", "0"])
+            // These tests exercise the API alone; the in-process scheduler's writes (pod
+            // conditions, events, Leases) would race their exact expectations.
+            .arg("--disable-scheduler")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
