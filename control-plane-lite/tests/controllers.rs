@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -331,4 +332,130 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
         (!slice_view(&c, "web").await.iter().any(|e| e.0 == "10.244.0.12")).then_some(())
     })
     .await;
+}
+
+/// Plays the kubelet of node `n1` for every pod in "default": binds unbound pods, reports bound
+/// ones Running with an IP (and Ready when `auto_ready`), and finishes graceful deletions.
+fn spawn_kubelet(client: Client, auto_ready: bool, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut next_ip = 2u32;
+        while !cancel.is_cancelled() {
+            for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+                let name = pod.metadata.name.clone().unwrap();
+                if pod.metadata.deletion_timestamp.is_some() {
+                    let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+                    continue;
+                }
+                if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+                    bind(&pods, &name, "n1").await;
+                    continue;
+                }
+                if pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_none() {
+                    let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
+                    next_ip += 1;
+                    let status = json!({"status": {"phase": "Running", "podIP": ip,
+                        "conditions": [{"type": "Ready", "status": if auto_ready { "True" } else { "False" }}]}});
+                    let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+}
+
+/// Pods in "default" with `label` that are not being deleted.
+async fn active_pods(client: &Client, label: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(label))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+async fn set_replicas<K>(api: &Api<K>, name: &str, n: i32)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": n}})))
+        .await
+        .unwrap_or_else(|e| panic!("scale {name} to {n}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_scales_adopts_and_heals() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut orphan = web_pod("orphan", 8080);
+    orphan.metadata.labels = Some([("app".to_string(), "rs".to_string())].into());
+    pods.create(&PostParams::default(), &orphan).await.unwrap();
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "rs1"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "rs"}},
+                 "template": {"metadata": {"labels": {"app": "rs", "tier": "x"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap();
+    let uid = rss.create(&PostParams::default(), &rs).await.unwrap().metadata.uid.unwrap();
+
+    // `cap`: most active pods allowed while converging (no extra pods from an event burst).
+    let expect = |want: usize, cap: usize| {
+        let (c, uid) = (c.clone(), uid.clone());
+        move || {
+            let (c, uid) = (c.clone(), uid.clone());
+            async move {
+                let active = active_pods(&c, "app=rs").await;
+                assert!(active.len() <= cap, "{} active pods, cap {cap}", active.len());
+                let owned = active.iter().all(|p| {
+                    p.metadata.owner_references.iter().flatten().any(|r| {
+                        r.uid == uid && r.controller == Some(true) && r.block_owner_deletion == Some(true)
+                    })
+                });
+                let status = rss_status(&c).await?;
+                (active.len() == want
+                    && owned
+                    && status.replicas == want as i32
+                    && status.ready_replicas == Some(want as i32)
+                    && status.available_replicas == Some(want as i32))
+                .then_some(active)
+            }
+        }
+    };
+    let active = h.wait("3 ready pods incl. the adopted orphan", expect(3, 3)).await;
+    assert!(active.iter().any(|p| p.metadata.name.as_deref() == Some("orphan")));
+    for p in active.iter().filter(|p| p.metadata.name.as_deref() != Some("orphan")) {
+        let name = p.metadata.name.as_deref().unwrap();
+        assert!(name.starts_with("rs1-") && name.len() == "rs1-".len() + 5, "pod name {name}");
+        assert_eq!(p.metadata.labels.as_ref().unwrap()["tier"], "x");
+    }
+    let status = rss.get("rs1").await.unwrap().status.unwrap();
+    assert_eq!((status.fully_labeled_replicas, status.observed_generation), (Some(2), Some(1)),
+               "the orphan lacks tier=x");
+
+    set_replicas(&rss, "rs1", 5).await;
+    h.wait("scaled up to 5", expect(5, 5)).await;
+    set_replicas(&rss, "rs1", 2).await;
+    let two = h.wait("scaled down to 2", expect(2, 5)).await;
+
+    // Self-healing: a deleted pod is replaced.
+    let victim = two[0].metadata.name.clone().unwrap();
+    pods.delete(&victim, &DeleteParams::default()).await.unwrap();
+    let healed = h
+        .wait("a replacement for the deleted pod", || async {
+            let active = expect(2, 2)().await?;
+            (!active.iter().any(|p| p.metadata.name.as_deref() == Some(victim.as_str()))).then_some(active)
+        })
+        .await;
+    assert_eq!(healed.len(), 2);
+    assert_eq!(rss.get("rs1").await.unwrap().status.unwrap().observed_generation, Some(3));
+}
+
+async fn rss_status(c: &Client) -> Option<k8s_openapi::api::apps::v1::ReplicaSetStatus> {
+    Api::<ReplicaSet>::namespaced(c.clone(), "default").get("rs1").await.ok()?.status
 }

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod node_ipam;
 mod owner;
 mod pods;
+pub mod replicaset;
 mod selector;
 
 use std::time::Duration;
@@ -200,6 +201,7 @@ pub async fn run(
         futures::join!(
             ipam,
             endpoints::run(client.clone()),
+            replicaset::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
