@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -175,17 +175,6 @@ async fn node_ipam_reports_exhaustion_and_recovers() {
     assert_eq!(c_cidr, a);
 }
 
-/// Patches `spec.nodeName` onto an unbound pod (what the scheduler's binding would do).
-async fn bind(pods: &Api<Pod>, name: &str, node: &str) {
-    pods.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"nodeName": node}})),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("bind pod {name}: {e}"));
-}
-
 /// Reports the pod Running with `ip`, Ready or not (the kubelet's status update).
 async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) {
     let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
@@ -348,7 +337,9 @@ fn spawn_kubelet(client: Client, auto_ready: bool, cancel: CancellationToken) {
                     continue;
                 }
                 if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
-                    bind(&pods, &name, "n1").await;
+                    let _ = pods
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": "n1"}})))
+                        .await;
                     continue;
                 }
                 if pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_none() {
@@ -458,4 +449,170 @@ async fn replicaset_scales_adopts_and_heals() {
 
 async fn rss_status(c: &Client) -> Option<k8s_openapi::api::apps::v1::ReplicaSetStatus> {
     Api::<ReplicaSet>::namespaced(c.clone(), "default").get("rs1").await.ok()?.status
+}
+
+/// Pod counts the rollout test's watcher saw break the bounds, as messages.
+type Violations = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Follows every pod event with label app=dep and records states with more than `max_pods`
+/// active pods or (once `armed`) fewer than `min_ready` ready active pods.
+fn watch_bounds(
+    client: Client,
+    max_pods: usize,
+    min_ready: usize,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancellationToken,
+) -> Violations {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let violations: Violations = Default::default();
+    let out = violations.clone();
+    tokio::spawn(async move {
+        let api: Api<Pod> = Api::namespaced(client, "default");
+        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+        let mut stream = watcher::watcher(api, watcher::Config::default().labels("app=dep")).boxed();
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            match ev {
+                Some(Ok(Event::Apply(p) | Event::InitApply(p))) => {
+                    pods.insert(p.metadata.name.clone().unwrap(), p);
+                }
+                Some(Ok(Event::Delete(p))) => {
+                    pods.remove(p.metadata.name.as_deref().unwrap());
+                }
+                Some(Ok(Event::Init)) => pods.clear(),
+                Some(Ok(Event::InitDone)) | Some(Err(_)) => {}
+                None => return,
+            }
+            let active: Vec<&Pod> = pods.values().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+            let ready = active.iter().filter(|p| is_ready(p)).count();
+            if active.len() > max_pods {
+                out.lock().unwrap().push(format!("{} active pods > {max_pods}", active.len()));
+            }
+            if armed.load(std::sync::atomic::Ordering::SeqCst) && ready < min_ready {
+                out.lock().unwrap().push(format!("{ready} ready pods < {min_ready}"));
+            }
+        }
+    });
+    violations
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Marks at most one active, bound, not-ready pod with label app=dep Ready (one kubelet step).
+async fn ready_one(c: &Client) {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let pending = active_pods(c, "app=dep").await.into_iter().find(|p| {
+        !is_ready(p) && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+    });
+    if let Some(p) = pending {
+        let ip = p.status.unwrap().pod_ip.unwrap();
+        let name = p.metadata.name.unwrap();
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}], "podIP": ip}});
+        let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+    }
+}
+
+/// Whether the deployment's status says its rollout finished (what `kubectl rollout status` checks).
+async fn rolled_out(c: &Client, name: &str, replicas: i32) -> Option<Deployment> {
+    let d = Api::<Deployment>::namespaced(c.clone(), "default").get(name).await.ok()?;
+    let s = d.status.clone()?;
+    let progressing = s.conditions.iter().flatten().find(|c| c.type_.as_deref() == Some("Progressing"))?;
+    (s.observed_generation >= d.metadata.generation
+        && s.updated_replicas == Some(replicas)
+        && s.replicas == Some(replicas)
+        && s.available_replicas == Some(replicas)
+        && progressing.reason.as_deref() == Some("NewReplicaSetAvailable"))
+    .then_some(d)
+}
+
+fn kubectl(h: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(h.server.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolling_update_stays_within_surge_and_unavailable() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    // Pods get bound and an IP but turn Ready only when the test says so.
+    spawn_kubelet(c.clone(), false, h.cancel.clone());
+    let (replicas, surge, unavailable) = (4usize, 1usize, 1usize);
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let violations = watch_bounds(c.clone(), replicas + surge, replicas - unavailable, armed.clone(), h.cancel.clone());
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": "v1"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "dep"}},
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+                 "template": {"metadata": {"labels": {"app": "dep"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    h.wait("first rollout", || async {
+        ready_one(&c).await;
+        rolled_out(&c, "web", replicas as i32).await
+    })
+    .await;
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let first = rss.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(first.len(), 1);
+    let rs1 = &first[0];
+    let hash1 = rs1.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
+    assert_eq!(rs1.metadata.name.as_deref(), Some(format!("web-{hash1}").as_str()));
+    assert_eq!(rs1.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"], "1");
+
+    // Roll to v2 one readiness at a time; the watcher checks every intermediate state.
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    deps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "v2"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let done = h
+        .wait("rollout to v2", || async {
+            ready_one(&c).await;
+            let v = violations.lock().unwrap().clone();
+            assert!(v.is_empty(), "rollout left its bounds: {v:?}");
+            rolled_out(&c, "web", replicas as i32).await
+        })
+        .await;
+    assert_eq!(done.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"], "2");
+    let all = rss.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), 2, "the old ReplicaSet is kept for rollback");
+    for rs in &all {
+        let hash = &rs.metadata.labels.as_ref().unwrap()["pod-template-hash"];
+        let rev = &rs.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"];
+        if *hash == hash1 {
+            assert_eq!((rev.as_str(), rs.spec.replicas), ("1", Some(0)));
+        } else {
+            assert_eq!((rev.as_str(), rs.spec.replicas), ("2", Some(4)));
+        }
+    }
+    let pods = active_pods(&c, "app=dep").await;
+    assert_eq!(pods.len(), replicas);
+    assert!(pods.iter().all(|p| p.metadata.labels.as_ref().unwrap()["pod-template-hash"] != hash1));
+
+    // The stock kubectl agrees the rollout finished and lists both revisions.
+    let out = kubectl(&h, &["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(out.status.success(), "kubectl rollout status: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(&h, &["rollout", "history", "deployment/web"]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && history.contains("v1") && history.contains("v2"), "history: {history}{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -7,16 +7,19 @@
 //! - [`endpoints`]: EndpointSlices and core/v1 Endpoints for every Service with a selector.
 //! - [`replicaset`]: creates and deletes Pods to match a ReplicaSet's replicas.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
+//! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod node_ipam;
 mod owner;
 mod pods;
 pub mod replicaset;
+mod rollout;
 mod selector;
 
 use std::time::Duration;
@@ -202,6 +205,7 @@ pub async fn run(
             ipam,
             endpoints::run(client.clone()),
             replicaset::run(client.clone()),
+            deployment::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
