@@ -70,7 +70,12 @@ struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
-    async fn scale(&self, rs: &mut ReplicaSet, replicas: i32, max_replicas: i32) -> Result<(), ControllerError> {
+    async fn scale(
+        &self,
+        rs: &mut ReplicaSet,
+        replicas: i32,
+        max_replicas: i32,
+    ) -> Result<(), ControllerError> {
         if rs.spec.replicas == Some(replicas) {
             return Ok(());
         }
@@ -90,19 +95,38 @@ impl Rollout<'_> {
     }
 
     /// Creates the ReplicaSet for the current template at `revision` with `replicas`.
-    async fn create_new(&self, hash: &str, revision: i64, replicas: i32, max_replicas: i32) -> Result<ReplicaSet, ControllerError> {
+    async fn create_new(
+        &self,
+        hash: &str,
+        revision: i64,
+        replicas: i32,
+        max_replicas: i32,
+    ) -> Result<ReplicaSet, ControllerError> {
         let d = self.d;
         let mut template = d.spec.template.clone();
         let tmeta = template.metadata.get_or_insert_with(Default::default);
-        tmeta.labels.get_or_insert_with(Default::default).insert(POD_TEMPLATE_HASH.into(), hash.into());
+        tmeta
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(POD_TEMPLATE_HASH.into(), hash.into());
         let mut sel = d.spec.selector.clone();
-        sel.match_labels.get_or_insert_with(Default::default).insert(POD_TEMPLATE_HASH.into(), hash.into());
+        sel.match_labels
+            .get_or_insert_with(Default::default)
+            .insert(POD_TEMPLATE_HASH.into(), hash.into());
         let mut annotations = BTreeMap::from([
             (REVISION.to_string(), revision.to_string()),
-            (DESIRED_REPLICAS.to_string(), d.spec.replicas.unwrap_or(1).to_string()),
+            (
+                DESIRED_REPLICAS.to_string(),
+                d.spec.replicas.unwrap_or(1).to_string(),
+            ),
             (MAX_REPLICAS.to_string(), max_replicas.to_string()),
         ]);
-        if let Some(cause) = d.metadata.annotations.as_ref().and_then(|a| a.get(CHANGE_CAUSE)) {
+        if let Some(cause) = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CHANGE_CAUSE))
+        {
             annotations.insert(CHANGE_CAUSE.into(), cause.clone());
         }
         let name = format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or_default());
@@ -137,11 +161,29 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
         object: object.clone(),
         field,
     };
-    let ns = d.metadata.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?;
-    let name = d.metadata.name.clone().ok_or_else(|| missing("metadata.name"))?;
-    let uid = d.metadata.uid.clone().ok_or_else(|| missing("metadata.uid"))?;
+    let ns = d
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| missing("metadata.namespace"))?;
+    let name = d
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| missing("metadata.name"))?;
+    let uid = d
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| missing("metadata.uid"))?;
     let query = selector::to_query(&d.spec.selector)
-        .and_then(|q| if q.is_empty() { Err("empty selector".into()) } else { Ok(q) })
+        .and_then(|q| {
+            if q.is_empty() {
+                Err("empty selector".into())
+            } else {
+                Ok(q)
+            }
+        })
         .map_err(|reason| ControllerError::InvalidSelector {
             object: object.clone(),
             reason,
@@ -168,12 +210,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let (surge, max_unavailable) = if recreate {
         (0, replicas)
     } else {
-        rollout::resolve_fenceposts(rolling.max_surge.as_ref(), rolling.max_unavailable.as_ref(), replicas)
+        rollout::resolve_fenceposts(
+            rolling.max_surge.as_ref(),
+            rolling.max_unavailable.as_ref(),
+            replicas,
+        )
     };
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = rollout::pod_template_hash(&d.spec.template, collision);
     let new_idx = owned.iter().position(|rs| {
-        rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH)) == Some(&hash)
+        rs.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH))
+            == Some(&hash)
     });
     let mut new_rs = new_idx.map(|i| owned.remove(i));
     let mut old = owned;
@@ -184,15 +234,27 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     if !paused && d.metadata.deletion_timestamp.is_none() {
         // The ReplicaSet of the current template, created or made the newest revision.
         match &mut new_rs {
-            None if recreate && (old.iter().any(|rs| rs.spec.replicas != Some(0)) || any_active(&old)) => {}
+            None if recreate
+                && (old.iter().any(|rs| rs.spec.replicas != Some(0)) || any_active(&old)) => {}
             None => {
                 let initial = if recreate {
                     replicas
                 } else {
                     let all: Vec<RsCounts> = old.iter().map(counts).collect();
-                    rollout::new_rs_replicas(replicas, surge, RsCounts { spec: 0, available: 0 }, &all)
+                    rollout::new_rs_replicas(
+                        replicas,
+                        surge,
+                        RsCounts {
+                            spec: 0,
+                            available: 0,
+                        },
+                        &all,
+                    )
                 };
-                new_rs = Some(ro.create_new(&hash, max_old_rev + 1, initial, replicas + surge).await?);
+                new_rs = Some(
+                    ro.create_new(&hash, max_old_rev + 1, initial, replicas + surge)
+                        .await?,
+                );
                 created = true;
             }
             Some(rs) if revision(rs) <= max_old_rev => {
@@ -210,7 +272,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
                 *rs = rs_api
                     .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
-                    .map_err(ControllerError::kube("bump revision of replicaset", rs_name))?;
+                    .map_err(ControllerError::kube(
+                        "bump revision of replicaset",
+                        rs_name,
+                    ))?;
             }
             Some(_) => {}
         }
@@ -239,7 +304,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let status = compute_status(&d, new_rs.as_ref(), &old, max_unavailable, created);
     if d.status.as_ref() != Some(&status) {
         Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
             .map_err(ControllerError::kube("update status of", object))?;
     }
@@ -248,14 +317,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
 
 /// Whether any of `rs` still has active pods.
 fn any_active(rs: &[ReplicaSet]) -> bool {
-    rs.iter().any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
+    rs.iter()
+        .any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
 }
 
 /// Deletes the oldest fully scaled-down old ReplicaSets beyond `limit`.
-async fn cleanup_history(ro: &Rollout<'_>, old: &mut Vec<ReplicaSet>, limit: i32) -> Result<(), ControllerError> {
+async fn cleanup_history(
+    ro: &Rollout<'_>,
+    old: &mut Vec<ReplicaSet>,
+    limit: i32,
+) -> Result<(), ControllerError> {
     let idle: Vec<usize> = (0..old.len())
         .filter(|&i| {
-            old[i].spec.replicas == Some(0) && old[i].status.as_ref().is_none_or(|s| s.replicas == 0)
+            old[i].spec.replicas == Some(0)
+                && old[i].status.as_ref().is_none_or(|s| s.replicas == 0)
         })
         .collect();
     let excess = idle.len().saturating_sub(limit.max(0) as usize);
@@ -274,24 +349,48 @@ async fn cleanup_history(ro: &Rollout<'_>, old: &mut Vec<ReplicaSet>, limit: i32
 }
 
 /// Copies the new ReplicaSet's revision onto the Deployment.
-async fn sync_revision_annotation(client: &Client, d: &Deployment, new_rs: Option<&ReplicaSet>) -> Result<(), ControllerError> {
+async fn sync_revision_annotation(
+    client: &Client,
+    d: &Deployment,
+    new_rs: Option<&ReplicaSet>,
+) -> Result<(), ControllerError> {
     let Some(rev) = new_rs.map(revision).filter(|r| *r > 0) else {
         return Ok(());
     };
-    let current = d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION));
+    let current = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION));
     if current.map(String::as_str) == Some(rev.to_string().as_str()) {
         return Ok(());
     }
-    let (ns, name) = (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
+    let (ns, name) = (
+        d.metadata.namespace.clone().unwrap_or_default(),
+        d.metadata.name.clone().unwrap_or_default(),
+    );
     Api::<Deployment>::namespaced(client.clone(), &ns)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {REVISION: rev.to_string()}}})))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {REVISION: rev.to_string()}}})),
+        )
         .await
-        .map_err(ControllerError::kube("annotate revision of deployment", format!("{ns}/{name}")))?;
+        .map_err(ControllerError::kube(
+            "annotate revision of deployment",
+            format!("{ns}/{name}"),
+        ))?;
     Ok(())
 }
 
 /// A condition, keeping the old timestamps when nothing about it changed.
-fn condition(d: &Deployment, type_: &str, status: &str, reason: &str, message: String) -> DeploymentCondition {
+fn condition(
+    d: &Deployment,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> DeploymentCondition {
     let now = Time(Timestamp::now());
     let prev = d
         .status
@@ -299,7 +398,13 @@ fn condition(d: &Deployment, type_: &str, status: &str, reason: &str, message: S
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_.as_deref() == Some(type_)));
     match prev {
-        Some(p) if p.status.as_deref() == Some(status) && p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(&message) => p.clone(),
+        Some(p)
+            if p.status.as_deref() == Some(status)
+                && p.reason.as_deref() == Some(reason)
+                && p.message.as_deref() == Some(&message) =>
+        {
+            p.clone()
+        }
         _ => DeploymentCondition {
             type_: Some(type_.into()),
             status: Some(status.into()),
@@ -331,18 +436,51 @@ fn compute_status(
     let ready = sum(&|rs| status_of(rs).ready_replicas.unwrap_or(0));
     let available = sum(&|rs| status_of(rs).available_replicas.unwrap_or(0));
     let available_cond = if available >= replicas - max_unavailable {
-        condition(d, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
+        condition(
+            d,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+        )
     } else {
-        condition(d, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
+        condition(
+            d,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+        )
     };
-    let new_name = new_rs.and_then(|rs| rs.metadata.name.clone()).unwrap_or_default();
-    let complete = new_rs.is_some() && updated == replicas && total == replicas && available >= replicas;
+    let new_name = new_rs
+        .and_then(|rs| rs.metadata.name.clone())
+        .unwrap_or_default();
+    let complete =
+        new_rs.is_some() && updated == replicas && total == replicas && available >= replicas;
     let progressing = if complete {
-        condition(d, "Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
+        condition(
+            d,
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
     } else if created {
-        condition(d, "Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{new_name}\""))
+        condition(
+            d,
+            "Progressing",
+            "True",
+            "NewReplicaSetCreated",
+            format!("Created new replica set \"{new_name}\""),
+        )
     } else {
-        condition(d, "Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
+        condition(
+            d,
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{new_name}\" is progressing."),
+        )
     };
     DeploymentStatus {
         replicas: Some(total),
@@ -359,8 +497,18 @@ fn compute_status(
 
 /// The controller future (runs until its watches end).
 pub async fn run(client: Client) {
-    let controller = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let ctx = Arc::new(Ctx { client });
-    super::drain("deployment", controller.run(reconcile, super::on_error, ctx)).await;
+    super::drain(
+        "deployment",
+        controller.run(reconcile, super::on_error, ctx),
+    )
+    .await;
 }

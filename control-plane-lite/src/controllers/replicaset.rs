@@ -83,7 +83,9 @@ fn compute_status(rs: &ReplicaSet, owned: &[Pod], now: Timestamp) -> ReplicaSetS
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(count(&|p| {
             let labels = p.metadata.labels.clone().unwrap_or_default();
-            template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
         })),
         ready_replicas: Some(count(&pods::is_ready)),
         available_replicas: Some(count(&|p| pods::is_available(p, min_ready, now))),
@@ -103,12 +105,30 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
         object: object.clone(),
         field,
     };
-    let ns = rs.metadata.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?;
-    let name = rs.metadata.name.clone().ok_or_else(|| missing("metadata.name"))?;
-    let uid = rs.metadata.uid.clone().ok_or_else(|| missing("metadata.uid"))?;
+    let ns = rs
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| missing("metadata.namespace"))?;
+    let name = rs
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| missing("metadata.name"))?;
+    let uid = rs
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| missing("metadata.uid"))?;
     let spec = rs.spec.clone();
     let query = selector::to_query(&spec.selector)
-        .and_then(|q| if q.is_empty() { Err("empty selector".into()) } else { Ok(q) })
+        .and_then(|q| {
+            if q.is_empty() {
+                Err("empty selector".into())
+            } else {
+                Ok(q)
+            }
+        })
         .map_err(|reason| ControllerError::InvalidSelector {
             object: object.clone(),
             reason,
@@ -125,7 +145,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
         match owner::controller_of(&pod.metadata) {
             Some(r) if r.uid == uid => owned.push(pod),
             Some(_) => {}
-            None if !deleting && !pods::is_terminating(&pod) => owned.push(adopt(&api, &rs, pod).await?),
+            None if !deleting && !pods::is_terminating(&pod) => {
+                owned.push(adopt(&api, &rs, pod).await?)
+            }
             None => {}
         }
     }
@@ -151,21 +173,32 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
                 match api.delete(&pod_name, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(e) if super::is_not_found(&e) => {}
-                    Err(e) => return Err(ControllerError::kube("delete pod", format!("{ns}/{pod_name}"))(e)),
+                    Err(e) => {
+                        return Err(ControllerError::kube(
+                            "delete pod",
+                            format!("{ns}/{pod_name}"),
+                        )(e))
+                    }
                 }
             }
         }
     }
     if rs.status.as_ref() != Some(&status) {
         Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
             .map_err(ControllerError::kube("update status of", object.clone()))?;
     }
     // Pods that are ready but not yet for minReadySeconds become available without an event.
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     if min_ready > 0 && status.ready_replicas != status.available_replicas {
-        return Ok(Action::requeue(std::time::Duration::from_secs(min_ready as u64)));
+        return Ok(Action::requeue(std::time::Duration::from_secs(
+            min_ready as u64,
+        )));
     }
     Ok(Action::await_change())
 }
@@ -193,9 +226,7 @@ fn owners_of(pod: &Pod, store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>>
             .state()
             .iter()
             .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .filter(|rs| {
-                selector::matches(&rs.spec.selector, pod.metadata.labels.as_ref())
-            })
+            .filter(|rs| selector::matches(&rs.spec.selector, pod.metadata.labels.as_ref()))
             .map(|rs| ObjectRef::from_obj(rs.as_ref()))
             .collect(),
     }
@@ -203,7 +234,10 @@ fn owners_of(pod: &Pod, store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>>
 
 /// The controller future (runs until its watches end).
 pub async fn run(client: Client) {
-    let controller = Controller::new(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let store = controller.store();
     let controller = controller.watches(
         Api::<Pod>::all(client.clone()),
@@ -211,7 +245,11 @@ pub async fn run(client: Client) {
         move |pod| owners_of(&pod, &store),
     );
     let ctx = Arc::new(Ctx { client });
-    super::drain("replicaset", controller.run(reconcile, super::on_error, ctx)).await;
+    super::drain(
+        "replicaset",
+        controller.run(reconcile, super::on_error, ctx),
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -231,11 +269,41 @@ mod tests {
     #[test]
     fn scale_down_deletes_unscheduled_then_pending_then_unready_then_newest() {
         let pods = [
-            pod("old-ready", Some("n"), "Running", true, "2026-01-01T00:00:00Z"),
-            pod("new-ready", Some("n"), "Running", true, "2026-01-02T00:00:00Z"),
-            pod("unready", Some("n"), "Running", false, "2026-01-01T00:00:00Z"),
-            pod("pending", Some("n"), "Pending", false, "2026-01-01T00:00:00Z"),
-            pod("unscheduled", None, "Pending", false, "2026-01-01T00:00:00Z"),
+            pod(
+                "old-ready",
+                Some("n"),
+                "Running",
+                true,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "new-ready",
+                Some("n"),
+                "Running",
+                true,
+                "2026-01-02T00:00:00Z",
+            ),
+            pod(
+                "unready",
+                Some("n"),
+                "Running",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "pending",
+                Some("n"),
+                "Pending",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "unscheduled",
+                None,
+                "Pending",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
         ];
         let names = |want| -> Vec<String> {
             pick_victims(pods.iter().collect(), want)
@@ -261,8 +329,15 @@ mod tests {
         assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
         assert_eq!(p.metadata.labels.unwrap()["app"], "web");
         let r = &p.metadata.owner_references.unwrap()[0];
-        assert_eq!((r.kind.as_str(), r.uid.as_str(), r.controller, r.block_owner_deletion),
-                   ("ReplicaSet", "u1", Some(true), Some(true)));
+        assert_eq!(
+            (
+                r.kind.as_str(),
+                r.uid.as_str(),
+                r.controller,
+                r.block_owner_deletion
+            ),
+            ("ReplicaSet", "u1", Some(true), Some(true))
+        );
         let status = compute_status(&rs, &[], Timestamp::now());
         assert_eq!((status.replicas, status.ready_replicas), (0, Some(0)));
     }

@@ -20,7 +20,11 @@ pub fn resolve_fenceposts(
             IntOrString::String(s) => {
                 let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(25);
                 let total = pct * i64::from(replicas);
-                (if round_up { (total + 99) / 100 } else { total / 100 }) as i32
+                (if round_up {
+                    (total + 99) / 100
+                } else {
+                    total / 100
+                }) as i32
             }
         }
     };
@@ -80,7 +84,11 @@ pub fn old_rs_replicas(
         budget -= unhealthy;
     }
     // Then available ones, down to minAvailable across everything.
-    let available: i32 = old.iter().zip(&next).map(|(r, n)| r.available.min(*n)).sum::<i32>()
+    let available: i32 = old
+        .iter()
+        .zip(&next)
+        .map(|(r, n)| r.available.min(*n))
+        .sum::<i32>()
         + new.available;
     let mut excess = (available - min_available).max(0);
     for n in next.iter_mut() {
@@ -128,7 +136,10 @@ mod tests {
         let zero = IntOrString::Int(0);
         assert_eq!(resolve_fenceposts(Some(&zero), Some(&zero), 3), (0, 1));
         let half = IntOrString::String("50%".into());
-        assert_eq!(resolve_fenceposts(Some(&half), Some(&IntOrString::Int(2)), 5), (3, 2));
+        assert_eq!(
+            resolve_fenceposts(Some(&half), Some(&IntOrString::Int(2)), 5),
+            (3, 2)
+        );
     }
 
     #[test]
@@ -166,7 +177,8 @@ mod tests {
     fn template_hash_is_stable_and_sensitive() {
         let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({
             "metadata": {"labels": {"b": "2", "a": "1"}},
-            "spec": {"containers": [{"name": "c", "image": "x:1"}]}})).unwrap();
+            "spec": {"containers": [{"name": "c", "image": "x:1"}]}}))
+        .unwrap();
         let h = pod_template_hash(&t, None);
         assert_eq!(h, pod_template_hash(&t.clone(), None));
         assert!(h.bytes().all(|b| SAFE_ALPHABET.contains(&b)) && !h.is_empty());
