@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -109,14 +110,19 @@ async fn node_ipam_allocates_distinct_blocks_releases_and_survives_restart() {
     }
     let mut cidrs = BTreeMap::new();
     for n in ["n1", "n2", "n3"] {
-        let cidr = h.wait(&format!("podCIDR of {n}"), || node_cidr(&c, n)).await;
+        let cidr = h
+            .wait(&format!("podCIDR of {n}"), || node_cidr(&c, n))
+            .await;
         cidrs.insert(n, cidr);
     }
     let distinct: HashSet<_> = cidrs.values().cloned().collect();
     let expected: HashSet<String> = ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]
         .map(String::from)
         .into();
-    assert_eq!(distinct, expected, "three lowest /24s, each once: {cidrs:?}");
+    assert_eq!(
+        distinct, expected,
+        "three lowest /24s, each once: {cidrs:?}"
+    );
 
     // Deleting n2 frees its block; the next node gets exactly that block (the lowest free).
     Api::<Node>::all(c.clone())
@@ -164,25 +170,19 @@ async fn node_ipam_reports_exhaustion_and_recovers() {
                 .and_then(|e| e.note)
         })
         .await;
-    assert!(note.contains("10.9.0.0/23"), "event names the range: {note}");
+    assert!(
+        note.contains("10.9.0.0/23"),
+        "event names the range: {note}"
+    );
     assert_eq!(node_cidr(&c, "c").await, None);
     Api::<Node>::all(c.clone())
         .delete("a", &DeleteParams::default())
         .await
         .unwrap();
-    let c_cidr = h.wait("podCIDR of c after a is gone", || node_cidr(&c, "c")).await;
+    let c_cidr = h
+        .wait("podCIDR of c after a is gone", || node_cidr(&c, "c"))
+        .await;
     assert_eq!(c_cidr, a);
-}
-
-/// Patches `spec.nodeName` onto an unbound pod (what the scheduler's binding would do).
-async fn bind(pods: &Api<Pod>, name: &str, node: &str) {
-    pods.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"nodeName": node}})),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("bind pod {name}: {e}"));
 }
 
 /// Reports the pod Running with `ip`, Ready or not (the kubelet's status update).
@@ -228,8 +228,14 @@ async fn slice_view(client: &Client, svc: &str) -> Vec<(String, bool, bool, Vec<
 }
 
 /// (ready IPs, not-ready IPs, ports) of the service's core/v1 Endpoints.
-async fn endpoints_view(client: &Client, svc: &str) -> Option<(Vec<String>, Vec<String>, Vec<i32>)> {
-    let ep = Api::<Endpoints>::namespaced(client.clone(), "default").get(svc).await.ok()?;
+async fn endpoints_view(
+    client: &Client,
+    svc: &str,
+) -> Option<(Vec<String>, Vec<String>, Vec<i32>)> {
+    let ep = Api::<Endpoints>::namespaced(client.clone(), "default")
+        .get(svc)
+        .await
+        .ok()?;
     let (mut ready, mut not_ready, mut ports) = (Vec::new(), Vec::new(), Vec::new());
     for s in ep.subsets.into_iter().flatten() {
         ready.extend(s.addresses.into_iter().flatten().map(|a| a.ip));
@@ -263,21 +269,31 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
     .unwrap();
     svcs.create(&PostParams::default(), &svc).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
-    pods.create(&PostParams::default(), &web_pod("a", 8080)).await.unwrap();
-    pods.create(&PostParams::default(), &web_pod("b", 8080)).await.unwrap();
+    pods.create(&PostParams::default(), &web_pod("a", 8080))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &web_pod("b", 8080))
+        .await
+        .unwrap();
     set_status(&pods, "a", "10.244.0.10", true).await;
     set_status(&pods, "b", "10.244.0.11", true).await;
     let both_ready = vec![
         ("10.244.0.10".to_string(), true, false, vec![8080]),
         ("10.244.0.11".to_string(), true, false, vec![8080]),
     ];
-    h.wait("both pods ready in the slice on the named port 8080", || async {
-        (slice_view(&c, "web").await == both_ready).then_some(())
-    })
+    h.wait(
+        "both pods ready in the slice on the named port 8080",
+        || async { (slice_view(&c, "web").await == both_ready).then_some(()) },
+    )
     .await;
     h.wait("both pods in Endpoints", || async {
         let v = endpoints_view(&c, "web").await?;
-        (v == (vec!["10.244.0.10".into(), "10.244.0.11".into()], vec![], vec![8080])).then_some(())
+        (v == (
+            vec!["10.244.0.10".into(), "10.244.0.11".into()],
+            vec![],
+            vec![8080],
+        ))
+            .then_some(())
     })
     .await;
 
@@ -285,8 +301,9 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
     set_status(&pods, "b", "10.244.0.11", false).await;
     h.wait("b not ready in the slice", || async {
         let v = slice_view(&c, "web").await;
-        (v.iter().any(|e| e.0 == "10.244.0.11" && !e.1) && v.iter().any(|e| e.0 == "10.244.0.10" && e.1))
-            .then_some(())
+        (v.iter().any(|e| e.0 == "10.244.0.11" && !e.1)
+            && v.iter().any(|e| e.0 == "10.244.0.10" && e.1))
+        .then_some(())
     })
     .await;
     h.wait("b in notReadyAddresses", || async {
@@ -296,7 +313,9 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
     .await;
 
     // A pod whose "http" port is another number lands in its own port group.
-    pods.create(&PostParams::default(), &web_pod("d", 9090)).await.unwrap();
+    pods.create(&PostParams::default(), &web_pod("d", 9090))
+        .await
+        .unwrap();
     set_status(&pods, "d", "10.244.0.12", true).await;
     h.wait("d on port 9090", || async {
         slice_view(&c, "web")
@@ -324,11 +343,429 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
     .await;
 
     // The label no longer matching takes d out as well.
-    pods.patch("d", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})))
-        .await
-        .unwrap();
+    pods.patch(
+        "d",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+    )
+    .await
+    .unwrap();
     h.wait("relabelled d leaves the slice", || async {
-        (!slice_view(&c, "web").await.iter().any(|e| e.0 == "10.244.0.12")).then_some(())
+        (!slice_view(&c, "web")
+            .await
+            .iter()
+            .any(|e| e.0 == "10.244.0.12"))
+        .then_some(())
     })
     .await;
+}
+
+/// Plays the kubelet of node `n1` for every pod in "default": binds unbound pods, reports bound
+/// ones Running with an IP (and Ready when `auto_ready`), and finishes graceful deletions.
+fn spawn_kubelet(client: Client, auto_ready: bool, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut next_ip = 2u32;
+        while !cancel.is_cancelled() {
+            for pod in pods
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let name = pod.metadata.name.clone().unwrap();
+                if pod.metadata.deletion_timestamp.is_some() {
+                    let _ = pods
+                        .delete(&name, &DeleteParams::default().grace_period(0))
+                        .await;
+                    continue;
+                }
+                if pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_none()
+                {
+                    let _ = pods
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"spec": {"nodeName": "n1"}})),
+                        )
+                        .await;
+                    continue;
+                }
+                if pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_ref())
+                    .is_none()
+                {
+                    let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
+                    next_ip += 1;
+                    let status = json!({"status": {"phase": "Running", "podIP": ip,
+                        "conditions": [{"type": "Ready", "status": if auto_ready { "True" } else { "False" }}]}});
+                    let _ = pods
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+}
+
+/// Pods in "default" with `label` that are not being deleted.
+async fn active_pods(client: &Client, label: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(label))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+async fn set_replicas<K>(api: &Api<K>, name: &str, n: i32)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": n}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scale {name} to {n}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_scales_adopts_and_heals() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut orphan = web_pod("orphan", 8080);
+    orphan.metadata.labels = Some([("app".to_string(), "rs".to_string())].into());
+    pods.create(&PostParams::default(), &orphan).await.unwrap();
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "rs1"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "rs"}},
+                 "template": {"metadata": {"labels": {"app": "rs", "tier": "x"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap();
+    let uid = rss
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+
+    // `cap`: most active pods allowed while converging (no extra pods from an event burst).
+    let expect = |want: usize, cap: usize| {
+        let (c, uid) = (c.clone(), uid.clone());
+        move || {
+            let (c, uid) = (c.clone(), uid.clone());
+            async move {
+                let active = active_pods(&c, "app=rs").await;
+                assert!(
+                    active.len() <= cap,
+                    "{} active pods, cap {cap}",
+                    active.len()
+                );
+                let owned = active.iter().all(|p| {
+                    p.metadata.owner_references.iter().flatten().any(|r| {
+                        r.uid == uid
+                            && r.controller == Some(true)
+                            && r.block_owner_deletion == Some(true)
+                    })
+                });
+                let status = rss_status(&c).await?;
+                (active.len() == want
+                    && owned
+                    && status.replicas == want as i32
+                    && status.ready_replicas == Some(want as i32)
+                    && status.available_replicas == Some(want as i32))
+                .then_some(active)
+            }
+        }
+    };
+    let active = h
+        .wait("3 ready pods incl. the adopted orphan", expect(3, 3))
+        .await;
+    assert!(active
+        .iter()
+        .any(|p| p.metadata.name.as_deref() == Some("orphan")));
+    for p in active
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() != Some("orphan"))
+    {
+        let name = p.metadata.name.as_deref().unwrap();
+        assert!(
+            name.starts_with("rs1-") && name.len() == "rs1-".len() + 5,
+            "pod name {name}"
+        );
+        assert_eq!(p.metadata.labels.as_ref().unwrap()["tier"], "x");
+    }
+    let status = rss.get("rs1").await.unwrap().status.unwrap();
+    assert_eq!(
+        (status.fully_labeled_replicas, status.observed_generation),
+        (Some(2), Some(1)),
+        "the orphan lacks tier=x"
+    );
+
+    set_replicas(&rss, "rs1", 5).await;
+    h.wait("scaled up to 5", expect(5, 5)).await;
+    set_replicas(&rss, "rs1", 2).await;
+    let two = h.wait("scaled down to 2", expect(2, 5)).await;
+
+    // Self-healing: a deleted pod is replaced.
+    let victim = two[0].metadata.name.clone().unwrap();
+    pods.delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    let healed = h
+        .wait("a replacement for the deleted pod", || async {
+            let active = expect(2, 2)().await?;
+            (!active
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(victim.as_str())))
+            .then_some(active)
+        })
+        .await;
+    assert_eq!(healed.len(), 2);
+    assert_eq!(
+        rss.get("rs1")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .observed_generation,
+        Some(3)
+    );
+}
+
+async fn rss_status(c: &Client) -> Option<k8s_openapi::api::apps::v1::ReplicaSetStatus> {
+    Api::<ReplicaSet>::namespaced(c.clone(), "default")
+        .get("rs1")
+        .await
+        .ok()?
+        .status
+}
+
+/// Pod counts the rollout test's watcher saw break the bounds, as messages.
+type Violations = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Follows every pod event with label app=dep and records states with more than `max_pods`
+/// active pods or (once `armed`) fewer than `min_ready` ready active pods.
+fn watch_bounds(
+    client: Client,
+    max_pods: usize,
+    min_ready: usize,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancellationToken,
+) -> Violations {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let violations: Violations = Default::default();
+    let out = violations.clone();
+    tokio::spawn(async move {
+        let api: Api<Pod> = Api::namespaced(client, "default");
+        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+        let mut stream =
+            watcher::watcher(api, watcher::Config::default().labels("app=dep")).boxed();
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            match ev {
+                Some(Ok(Event::Apply(p) | Event::InitApply(p))) => {
+                    pods.insert(p.metadata.name.clone().unwrap(), p);
+                }
+                Some(Ok(Event::Delete(p))) => {
+                    pods.remove(p.metadata.name.as_deref().unwrap());
+                }
+                Some(Ok(Event::Init)) => pods.clear(),
+                Some(Ok(Event::InitDone)) | Some(Err(_)) => {}
+                None => return,
+            }
+            let active: Vec<&Pod> = pods
+                .values()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let ready = active.iter().filter(|p| is_ready(p)).count();
+            if active.len() > max_pods {
+                out.lock()
+                    .unwrap()
+                    .push(format!("{} active pods > {max_pods}", active.len()));
+            }
+            if armed.load(std::sync::atomic::Ordering::SeqCst) && ready < min_ready {
+                out.lock()
+                    .unwrap()
+                    .push(format!("{ready} ready pods < {min_ready}"));
+            }
+        }
+    });
+    violations
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Marks at most one active, bound, not-ready pod with label app=dep Ready (one kubelet step).
+async fn ready_one(c: &Client) {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let pending = active_pods(c, "app=dep")
+        .await
+        .into_iter()
+        .find(|p| !is_ready(p) && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some());
+    if let Some(p) = pending {
+        let ip = p.status.unwrap().pod_ip.unwrap();
+        let name = p.metadata.name.unwrap();
+        let status =
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True"}], "podIP": ip}});
+        let _ = pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+            .await;
+    }
+}
+
+/// Whether the deployment's status says its rollout finished (what `kubectl rollout status` checks).
+async fn rolled_out(c: &Client, name: &str, replicas: i32) -> Option<Deployment> {
+    let d = Api::<Deployment>::namespaced(c.clone(), "default")
+        .get(name)
+        .await
+        .ok()?;
+    let s = d.status.clone()?;
+    let progressing = s
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_.as_deref() == Some("Progressing"))?;
+    (s.observed_generation >= d.metadata.generation
+        && s.updated_replicas == Some(replicas)
+        && s.replicas == Some(replicas)
+        && s.available_replicas == Some(replicas)
+        && progressing.reason.as_deref() == Some("NewReplicaSetAvailable"))
+    .then_some(d)
+}
+
+fn kubectl(h: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(h.server.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolling_update_stays_within_surge_and_unavailable() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    // Pods get bound and an IP but turn Ready only when the test says so.
+    spawn_kubelet(c.clone(), false, h.cancel.clone());
+    let (replicas, surge, unavailable) = (4usize, 1usize, 1usize);
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let violations = watch_bounds(
+        c.clone(),
+        replicas + surge,
+        replicas - unavailable,
+        armed.clone(),
+        h.cancel.clone(),
+    );
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": "v1"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "dep"}},
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+                 "template": {"metadata": {"labels": {"app": "dep"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    h.wait("first rollout", || async {
+        ready_one(&c).await;
+        rolled_out(&c, "web", replicas as i32).await
+    })
+    .await;
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let first = rss.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(first.len(), 1);
+    let rs1 = &first[0];
+    let hash1 = rs1.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
+    assert_eq!(
+        rs1.metadata.name.as_deref(),
+        Some(format!("web-{hash1}").as_str())
+    );
+    assert_eq!(
+        rs1.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"],
+        "1"
+    );
+
+    // Roll to v2 one readiness at a time; the watcher checks every intermediate state.
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    deps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "v2"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let done = h
+        .wait("rollout to v2", || async {
+            ready_one(&c).await;
+            let v = violations.lock().unwrap().clone();
+            assert!(v.is_empty(), "rollout left its bounds: {v:?}");
+            rolled_out(&c, "web", replicas as i32).await
+        })
+        .await;
+    assert_eq!(
+        done.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"],
+        "2"
+    );
+    let all = rss.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), 2, "the old ReplicaSet is kept for rollback");
+    for rs in &all {
+        let hash = &rs.metadata.labels.as_ref().unwrap()["pod-template-hash"];
+        let rev = &rs.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"];
+        if *hash == hash1 {
+            assert_eq!((rev.as_str(), rs.spec.replicas), ("1", Some(0)));
+        } else {
+            assert_eq!((rev.as_str(), rs.spec.replicas), ("2", Some(4)));
+        }
+    }
+    let pods = active_pods(&c, "app=dep").await;
+    assert_eq!(pods.len(), replicas);
+    assert!(pods
+        .iter()
+        .all(|p| p.metadata.labels.as_ref().unwrap()["pod-template-hash"] != hash1));
+
+    // The stock kubectl agrees the rollout finished and lists both revisions.
+    let out = kubectl(
+        &h,
+        &["rollout", "status", "deployment/web", "--timeout=20s"],
+    );
+    assert!(
+        out.status.success(),
+        "kubectl rollout status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&h, &["rollout", "history", "deployment/web"]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && history.contains("v1") && history.contains("v2"),
+        "history: {history}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -159,20 +159,21 @@ fn desired_slices(
                 ..Default::default()
             },
             address_type: "IPv4".into(),
-            endpoints: Some(eps
-                .iter()
-                .map(|ep| Endpoint {
-                    addresses: vec![ep.ip.clone()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(publish || (ep.ready && !ep.terminating)),
-                        serving: Some(ep.ready),
-                        terminating: Some(ep.terminating),
-                    }),
-                    node_name: ep.node.clone(),
-                    target_ref: Some(target_ref(ep, &ns)),
-                    ..Default::default()
-                })
-                .collect()),
+            endpoints: Some(
+                eps.iter()
+                    .map(|ep| Endpoint {
+                        addresses: vec![ep.ip.clone()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(publish || (ep.ready && !ep.terminating)),
+                            serving: Some(ep.ready),
+                            terminating: Some(ep.terminating),
+                        }),
+                        node_name: ep.node.clone(),
+                        target_ref: Some(target_ref(ep, &ns)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             ports: Some(
                 ports
                     .iter()
@@ -190,7 +191,10 @@ fn desired_slices(
 
 /// The subsets of the Service's core/v1 Endpoints: terminating pods left out unless
 /// `publishNotReadyAddresses`, which also makes every address ready.
-fn desired_subsets(svc: &Service, groups: &BTreeMap<Vec<Port>, Vec<PodEndpoint>>) -> Vec<EndpointSubset> {
+fn desired_subsets(
+    svc: &Service,
+    groups: &BTreeMap<Vec<Port>, Vec<PodEndpoint>>,
+) -> Vec<EndpointSubset> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let publish = svc
         .spec
@@ -247,8 +251,14 @@ fn names(svc: &Service) -> Result<(String, String), ControllerError> {
         field,
     };
     Ok((
-        svc.metadata.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?,
-        svc.metadata.name.clone().ok_or_else(|| missing("metadata.name"))?,
+        svc.metadata
+            .namespace
+            .clone()
+            .ok_or_else(|| missing("metadata.namespace"))?,
+        svc.metadata
+            .name
+            .clone()
+            .ok_or_else(|| missing("metadata.name"))?,
     ))
 }
 
@@ -280,11 +290,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Controlle
     let pod_list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&selector::map_to_query(&sel)))
         .await
-        .map_err(ControllerError::kube("list pods for service", format!("{ns}/{name}")))?
+        .map_err(ControllerError::kube(
+            "list pods for service",
+            format!("{ns}/{name}"),
+        ))?
         .items;
     {
         let mut listed = ctx.listed.lock().expect("endpoints index lock");
-        let now: HashSet<&str> = pod_list.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+        let now: HashSet<&str> = pod_list
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
         listed.retain(|(pns, pod), svcs| {
             if *pns == ns && !now.contains(pod.as_str()) {
                 svcs.remove(&name);
@@ -292,7 +308,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Controlle
             !svcs.is_empty()
         });
         for pod in &now {
-            listed.entry((ns.clone(), pod.to_string())).or_default().insert(name.clone());
+            listed
+                .entry((ns.clone(), pod.to_string()))
+                .or_default()
+                .insert(name.clone());
         }
     }
     let groups = group_endpoints(&svc, &pod_list);
@@ -313,7 +332,10 @@ async fn sync_slices(
             "{SERVICE_NAME_LABEL}={svc},{MANAGED_BY_LABEL}={MANAGED_BY}"
         )))
         .await
-        .map_err(ControllerError::kube("list endpointslices of service", format!("{ns}/{svc}")))?
+        .map_err(ControllerError::kube(
+            "list endpointslices of service",
+            format!("{ns}/{svc}"),
+        ))?
         .items;
     for slice in want {
         let slice_name = slice.metadata.name.clone().unwrap_or_default();
@@ -341,7 +363,10 @@ async fn sync_slices(
                 Ok(_) => {}
                 Err(e) if super::is_not_found(&e) => {}
                 Err(e) => {
-                    return Err(ControllerError::kube("delete endpointslice", format!("{ns}/{slice_name}"))(e))
+                    return Err(ControllerError::kube(
+                        "delete endpointslice",
+                        format!("{ns}/{slice_name}"),
+                    )(e))
                 }
             }
         }
@@ -423,11 +448,14 @@ fn services_for_pod(
 
 /// The controller future (runs until its watches end).
 pub async fn run(client: Client) {
-    let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .owns(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        );
+    let controller = Controller::new(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+    );
     let store = controller.store();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -489,30 +517,65 @@ mod tests {
         assert_eq!(first.metadata.name.as_deref(), Some("web-0"));
         let ports: Vec<_> = first.ports.iter().flatten().map(|p| p.port).collect();
         assert_eq!(ports, vec![Some(8080), Some(9100)]);
-        let conds: Vec<_> = first.endpoints.iter().flatten().map(|e| e.conditions.clone().unwrap()).collect();
+        let conds: Vec<_> = first
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|e| e.conditions.clone().unwrap())
+            .collect();
         assert_eq!(conds[0].ready, Some(true));
         assert_eq!(conds[1].ready, Some(false));
-        let term = slices[1].endpoints.as_ref().unwrap()[0].conditions.clone().unwrap();
-        assert_eq!((term.ready, term.serving, term.terminating), (Some(false), Some(true), Some(true)));
+        let term = slices[1].endpoints.as_ref().unwrap()[0]
+            .conditions
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (term.ready, term.serving, term.terminating),
+            (Some(false), Some(true), Some(true))
+        );
 
         let subsets = desired_subsets(&s, &groups);
-        assert_eq!(subsets.len(), 1, "the terminating pod's group leaves Endpoints");
+        assert_eq!(
+            subsets.len(),
+            1,
+            "the terminating pod's group leaves Endpoints"
+        );
         assert_eq!(subsets[0].addresses.as_ref().unwrap()[0].ip, "10.0.0.1");
-        assert_eq!(subsets[0].not_ready_addresses.as_ref().unwrap()[0].ip, "10.0.0.2");
+        assert_eq!(
+            subsets[0].not_ready_addresses.as_ref().unwrap()[0].ip,
+            "10.0.0.2"
+        );
 
         let published = desired_subsets(&svc(true), &group_endpoints(&svc(true), &pods));
-        let ready: usize = published.iter().map(|s| s.addresses.iter().flatten().count()).sum();
-        assert_eq!(ready, 3, "publishNotReadyAddresses makes every address ready");
+        let ready: usize = published
+            .iter()
+            .map(|s| s.addresses.iter().flatten().count())
+            .sum();
+        assert_eq!(
+            ready, 3,
+            "publishNotReadyAddresses makes every address ready"
+        );
     }
 
     #[test]
     fn slices_hold_at_most_100_endpoints_and_empty_services_get_a_placeholder() {
         let pods: Vec<Pod> = (0..250)
-            .map(|i| pod(&format!("p{i:03}"), &format!("10.1.{}.{}", i / 200, i % 200 + 1), 8080, true, false))
+            .map(|i| {
+                pod(
+                    &format!("p{i:03}"),
+                    &format!("10.1.{}.{}", i / 200, i % 200 + 1),
+                    8080,
+                    true,
+                    false,
+                )
+            })
             .collect();
         let s = svc(false);
         let slices = desired_slices(&s, &group_endpoints(&s, &pods)).unwrap();
-        let sizes: Vec<_> = slices.iter().map(|s| s.endpoints.as_ref().map_or(0, Vec::len)).collect();
+        let sizes: Vec<_> = slices
+            .iter()
+            .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+            .collect();
         assert_eq!(sizes, vec![100, 100, 50]);
         let empty = desired_slices(&s, &BTreeMap::new()).unwrap();
         assert_eq!(empty.len(), 1);

@@ -7,15 +7,19 @@
 //! - [`endpoints`]: EndpointSlices and core/v1 Endpoints for every Service with a selector.
 //! - [`replicaset`]: creates and deletes Pods to match a ReplicaSet's replicas.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
+//! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod node_ipam;
 mod owner;
 mod pods;
+pub mod replicaset;
+mod rollout;
 mod selector;
 
 use std::time::Duration;
@@ -131,7 +135,10 @@ pub enum ControllerError {
 
 impl ControllerError {
     /// Wraps a client error with the action and object it failed on.
-    pub(crate) fn kube(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+    pub(crate) fn kube(
+        action: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Self {
         let object = object.into();
         move |source| Self::Kube {
             action,
@@ -172,7 +179,9 @@ pub(crate) fn on_error<K: Resource, C>(
 /// (watch errors, queue errors).
 pub(crate) async fn drain<S, K, E, Q>(name: &'static str, stream: S)
 where
-    S: futures::Stream<Item = Result<(kube::runtime::reflector::ObjectRef<K>, Action), controller::Error<E, Q>>>,
+    S: futures::Stream<
+        Item = Result<(kube::runtime::reflector::ObjectRef<K>, Action), controller::Error<E, Q>>,
+    >,
     K: Resource,
     E: std::error::Error + 'static,
     Q: std::error::Error + 'static,
@@ -200,6 +209,8 @@ pub async fn run(
         futures::join!(
             ipam,
             endpoints::run(client.clone()),
+            replicaset::run(client.clone()),
+            deployment::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
@@ -244,7 +255,13 @@ mod tests {
         }
         let cli = Cli::parse_from(["x"]);
         assert_eq!(cli.c, ControllersConfig::default());
-        let cli = Cli::parse_from(["x", "--cluster-cidr", "10.0.0.0/8", "--node-monitor-grace-period", "10s"]);
+        let cli = Cli::parse_from([
+            "x",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--node-monitor-grace-period",
+            "10s",
+        ]);
         assert_eq!(cli.c.cluster_cidr.to_string(), "10.0.0.0/8");
         assert_eq!(cli.c.node_monitor_grace_period, Duration::from_secs(10));
     }

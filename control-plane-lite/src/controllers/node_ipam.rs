@@ -38,7 +38,11 @@ fn block(cluster: Ipv4Network, mask: u8, index: u32) -> Option<Ipv4Network> {
 }
 
 /// The lowest block of `cluster` with prefix `mask` not in `used`.
-pub fn first_free(cluster: Ipv4Network, mask: u8, used: &HashSet<Ipv4Network>) -> Option<Ipv4Network> {
+pub fn first_free(
+    cluster: Ipv4Network,
+    mask: u8,
+    used: &HashSet<Ipv4Network>,
+) -> Option<Ipv4Network> {
     if mask < cluster.prefix() || mask > 32 {
         return None;
     }
@@ -60,7 +64,11 @@ struct Ctx {
 
 /// The node's pod CIDR, if it has one.
 fn pod_cidr(node: &Node) -> Option<&str> {
-    node.spec.as_ref()?.pod_cidr.as_deref().filter(|c| !c.is_empty())
+    node.spec
+        .as_ref()?
+        .pod_cidr
+        .as_deref()
+        .filter(|c| !c.is_empty())
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {

@@ -77,7 +77,11 @@ mod tests {
         let p = pod("True", now);
         assert!(is_ready(&p) && is_available(&p, 0, now));
         assert!(!is_available(&p, 10, now));
-        assert!(is_available(&p, 10, now + std::time::Duration::from_secs(10)));
+        assert!(is_available(
+            &p,
+            10,
+            now + std::time::Duration::from_secs(10)
+        ));
         assert!(!is_ready(&pod("False", now)));
         assert!(is_active(&p));
         assert!(!is_active(&Pod {

@@ -35,8 +35,14 @@ pub fn map_to_query(sel: &BTreeMap<String, String>) -> String {
 
 /// Whether `labels` satisfy the Service-style selector `sel` (an empty one selects nothing,
 /// as Services without selector get no endpoints).
-pub fn map_matches(sel: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
-    !sel.is_empty() && sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+pub fn map_matches(
+    sel: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    !sel.is_empty()
+        && sel
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 /// Whether `labels` satisfy `sel`; an empty selector matches everything.
@@ -67,7 +73,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -88,8 +97,14 @@ mod tests {
             ]),
         };
         assert_eq!(to_query(&sel).unwrap(), "app=web,tier in (a,b),!canary");
-        assert!(matches(&sel, Some(&labels(&[("app", "web"), ("tier", "b")]))));
-        assert!(!matches(&sel, Some(&labels(&[("app", "web"), ("tier", "c")]))));
+        assert!(matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "b")]))
+        ));
+        assert!(!matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "c")]))
+        ));
         assert!(!matches(
             &sel,
             Some(&labels(&[("app", "web"), ("tier", "a"), ("canary", "1")]))
@@ -101,8 +116,14 @@ mod tests {
     fn service_selectors() {
         let sel = labels(&[("app", "web")]);
         assert_eq!(map_to_query(&sel), "app=web");
-        assert!(map_matches(&sel, Some(&labels(&[("app", "web"), ("x", "y")]))));
+        assert!(map_matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("x", "y")]))
+        ));
         assert!(!map_matches(&sel, None));
-        assert!(!map_matches(&BTreeMap::new(), Some(&labels(&[("app", "web")]))));
+        assert!(!map_matches(
+            &BTreeMap::new(),
+            Some(&labels(&[("app", "web")]))
+        ));
     }
 }

@@ -1,0 +1,344 @@
+//! ReplicaSet controller: keeps as many active pods as `spec.replicas`, creating them from the
+//! template (`generateName: <rs>-`, controller owner reference) and deleting the cheapest first
+//! (unscheduled, then not running, then not ready, then newest); adopts matching orphans; reports
+//! status.
+//!
+//! Pods are listed from the apiserver (not a cache) at each reconcile, and kube-rs never runs
+//! two reconciles of the same ReplicaSet at once, so a burst of events cannot make it create
+//! pods it already created: the list always includes them.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use serde_json::json;
+
+use super::{owner, pods, selector, ControllerError};
+
+/// Most pods created or deleted in one reconcile (upstream's burst limit).
+const BURST: usize = 500;
+
+/// Deletion order: lower sorts first and is deleted first.
+fn deletion_rank(pod: &Pod) -> impl Ord {
+    let assigned = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let phase = match pods::phase(pod) {
+        "Pending" => 0,
+        "Unknown" => 1,
+        _ => 2,
+    };
+    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (assigned, phase, pods::is_ready(pod), Reverse(created))
+}
+
+/// The pods to delete to go from `active` down to `want`.
+pub(crate) fn pick_victims(mut active: Vec<&Pod>, want: usize) -> Vec<&Pod> {
+    active.sort_by_key(|p| deletion_rank(p));
+    let excess = active.len().saturating_sub(want).min(BURST);
+    active.truncate(excess);
+    active
+}
+
+/// A new pod from the ReplicaSet's template.
+fn pod_from_template(rs: &ReplicaSet) -> Option<Pod> {
+    let template = rs.spec.template.clone()?;
+    let tmeta = template.metadata.unwrap_or_default();
+    Some(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.metadata.name.as_deref()?)),
+            namespace: rs.metadata.namespace.clone(),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            owner_references: Some(vec![owner::controller_ref(rs)?]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    })
+}
+
+/// The status `owned` pods give the ReplicaSet.
+fn compute_status(rs: &ReplicaSet, owned: &[Pod], now: Timestamp) -> ReplicaSetStatus {
+    let spec = rs.spec.clone();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let template_labels = spec
+        .template
+        .and_then(|t| t.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+    let count = |f: &dyn Fn(&Pod) -> bool| active.iter().filter(|p| f(p)).count() as i32;
+    ReplicaSetStatus {
+        replicas: active.len() as i32,
+        fully_labeled_replicas: Some(count(&|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })),
+        ready_replicas: Some(count(&pods::is_ready)),
+        available_replicas: Some(count(&|p| pods::is_available(p, min_ready, now))),
+        observed_generation: rs.metadata.generation,
+        conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+        ..Default::default()
+    }
+}
+
+struct Ctx {
+    client: Client,
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    let object = format!("replicaset {}", super::key(rs.as_ref()));
+    let missing = |field| ControllerError::MissingField {
+        object: object.clone(),
+        field,
+    };
+    let ns = rs
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| missing("metadata.namespace"))?;
+    let name = rs
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| missing("metadata.name"))?;
+    let uid = rs
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| missing("metadata.uid"))?;
+    let spec = rs.spec.clone();
+    let query = selector::to_query(&spec.selector)
+        .and_then(|q| {
+            if q.is_empty() {
+                Err("empty selector".into())
+            } else {
+                Ok(q)
+            }
+        })
+        .map_err(|reason| ControllerError::InvalidSelector {
+            object: object.clone(),
+            reason,
+        })?;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = api
+        .list(&ListParams::default().labels(&query))
+        .await
+        .map_err(ControllerError::kube("list pods of", object.clone()))?
+        .items;
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+    let mut owned = Vec::new();
+    for pod in listed {
+        match owner::controller_of(&pod.metadata) {
+            Some(r) if r.uid == uid => owned.push(pod),
+            Some(_) => {}
+            None if !deleting && !pods::is_terminating(&pod) => {
+                owned.push(adopt(&api, &rs, pod).await?)
+            }
+            None => {}
+        }
+    }
+    let now = Timestamp::now();
+    let status = compute_status(&rs, &owned, now);
+    if !deleting {
+        let want = spec.replicas.unwrap_or(1).max(0) as usize;
+        let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+        if active.len() < want {
+            let pod = pod_from_template(&rs).ok_or_else(|| missing("spec.template"))?;
+            let n = (want - active.len()).min(BURST);
+            tracing::info!(replicaset = %object, count = n, "creating pods");
+            let pp = PostParams::default();
+            let creates = (0..n).map(|_| api.create(&pp, &pod));
+            futures::future::try_join_all(creates)
+                .await
+                .map_err(ControllerError::kube("create pod for", object.clone()))?;
+        } else if active.len() > want {
+            let victims = pick_victims(active, want);
+            tracing::info!(replicaset = %object, count = victims.len(), "deleting pods");
+            for pod in victims {
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                match api.delete(&pod_name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(e) if super::is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(ControllerError::kube(
+                            "delete pod",
+                            format!("{ns}/{pod_name}"),
+                        )(e))
+                    }
+                }
+            }
+        }
+    }
+    if rs.status.as_ref() != Some(&status) {
+        Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+            .map_err(ControllerError::kube("update status of", object.clone()))?;
+    }
+    // Pods that are ready but not yet for minReadySeconds become available without an event.
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    if min_ready > 0 && status.ready_replicas != status.available_replicas {
+        return Ok(Action::requeue(std::time::Duration::from_secs(
+            min_ready as u64,
+        )));
+    }
+    Ok(Action::await_change())
+}
+
+/// Makes `rs` the controller of the orphan `pod`.
+async fn adopt(api: &Api<Pod>, rs: &ReplicaSet, pod: Pod) -> Result<Pod, ControllerError> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.extend(owner::controller_ref(rs));
+    let patch = json!({"metadata": {"ownerReferences": refs,
+        "resourceVersion": pod.metadata.resource_version}});
+    tracing::info!(pod = %pod_name, replicaset = %super::key(rs), "adopting orphan pod");
+    api.patch(&pod_name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(ControllerError::kube("adopt pod", pod_name))
+}
+
+/// ReplicaSets a pod event concerns: its controller, or for an orphan every set selecting it.
+fn owners_of(pod: &Pod, store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    match owner::controller_of(&pod.metadata) {
+        Some(r) if r.kind == "ReplicaSet" => vec![ObjectRef::new(&r.name).within(&ns)],
+        Some(_) => vec![],
+        None => store
+            .state()
+            .iter()
+            .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|rs| selector::matches(&rs.spec.selector, pod.metadata.labels.as_ref()))
+            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+            .collect(),
+    }
+}
+
+/// The controller future (runs until its watches end).
+pub async fn run(client: Client) {
+    let controller = Controller::new(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let controller = controller.watches(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+        move |pod| owners_of(&pod, &store),
+    );
+    let ctx = Arc::new(Ctx { client });
+    super::drain(
+        "replicaset",
+        controller.run(reconcile, super::on_error, ctx),
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": phase, "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn scale_down_deletes_unscheduled_then_pending_then_unready_then_newest() {
+        let pods = [
+            pod(
+                "old-ready",
+                Some("n"),
+                "Running",
+                true,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "new-ready",
+                Some("n"),
+                "Running",
+                true,
+                "2026-01-02T00:00:00Z",
+            ),
+            pod(
+                "unready",
+                Some("n"),
+                "Running",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "pending",
+                Some("n"),
+                "Pending",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "unscheduled",
+                None,
+                "Pending",
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        let names = |want| -> Vec<String> {
+            pick_victims(pods.iter().collect(), want)
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(names(1), ["unscheduled", "pending", "unready", "new-ready"]);
+        assert_eq!(names(3), ["unscheduled", "pending"]);
+        assert!(names(5).is_empty());
+    }
+
+    #[test]
+    fn template_pods_are_owned_and_named_after_the_set() {
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "uid": "u1"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+        }))
+        .unwrap();
+        let p = pod_from_template(&rs).unwrap();
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
+        assert_eq!(p.metadata.labels.unwrap()["app"], "web");
+        let r = &p.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (
+                r.kind.as_str(),
+                r.uid.as_str(),
+                r.controller,
+                r.block_owner_deletion
+            ),
+            ("ReplicaSet", "u1", Some(true), Some(true))
+        );
+        let status = compute_status(&rs, &[], Timestamp::now());
+        assert_eq!((status.replicas, status.ready_replicas), (0, Some(0)));
+    }
+}
