@@ -118,7 +118,6 @@ pub fn desired_status(
             message: Some(message),
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(transition),
-            ..NodeCondition::default()
         }
     })
     .collect();
