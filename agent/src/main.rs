@@ -180,6 +180,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             sys,
             runtime: Some(Arc::new(RuntimeProbe::new(&cfg.containerd_socket))),
             cni_ready,
+            cni_bin_dir: cfg.cni_bin_dir.clone(),
             heartbeat: cfg.heartbeat_interval(),
             report_interval: cfg.status_report_interval(),
         };

@@ -1,7 +1,7 @@
 //! Registration, status, Lease and CNI config loops in-process against our apiserver.
 //!
-//! No runtime here (the registration gets no CRI probe, so readiness is the CNI config's
-//! alone) and no kernel state: the CNI conf dir is a temp dir. The loops run with a 1 s
+//! No runtime here (the registration gets no CRI probe, so readiness is the CNI config's and
+//! the plugins' alone) and no kernel state: the CNI conf dir is a temp dir. The loops run with a 1 s
 //! heartbeat so renewals are observable quickly.
 
 mod node_support;
@@ -29,6 +29,12 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let dir = tempfile::tempdir().unwrap();
     let conf_dir = dir.path().join("net.d");
+    // The plugins the conflist names, as installed executables (readiness checks for them).
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    for plugin in ["netlet", "portmap"] {
+        std::os::unix::fs::symlink("/bin/true", bin_dir.join(plugin)).unwrap();
+    }
     let log = || server.log();
 
     let cancel = CancellationToken::new();
@@ -54,6 +60,7 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
                 sys: SystemInfo::gather(dir.path()).unwrap(),
                 runtime: None,
                 cni_ready: ready_rx,
+                cni_bin_dir: bin_dir.clone(),
                 heartbeat,
                 report_interval: Duration::from_secs(300),
             }

@@ -8,6 +8,7 @@
 //! Node (one GET, as the kubelet does), so the comparison is with what the apiserver holds and
 //! a Node deleted behind the agent's back is registered again.
 
+use super::cni_config::missing_plugins;
 use super::runtime::RuntimeProbe;
 use super::status::{
     desired_status, differs_beyond_heartbeat, node_labels, ready_status, StatusInputs,
@@ -20,6 +21,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -116,6 +118,8 @@ pub struct Registration {
     pub runtime: Option<Arc<RuntimeProbe>>,
     /// Whether the CNI config for this node's pod CIDR is in place.
     pub cni_ready: watch::Receiver<bool>,
+    /// Where the CNI plugins the config names must be installed.
+    pub cni_bin_dir: PathBuf,
     /// How often the status is recomputed.
     pub heartbeat: Duration,
     /// How long an unchanged status may go unwritten.
@@ -171,6 +175,12 @@ impl Registration {
                 "network plugin not ready: no CNI config yet (waiting for the Node's spec.podCIDR)"
                     .to_string(),
             );
+        }
+        for plugin in missing_plugins(&self.cni_bin_dir) {
+            problems.push(format!(
+                "network plugin not ready: CNI plugin {} is not installed",
+                plugin.display()
+            ));
         }
         // Whole seconds: the API stores no more, and a fraction would make every comparison
         // with the stored status differ.
