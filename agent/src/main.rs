@@ -105,6 +105,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in log files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Cli::parse().into_config()?;
     tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +159,8 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, "netlet-agent starting");
 
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state dir {}", cfg.state_dir.display()))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let (cni_ready_tx, cni_ready) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -69,6 +69,35 @@ fn apiserver_port(kubeconfig: &Path) -> u16 {
         .unwrap_or_else(|| panic!("no port in server URL {server}"))
 }
 
+/// Starts `netlet-agent args` inside `ns`, its stderr to `log`.
+fn start_agent(ns: &NetNs, args: &[&std::ffi::OsStr], log: &Path) -> ChildGuard {
+    ChildGuard::new(
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(env!("CARGO_BIN_EXE_netlet-agent"))
+            .args(args)
+            .env("RUST_LOG", "info,netlet_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("starting netlet-agent under nsenter"),
+    )
+}
+
+/// Gives `ns` a NIC on the nodes' subnet with address `ip`/24.
+fn add_nic(ns: &NetNs, ip: &str) {
+    let cidr = format!("{ip}/24");
+    for cmd in [
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"][..],
+        &["addr", "add", &cidr, "dev", "d0"],
+        &["link", "set", "d1", "up"],
+        &["link", "set", "d0", "up"],
+    ] {
+        ns.run_ok("ip", cmd);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
     // A placeholder network, so containerd starts (and reports NetworkReady) before the
@@ -81,14 +110,7 @@ async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
     })
     .await;
     let ns = &containerd.node;
-    for cmd in [
-        "link add d0 type veth peer name d1",
-        "addr add 192.0.2.1/24 dev d0",
-        "link set d1 up",
-        "link set d0 up",
-    ] {
-        ns.run_ok("ip", &cmd.split(' ').collect::<Vec<_>>());
-    }
+    add_nic(ns, "192.0.2.1");
 
     let server = integration::TestApiserver::start();
     let client = server.client().await;
@@ -97,33 +119,33 @@ async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
     let root = containerd.dir();
     let conf_dir = root.join("cni/net.d");
     let agent_log = root.join("agent.log");
-    let agent = ChildGuard::new(
-        Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(env!("CARGO_BIN_EXE_netlet-agent"))
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig())
-            .args(["--node-name", NODE])
-            .arg("--containerd-socket")
-            .arg(containerd.socket())
-            .arg("--cni-conf-dir")
-            .arg(&conf_dir)
-            .arg("--cni-bin-dir")
-            .arg(root.join("cni/bin"))
-            .arg("--state-dir")
-            .arg(root.join("netlet"))
-            .args([
-                "--cluster-cidr",
-                "10.244.0.0/16",
-                "--heartbeat-interval-secs",
-                "1",
-            ])
-            .env("RUST_LOG", "info,netlet_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .expect("starting netlet-agent under nsenter"),
+    let kubeconfig = server.kubeconfig();
+    let (socket, bin_dir, state_dir) = (
+        containerd.socket(),
+        root.join("cni/bin"),
+        root.join("netlet"),
+    );
+    let agent = start_agent(
+        ns,
+        &[
+            "--kubeconfig".as_ref(),
+            kubeconfig.as_os_str(),
+            "--node-name".as_ref(),
+            NODE.as_ref(),
+            "--containerd-socket".as_ref(),
+            socket.as_os_str(),
+            "--cni-conf-dir".as_ref(),
+            conf_dir.as_os_str(),
+            "--cni-bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
+            "--cluster-cidr".as_ref(),
+            "10.244.0.0/16".as_ref(),
+            "--heartbeat-interval-secs".as_ref(),
+            "1".as_ref(),
+        ],
+        &agent_log,
     );
     let log = || {
         format!(
@@ -223,4 +245,82 @@ async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
         "{}",
         log()
     );
+}
+
+/// `--network-only`, as a DaemonSet beside another kubelet: the Node is someone else's, so the
+/// agent neither registers nor leases it, but writes the CNI config and routes all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_only_agent_leaves_the_node_alone_but_configures_networking() {
+    let ns = NetNs::new("netonly");
+    add_nic(&ns, "192.0.2.1");
+    let server = integration::TestApiserver::start();
+    let client = server.client().await;
+    forward_into(&ns, apiserver_port(&server.kubeconfig()));
+    let nodes: Api<Node> = Api::all(client.clone());
+    put_node(
+        &nodes,
+        "other-kubelets-node",
+        Some("10.244.3.0/24"),
+        "192.0.2.1",
+    )
+    .await;
+    put_node(&nodes, "peer", Some("10.244.4.0/24"), "192.0.2.4").await;
+    let before = nodes.get("other-kubelets-node").await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf_dir = dir.path().join("net.d");
+    let agent_log = dir.path().join("agent.log");
+    let kubeconfig = server.kubeconfig();
+    let state_dir = dir.path().join("state");
+    let _agent = start_agent(
+        &ns,
+        &[
+            "--kubeconfig".as_ref(),
+            kubeconfig.as_os_str(),
+            "--node-name".as_ref(),
+            "other-kubelets-node".as_ref(),
+            "--network-only".as_ref(),
+            "--cni-conf-dir".as_ref(),
+            conf_dir.as_os_str(),
+            "--state-dir".as_ref(),
+            state_dir.as_os_str(),
+        ],
+        &agent_log,
+    );
+    let log = || {
+        format!(
+            "agent log:\n{}\nroutes: {:?}",
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+            routes(&ns, &[])
+        )
+    };
+    wait_for("the conflist for 10.244.3.0/24", WAIT, log, || async {
+        let bytes = std::fs::read(conf_dir.join("10-netlet.conflist")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        (v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"] == "10.244.3.0/24").then_some(())
+    })
+    .await;
+    wait_for("the route to the peer's pods", WAIT, log, || async {
+        (routes(&ns, &["proto", "78"]) == ["10.244.4.0/24 via 192.0.2.4"]).then_some(())
+    })
+    .await;
+    // A registering agent adopts the Node (labels, status) and creates the Lease in its first
+    // round, which runs alongside the two loops awaited above; this one must have done none
+    // of it. (This cannot prove it never will, but the mode is also visible in the log.)
+    assert!(
+        std::fs::read_to_string(&agent_log)
+            .unwrap()
+            .contains("network_only=true"),
+        "{}",
+        log()
+    );
+    let after = nodes.get("other-kubelets-node").await.unwrap();
+    assert_eq!(after.metadata.labels, before.metadata.labels);
+    assert_eq!(after.status, before.status);
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    assert!(leases
+        .get_opt("other-kubelets-node")
+        .await
+        .unwrap()
+        .is_none());
 }
