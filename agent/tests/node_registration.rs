@@ -176,3 +176,103 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
             .unwrap();
     }
 }
+
+/// An existing Node (made by an admin, or left by a previous agent) is adopted: our labels are
+/// merged in, its own labels, spec and annotations stay. Then, with nothing changing, the
+/// status is not rewritten every heartbeat: the Lease alone shows liveness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_an_existing_node_and_writes_status_only_on_change() {
+    let server = integration::TestApiserver::start();
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let log = || server.log();
+    let existing: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n2", "labels": {"team": "a"}, "annotations": {"note": "keep"}},
+        "spec": {"podCIDR": "10.244.2.0/24",
+                 "taints": [{"key": "dedicated", "value": "a", "effect": "NoSchedule"}]},
+    }))
+    .unwrap();
+    let created = nodes
+        .create(&kube::api::PostParams::default(), &existing)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    for plugin in ["netlet", "portmap"] {
+        std::os::unix::fs::symlink("/bin/true", bin_dir.join(plugin)).unwrap();
+    }
+    let cancel = CancellationToken::new();
+    // CNI config taken as in place: this test is about the Node object alone.
+    let (_ready_tx, ready_rx) = watch::channel(true);
+    let heartbeat = Duration::from_secs(1);
+    let tasks = [
+        tokio::spawn(
+            Registration {
+                api: nodes.clone(),
+                node_name: "n2".into(),
+                node_ip: "192.0.2.20".parse().unwrap(),
+                sys: SystemInfo::gather(dir.path()).unwrap(),
+                runtime: None,
+                cni_ready: ready_rx,
+                cni_bin_dir: bin_dir,
+                heartbeat,
+                report_interval: Duration::from_secs(300),
+            }
+            .run(cancel.clone()),
+        ),
+        tokio::spawn(NodeLease::new(client.clone(), "n2").run(heartbeat, cancel.clone())),
+    ];
+
+    let node = wait_for("Node n2 Ready", WAIT, log, || async {
+        let n = nodes.get("n2").await.unwrap();
+        (ready(&n).as_deref() == Some("True")).then_some(n)
+    })
+    .await;
+    assert_eq!(
+        node.metadata.uid, created.metadata.uid,
+        "adopted, not recreated"
+    );
+    let labels = node.metadata.labels.clone().unwrap();
+    assert_eq!(labels["team"], "a");
+    assert_eq!(labels["kubernetes.io/hostname"], "n2");
+    assert_eq!(node.metadata.annotations.clone().unwrap()["note"], "keep");
+    assert_eq!(node.spec, created.spec);
+
+    // Several heartbeats pass (counted by Lease renewals, not by sleeping) without a change:
+    // the status, heartbeat times included, is as first written.
+    let heartbeat_of = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_heartbeat_time.clone())
+    };
+    let written = heartbeat_of(&node).expect("Ready has a heartbeat time");
+    let renew = |l: Lease| l.spec.and_then(|s| s.renew_time).map(|t| t.0);
+    let start = wait_for("a Lease renewal", WAIT, log, || async {
+        renew(leases.get_opt("n2").await.unwrap()?)
+    })
+    .await;
+    wait_for("three more Lease renewals", WAIT, log, || async {
+        let t = renew(leases.get("n2").await.unwrap())?;
+        (t.duration_since(start).as_secs_f64() >= 3.0).then_some(())
+    })
+    .await;
+    let later = nodes.get("n2").await.unwrap();
+    assert_eq!(
+        heartbeat_of(&later),
+        Some(written),
+        "status rewritten without a change"
+    );
+
+    cancel.cancel();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("loop stops on cancel")
+            .unwrap();
+    }
+}
