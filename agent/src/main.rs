@@ -155,7 +155,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(connection);
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,
-        None => address::detect_node_ip(&netlink).await?,
+        None => address::detect_node_ip(&netlink, cfg.cluster_cidr).await?,
     };
     tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, "netlet-agent starting");
 
