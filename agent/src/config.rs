@@ -35,7 +35,7 @@ pub struct AgentConfig {
     pub containerd_socket: PathBuf,
     /// Where the CNI conflist is written for containerd to pick up.
     pub cni_conf_dir: PathBuf,
-    /// Where containerd finds `netlet` and `portmap`.
+    /// Where containerd finds `netlet` and `portmap`; the node is not Ready until both are there.
     pub cni_bin_dir: PathBuf,
     /// The agent's state directory (IPAM data goes to `<state_dir>/ipam`).
     pub state_dir: PathBuf,

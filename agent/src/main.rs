@@ -105,6 +105,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in log files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Cli::parse().into_config()?;
     tokio::runtime::Builder::new_multi_thread()
@@ -153,10 +155,12 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(connection);
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,
-        None => address::detect_node_ip(&netlink).await?,
+        None => address::detect_node_ip(&netlink, cfg.cluster_cidr).await?,
     };
     tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, "netlet-agent starting");
 
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state dir {}", cfg.state_dir.display()))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let (cni_ready_tx, cni_ready) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -180,6 +184,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             sys,
             runtime: Some(Arc::new(RuntimeProbe::new(&cfg.containerd_socket))),
             cni_ready,
+            cni_bin_dir: cfg.cni_bin_dir.clone(),
             heartbeat: cfg.heartbeat_interval(),
             report_interval: cfg.status_report_interval(),
         };

@@ -1,8 +1,10 @@
 //! The node's InternalIP when none is configured: the first usable IPv4 address of the
 //! agent's network namespace, in interface-index order (so the primary NIC, created first,
-//! wins over bridges and veths created later by containerd and netlet-cni).
+//! wins over bridges and veths created later by containerd and netlet-cni), never one inside
+//! the cluster's pod network (the pod bridge's gateway address, after a restart).
 
 use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +15,7 @@ pub enum AddressError {
     #[error("listing the network namespace's addresses over netlink: {0}")]
     Dump(#[source] rtnetlink::Error),
     /// The namespace has no address a node could use.
-    #[error("no non-loopback, non-link-local IPv4 address in the agent's network namespace; set --node-ip")]
+    #[error("no IPv4 address outside loopback, link-local and the pod network in the agent's network namespace; set --node-ip")]
     NoneFound,
 }
 
@@ -27,16 +29,22 @@ pub fn usable(ip: Ipv4Addr) -> bool {
         || ip.is_multicast())
 }
 
-/// The first usable address of `(interface index, address)` pairs, lowest index first, the
-/// kernel's order within an interface.
-pub fn pick(addrs: &[(u32, Ipv4Addr)]) -> Option<Ipv4Addr> {
-    let mut sorted: Vec<&(u32, Ipv4Addr)> = addrs.iter().filter(|(_, ip)| usable(*ip)).collect();
+/// The first usable address of `(interface index, address)` pairs outside `pod_network`,
+/// lowest index first, the kernel's order within an interface.
+pub fn pick(addrs: &[(u32, Ipv4Addr)], pod_network: Ipv4Network) -> Option<Ipv4Addr> {
+    let mut sorted: Vec<&(u32, Ipv4Addr)> = addrs
+        .iter()
+        .filter(|(_, ip)| usable(*ip) && !pod_network.contains(*ip))
+        .collect();
     sorted.sort_by_key(|(index, _)| *index); // stable: keeps the kernel's order per interface
     sorted.first().map(|(_, ip)| *ip)
 }
 
-/// Dumps the namespace's IPv4 addresses over `handle` and [`pick`]s one.
-pub async fn detect_node_ip(handle: &rtnetlink::Handle) -> Result<Ipv4Addr, AddressError> {
+/// Dumps the namespace's IPv4 addresses over `handle` and [`pick`]s one outside `pod_network`.
+pub async fn detect_node_ip(
+    handle: &rtnetlink::Handle,
+    pod_network: Ipv4Network,
+) -> Result<Ipv4Addr, AddressError> {
     let mut addrs = Vec::new();
     let mut dump = handle.address().get().execute();
     while let Some(msg) = dump.try_next().await.map_err(AddressError::Dump)? {
@@ -54,7 +62,7 @@ pub async fn detect_node_ip(handle: &rtnetlink::Handle) -> Result<Ipv4Addr, Addr
             addrs.push((msg.header.index, ip));
         }
     }
-    pick(&addrs).ok_or(AddressError::NoneFound)
+    pick(&addrs, pod_network).ok_or(AddressError::NoneFound)
 }
 
 #[cfg(test)]
@@ -74,8 +82,12 @@ mod tests {
             (3, ip("192.0.2.10")),
             (3, ip("192.0.2.11")),
         ];
-        assert_eq!(pick(&addrs), Some(ip("192.0.2.10")));
-        assert_eq!(pick(&[(1, ip("127.0.0.1"))]), None);
-        assert_eq!(pick(&[]), None);
+        let pods: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(pick(&addrs, pods), Some(ip("192.0.2.10")));
+        // The pod bridge, even on a lower index (recreated NIC), is never the node address.
+        let addrs = [(2, ip("10.244.1.1")), (4, ip("198.51.100.7"))];
+        assert_eq!(pick(&addrs, pods), Some(ip("198.51.100.7")));
+        assert_eq!(pick(&[(1, ip("127.0.0.1"))], pods), None);
+        assert_eq!(pick(&[], pods), None);
     }
 }

@@ -28,6 +28,22 @@ pub const NETWORK_NAME: &str = "netlet";
 /// The node bridge pods attach to.
 pub const BRIDGE: &str = "netlet0";
 
+/// The plugins the conflist names, which containerd must find in the CNI bin dir.
+pub const PLUGINS: [&str; 2] = ["netlet", "portmap"];
+
+/// The [`PLUGINS`] that are not executable files in `bin_dir`: pods cannot get a network
+/// until they are installed, so the node is not ready.
+pub fn missing_plugins(bin_dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    PLUGINS
+        .iter()
+        .map(|p| bin_dir.join(p))
+        .filter(|p| {
+            !std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .collect()
+}
+
 /// Why no config can be written for a pod CIDR.
 #[derive(Debug, thiserror::Error)]
 pub enum CniConfigError {
@@ -304,6 +320,21 @@ mod tests {
             names,
             vec![CONFLIST_NAME.to_string()],
             "temp file left behind"
+        );
+    }
+
+    #[test]
+    fn missing_plugins_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(missing_plugins(dir.path()).len(), 2);
+        let netlet = dir.path().join("netlet");
+        std::fs::write(&netlet, "#!/bin/sh\n").unwrap();
+        assert_eq!(missing_plugins(dir.path()).len(), 2, "not executable yet");
+        std::fs::set_permissions(&netlet, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            missing_plugins(dir.path()),
+            vec![dir.path().join("portmap")]
         );
     }
 

@@ -4,19 +4,24 @@
 //! its metadata or spec touched). Then every heartbeat the agent recomputes the status and
 //! writes it through the `status` subresource when it changed — a condition flipped, an address
 //! or the runtime version changed — or when the report interval passed; in between, liveness is
-//! the Lease's job, as with the kubelet's `nodeStatusReportFrequency`. A Node deleted behind the
-//! agent's back is registered again.
+//! the Lease's job, as with the kubelet's `nodeStatusReportFrequency`. Each heartbeat reads the
+//! Node (one GET, as the kubelet does), so the comparison is with what the apiserver holds and
+//! a Node deleted behind the agent's back is registered again.
 
+use super::cni_config::missing_plugins;
 use super::runtime::RuntimeProbe;
-use super::status::{desired_status, differs_beyond_heartbeat, node_labels, StatusInputs};
+use super::status::{
+    desired_status, differs_beyond_heartbeat, node_labels, ready_status, StatusInputs,
+};
 use super::sysinfo::SystemInfo;
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,13 +48,8 @@ pub enum RegistrationError {
     },
 }
 
-/// Whether a kube error is the apiserver's 404.
-pub(crate) fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
 /// Whether a kube error is the apiserver's 409 (already exists / conflict).
-pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
@@ -118,6 +118,8 @@ pub struct Registration {
     pub runtime: Option<Arc<RuntimeProbe>>,
     /// Whether the CNI config for this node's pod CIDR is in place.
     pub cni_ready: watch::Receiver<bool>,
+    /// Where the CNI plugins the config names must be installed.
+    pub cni_bin_dir: PathBuf,
     /// How often the status is recomputed.
     pub heartbeat: Duration,
     /// How long an unchanged status may go unwritten.
@@ -129,38 +131,13 @@ impl Registration {
     /// and retried at the next heartbeat.
     pub async fn run(mut self, cancel: CancellationToken) {
         let labels = node_labels(&self.node_name, self.sys.architecture);
-        // What we last wrote and when; `None` forces a write (first round, or after an error).
-        let mut last: Option<(NodeStatus, Instant)> = None;
-        let mut registered = false;
+        // When we last wrote the status; `None`: not yet (by this process).
+        let mut last_write: Option<Instant> = None;
         loop {
-            if !registered {
-                match ensure_node(&self.api, &self.node_name, &labels).await {
-                    Ok(node) => {
-                        registered = true;
-                        // Carry over transition times of conditions a previous run reported.
-                        last = node
-                            .status
-                            .filter(|s| s.conditions.is_some())
-                            .map(|s| (s, Instant::now() - self.report_interval));
-                    }
-                    Err(e) => tracing::warn!("{e}"),
-                }
-            }
-            if registered {
-                match self.report(last.as_ref()).await {
-                    Ok(Some(written)) => last = Some((written, Instant::now())),
-                    Ok(None) => {}
-                    Err(e) => {
-                        let RegistrationError::Api { source, .. } = &e;
-                        if is_not_found(source) {
-                            tracing::warn!(node = %self.node_name, "Node was deleted; registering it again");
-                            registered = false;
-                            last = None;
-                            continue;
-                        }
-                        tracing::warn!("{e}");
-                    }
-                }
+            match self.sync(&labels, last_write).await {
+                Ok(true) => last_write = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{e}"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -168,7 +145,7 @@ impl Registration {
                 // A CNI config just appeared or vanished: report it now, not a heartbeat later.
                 r = self.cni_ready.changed() => {
                     if r.is_err() {
-                        // The CNI config task ended (shutdown); keep the heartbeat alone.
+                        // The CNI config task ended (shutdown): nothing more to report.
                         cancel.cancelled().await;
                         return;
                     }
@@ -177,11 +154,15 @@ impl Registration {
         }
     }
 
-    /// Computes the status and writes it if due; returns what was written.
-    async fn report(
+    /// One heartbeat: makes sure the Node exists (registering it again if it was deleted),
+    /// computes the status and writes it if due; returns whether it wrote.
+    async fn sync(
         &self,
-        last: Option<&(NodeStatus, Instant)>,
-    ) -> Result<Option<NodeStatus>, RegistrationError> {
+        labels: &std::collections::BTreeMap<String, String>,
+        last_write: Option<Instant>,
+    ) -> Result<bool, RegistrationError> {
+        let node = ensure_node(&self.api, &self.node_name, labels).await?;
+        let current = node.status.unwrap_or_default();
         let mut problems = Vec::new();
         let mut runtime_version = None;
         if let Some(probe) = &self.runtime {
@@ -195,7 +176,16 @@ impl Registration {
                     .to_string(),
             );
         }
-        let now = Time(Timestamp::now());
+        for plugin in missing_plugins(&self.cni_bin_dir) {
+            problems.push(format!(
+                "network plugin not ready: CNI plugin {} is not installed",
+                plugin.display()
+            ));
+        }
+        // Whole seconds: the API stores no more, and a fraction would make every comparison
+        // with the stored status differ.
+        let now =
+            Time(Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range"));
         let status = desired_status(
             &StatusInputs {
                 node_name: &self.node_name,
@@ -204,17 +194,13 @@ impl Registration {
                 runtime_version: runtime_version.as_deref(),
                 problems: &problems,
             },
-            last.and_then(|(s, _)| s.conditions.as_deref()),
+            current.conditions.as_deref(),
             &now,
         );
-        let due = match last {
-            None => true,
-            Some((prev, at)) => {
-                differs_beyond_heartbeat(prev, &status) || at.elapsed() >= self.report_interval
-            }
-        };
+        let due = differs_beyond_heartbeat(&current, &status)
+            || last_write.is_none_or(|at| at.elapsed() >= self.report_interval);
         if !due {
-            return Ok(None);
+            return Ok(false);
         }
         self.api
             .patch_status(
@@ -229,12 +215,10 @@ impl Registration {
                 source,
             })?;
         tracing::debug!(node = %self.node_name, ready = problems.is_empty(), "node status written");
-        if last.is_none_or(|(prev, _)| {
-            super::status::ready_status(prev) != super::status::ready_status(&status)
-        }) {
+        if ready_status(&current) != ready_status(&status) {
             tracing::info!(node = %self.node_name, ready = problems.is_empty(), problems = ?problems, "node readiness");
         }
-        Ok(Some(status))
+        Ok(true)
     }
 }
 

@@ -6,7 +6,8 @@
 //! change (plus a periodic resync that repairs routes deleted by hand) the desired set is
 //! recomputed by [`desired_routes`], diffed against the table by [`plan`] and applied by
 //! [`apply`]. Only routes tagged with [`ROUTE_PROTOCOL`](super::route_table::ROUTE_PROTOCOL)
-//! are ever replaced or deleted.
+//! are ever replaced or deleted. Routes stay in place when the agent stops, so a restart does
+//! not interrupt pod traffic; the next start reconciles them.
 
 use super::route_table::{KernelRoute, RouteTable, RouteTableError};
 use futures::StreamExt;

@@ -118,7 +118,6 @@ pub fn desired_status(
             message: Some(message),
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(transition),
-            ..NodeCondition::default()
         }
     })
     .collect();
@@ -160,18 +159,33 @@ fn cond(t: &str, s: &str, reason: &str, message: &str) -> (String, String, Strin
     (t.into(), s.into(), reason.into(), message.into())
 }
 
-/// Whether `a` and `b` differ in anything but the conditions' heartbeat times: only then is
-/// a status write needed before the report interval (the Lease carries liveness).
-pub fn differs_beyond_heartbeat(a: &NodeStatus, b: &NodeStatus) -> bool {
-    strip_heartbeats(a) != strip_heartbeats(b)
-}
-
-fn strip_heartbeats(s: &NodeStatus) -> NodeStatus {
-    let mut s = s.clone();
-    for c in s.conditions.iter_mut().flatten() {
-        c.last_heartbeat_time = None;
-    }
-    s
+/// Whether `current` (as stored) differs from `desired` in a field the agent owns — addresses,
+/// capacity, allocatable, daemon endpoints, node info, or one of our conditions other than by
+/// its heartbeat time. Only then is a write needed before the report interval (the Lease
+/// carries liveness); fields others set (images, volumes, extra conditions) are not compared.
+pub fn differs_beyond_heartbeat(current: &NodeStatus, desired: &NodeStatus) -> bool {
+    let strip = |c: &NodeCondition| NodeCondition {
+        last_heartbeat_time: None,
+        ..c.clone()
+    };
+    let ours: Vec<NodeCondition> = desired.conditions.iter().flatten().map(strip).collect();
+    let theirs: Vec<NodeCondition> = ours
+        .iter()
+        .filter_map(|want| {
+            current
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == want.type_)
+                .map(strip)
+        })
+        .collect();
+    current.addresses != desired.addresses
+        || current.capacity != desired.capacity
+        || current.allocatable != desired.allocatable
+        || current.daemon_endpoints != desired.daemon_endpoints
+        || current.node_info != desired.node_info
+        || ours != theirs
 }
 
 /// The status of the `Ready` condition of `status`, if reported.
@@ -298,6 +312,16 @@ mod tests {
         };
         assert_eq!(ready(&again).last_transition_time, Some(at(100)));
         assert_eq!(ready(&again).last_heartbeat_time, Some(at(110)));
+        // Fields others own (images, extra conditions) do not count as a change.
+        let mut stored = first.clone();
+        stored.images = Some(vec![]);
+        stored.conditions.as_mut().unwrap().push(NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "False".into(),
+            ..NodeCondition::default()
+        });
+        assert!(!differs_beyond_heartbeat(&stored, &again));
+        assert!(differs_beyond_heartbeat(&NodeStatus::default(), &again));
 
         let flipped = desired_status(&inputs(&sys, &[]), again.conditions.as_deref(), &at(120));
         assert!(differs_beyond_heartbeat(&again, &flipped));

@@ -92,7 +92,7 @@ impl SystemInfo {
         Ok(Self {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes,
-            ephemeral_storage_bytes: u64::from(vfs.blocks()) * u64::from(vfs.fragment_size()),
+            ephemeral_storage_bytes: vfs.blocks() * vfs.fragment_size(),
             kernel_version: read("/proc/sys/kernel/osrelease")?.trim().to_string(),
             os_image,
             machine_id: read_optional("/etc/machine-id"),
