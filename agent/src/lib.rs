@@ -16,3 +16,4 @@
 //!   with the images of `cargo xtask images`.
 
 pub mod cri;
+pub mod pods;
