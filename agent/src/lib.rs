@@ -5,15 +5,19 @@
 //! `netlet-cni`, route to other nodes' pod CIDRs and masquerade traffic leaving the cluster.
 //! It also has a network-only mode for running as a DaemonSet beside another kubelet.
 //!
-//! So far only the runtime edge exists: the CRI client, tested against a real containerd that
-//! invokes `netlet-cni` for the pods it runs.
+//! So far: the CRI client, and the pod manager that runs the node's pods through it, both
+//! tested against a real containerd that invokes `netlet-cni` for the pods it runs.
 //!
 //! # Layout
 //! - [`cri`]: the only module that speaks CRI — a `runtime.v1` client over containerd's unix
 //!   socket; errors name the operation and the pod, container or image.
+//! - [`pods`]: the pod manager ([`pods::run`]): watches the pods bound to this node, runs them
+//!   (sandbox, init and app containers, restarts with back-off, graceful deletion) and writes
+//!   their status and events.
 //! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
 //!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
 //!   with the images of `cargo xtask images`.
+//! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver.
 
 pub mod cri;
 pub mod pods;

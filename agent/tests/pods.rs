@@ -152,6 +152,47 @@ impl Node {
         }
     }
 
+    /// The ConfigMap `settings` the sleeper pod's env reads.
+    async fn settings(&self) {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), "default");
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": "settings" }, "data": { "color": "blue" },
+        }))
+        .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+
+    /// Waits until pod `name` runs; returns its container's id.
+    async fn running(&self, name: &str) -> String {
+        self.wait_pod(name, "Running", Duration::from_secs(60), |p| {
+            let cs = status(p, "app")?;
+            cs.state.as_ref()?.running.as_ref()?;
+            cs.container_id.clone()
+        })
+        .await
+    }
+
+    /// Sandbox ids of the pod with `uid`.
+    async fn sandboxes_of(&self, uid: &str) -> Vec<String> {
+        let all = self.cri.list_pod_sandbox(None).await.unwrap();
+        all.into_iter()
+            .filter(|s| s.labels.get("io.kubernetes.pod.uid").map(String::as_str) == Some(uid))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Polls until the pod with `uid` has no sandbox left.
+    async fn wait_no_sandbox(&self, uid: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.sandboxes_of(uid).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: sandbox of {uid} still there"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn events(&self, pod: &str) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
         events
@@ -235,12 +276,7 @@ async fn exec(cri: &CriClient, id: &str, script: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     let mut node = Node::start("pods").await;
-    let cms: Api<ConfigMap> = Api::namespaced(node.client.clone(), "default");
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": { "name": "settings" }, "data": { "color": "blue" },
-    }))
-    .unwrap();
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    node.settings().await;
     let created = node.create(sleeper_pod("web")).await;
     let uid = created.metadata.uid.clone().unwrap();
 
@@ -486,4 +522,58 @@ async fn crashing_container_restarts_with_crash_loop_back_off() {
         .collect();
     assert!(attempts.iter().any(|&a| a >= 1), "{attempts:?}");
     node.stop_manager().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_manager_readopts_pods_and_tears_down_vanished_ones() {
+    let mut node = Node::start("padopt").await;
+    node.settings().await;
+    let keep = node.create(sleeper_pod("keep")).await;
+    let keep_uid = keep.metadata.uid.clone().unwrap();
+    let container = node.running("keep").await;
+    let sandboxes = node.sandboxes_of(&keep_uid).await;
+    assert_eq!(sandboxes.len(), 1);
+
+    // The agent stops: its pods keep running.
+    node.stop_manager().await;
+    let id = container.strip_prefix("containerd://").unwrap();
+    let st = node.cri.container_status(id).await.unwrap();
+    assert_eq!(
+        st.state(),
+        netlet_agent::cri::api::ContainerState::ContainerRunning
+    );
+
+    // A new manager takes the sandbox and container over instead of creating new ones. Once a
+    // pod created after the restart runs, the old pod has been synced too (its worker starts
+    // from the initial list, before the new pod's).
+    node.start_manager();
+    let other = node.create(sleeper_pod("other")).await;
+    let other_uid = other.metadata.uid.clone().unwrap();
+    node.running("other").await;
+    assert_eq!(node.sandboxes_of(&keep_uid).await, sandboxes);
+    let pod = node.pods().get("keep").await.unwrap();
+    let cs = status(&pod, "app").unwrap();
+    assert_eq!(cs.container_id.as_deref(), Some(container.as_str()));
+    assert_eq!(cs.restart_count, 0);
+    assert_eq!(node.cri.list_containers(None).await.unwrap().len(), 2);
+
+    // Force-deleted (gone from the API at once): the manager still tears the pod down.
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    node.pods().delete("keep", &now).await.unwrap();
+    node.wait_no_sandbox(&keep_uid, "after a force delete")
+        .await;
+
+    // Deleted while the agent is down: the sweep after the first listing removes its sandbox.
+    node.stop_manager().await;
+    node.pods().delete("other", &now).await.unwrap();
+    node.start_manager();
+    node.wait_no_sandbox(&other_uid, "after a delete while the agent was down")
+        .await;
+    assert!(node.cri.list_containers(None).await.unwrap().is_empty());
+    node.stop_manager().await;
+    let forced = node.ctrd.shutdown();
+    assert!(forced.is_empty(), "left behind: {forced:?}");
 }
