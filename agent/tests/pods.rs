@@ -577,3 +577,74 @@ async fn restarted_manager_readopts_pods_and_tears_down_vanished_ones() {
     let forced = node.ctrd.shutdown();
     assert!(forced.is_empty(), "left behind: {forced:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_gate_readiness_and_restart_a_dead_container() {
+    let mut node = Node::start("pprobe").await;
+    let exec_probe = |file: &str, failures: i32| json!({ "exec": { "command": ["cat", file] }, "periodSeconds": 1, "failureThreshold": failures });
+    node.create(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "probed", "namespace": "default" },
+        "spec": {
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "app",
+                "image": TESTAPP_IMAGE,
+                "command": ["/bin/sh", "-c", "touch /tmp/alive; trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "readinessProbe": exec_probe("/tmp/ready", 1),
+                "livenessProbe": exec_probe("/tmp/alive", 2),
+            }],
+        },
+    }))
+    .await;
+    let first = node.running("probed").await;
+    let id = first.strip_prefix("containerd://").unwrap().to_string();
+    let is_ready = |want: bool| {
+        move |p: &Pod| {
+            let cs = status(p, "app")?;
+            let cond = condition(p, "Ready")? == "True";
+            (cs.ready == want && cond == want && cs.restart_count == 0).then_some(())
+        }
+    };
+    // Running, but /tmp/ready does not exist: not ready.
+    let pod = node.pods().get("probed").await.unwrap();
+    assert!(
+        !status(&pod, "app").unwrap().ready,
+        "ready before the readiness probe passed"
+    );
+    exec(&node.cri, &id, "touch /tmp/ready").await;
+    node.wait_pod("probed", "ready", Duration::from_secs(30), is_ready(true))
+        .await;
+    exec(&node.cri, &id, "rm /tmp/ready").await;
+    node.wait_pod(
+        "probed",
+        "unready again",
+        Duration::from_secs(30),
+        is_ready(false),
+    )
+    .await;
+
+    // Liveness fails twice: the container is killed and started again.
+    exec(&node.cri, &id, "rm /tmp/alive").await;
+    let restarted = node
+        .wait_pod(
+            "probed",
+            "a restart after liveness failed",
+            Duration::from_secs(60),
+            |p| {
+                let cs = status(p, "app")?;
+                cs.state.as_ref()?.running.as_ref()?;
+                (cs.restart_count == 1)
+                    .then(|| cs.container_id.clone())
+                    .flatten()
+            },
+        )
+        .await;
+    assert_ne!(restarted, first);
+    let reasons = node.reasons("probed").await;
+    assert!(reasons.iter().any(|r| r == "Unhealthy"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    node.stop_manager().await;
+}

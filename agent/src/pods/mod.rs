@@ -14,14 +14,15 @@
 //!   the container config (pure, except ConfigMap/Secret reads).
 //! - [`observed`]: the runtime's view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
+//! - [`probe`]: startup, liveness and readiness probes.
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop. [`teardown`]: stopping
 //!   pods and sweeping orphans.
 //!
 //! # Limits
 //! Images are never pulled: a container whose image is not in the runtime waits with
-//! `ErrImageNeverPull` / `ErrImagePull`. Probes are not run: a container with a readiness probe
-//! is reported not ready. Volumes are not mounted. Sandboxes get the configured cgroup parent
-//! directly (no per-pod cgroup level).
+//! `ErrImageNeverPull` / `ErrImagePull`. HTTP and TCP probes connect from the agent's network
+//! namespace (see [`probe`]); gRPC probes are unsupported. Volumes are not mounted. Sandboxes
+//! get the configured cgroup parent directly (no per-pod cgroup level).
 
 pub mod backoff;
 pub mod container;
@@ -30,6 +31,7 @@ pub mod env;
 pub mod events;
 pub mod labels;
 pub mod observed;
+pub mod probe;
 pub mod resources;
 pub mod sandbox;
 pub mod status;

@@ -35,8 +35,10 @@ pub struct StatusInput<'a> {
     pub observed: Option<&'a Observed>,
     /// Why containers wait, by container name.
     pub waiting: HashMap<String, Waiting>,
-    /// Readiness probe results by container name (absent: not yet probed).
+    /// Readiness verdicts by container name (absent: not yet probed).
     pub readiness: HashMap<String, bool>,
+    /// Startup verdicts by container name (absent: not yet passed).
+    pub started: HashMap<String, bool>,
     /// The pod's IP from its sandbox.
     pub pod_ip: Option<String>,
     /// The node's IP.
@@ -296,7 +298,9 @@ fn container_status(
         _ => (waiting(why), previous.map(terminated)),
     };
     let running = state.running.is_some();
-    let ready = running
+    let started = running
+        && (c.startup_probe.is_none() || input.started.get(&c.name).copied().unwrap_or(false));
+    let ready = started
         && (!app
             || c.readiness_probe.is_none()
             || input.readiness.get(&c.name).copied().unwrap_or(false));
@@ -305,7 +309,7 @@ fn container_status(
         state: Some(state),
         last_state: Some(last.unwrap_or_default()),
         ready,
-        started: Some(running),
+        started: Some(started),
         restart_count: latest.map_or(0, |i| i.attempt as i32),
         image: c.image.clone().unwrap_or_default(),
         image_id: latest.map(|i| i.image_ref.clone()).unwrap_or_default(),

@@ -25,6 +25,7 @@ use super::env::{container_env, PodFacts};
 use super::events::EventType::{Normal, Warning};
 use super::labels::uid_selector;
 use super::observed::{Instance, Observed, StatusCache};
+use super::probe::Prober;
 use super::sandbox::{log_directory, sandbox_config};
 use super::status::{is_terminal, pod_status, StatusInput, Waiting};
 use super::teardown::{kill_sandbox, MIN_GRACE};
@@ -57,6 +58,8 @@ struct Worker {
     backoff: HashMap<String, Backoff>,
     waiting: HashMap<String, Waiting>,
     readiness: HashMap<String, bool>,
+    started: HashMap<String, bool>,
+    prober: Prober,
     /// Warnings already posted as events, so a waiting container is not reported every sync.
     reported: HashSet<String>,
     last_written: Option<PodStatus>,
@@ -77,6 +80,8 @@ pub async fn run_worker(
         backoff: HashMap::new(),
         waiting: HashMap::new(),
         readiness: HashMap::new(),
+        started: HashMap::new(),
+        prober: Prober::default(),
         reported: HashSet::new(),
         last_written: None,
     };
@@ -161,7 +166,9 @@ impl Worker {
             kill_sandbox(&ctx, pod, &stale.id, MIN_GRACE, true).await?;
         }
         let observed = self.cache.observe(&ctx.cri, &sandbox.id).await?;
-        let observed = if self.converge(pod, &sandbox, &observed).await {
+        let mut changed = self.converge(pod, &sandbox, &observed).await;
+        changed |= self.probe(pod, &sandbox, &observed).await;
+        let observed = if changed {
             self.cache.observe(&ctx.cri, &sandbox.id).await?
         } else {
             observed
@@ -276,6 +283,46 @@ impl Worker {
             };
         }
         changed
+    }
+
+    /// Runs the due probes of running app containers; kills those whose startup or liveness
+    /// probe failed. Returns whether it killed any.
+    async fn probe(&mut self, pod: &Pod, sb: &Sandbox, observed: &Observed) -> bool {
+        let ctx = self.ctx.clone();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut killed = false;
+        for c in &spec.containers {
+            let Some(i) = observed.latest(&c.name).filter(|i| i.running()) else {
+                self.readiness.remove(&c.name);
+                self.started.remove(&c.name);
+                continue;
+            };
+            let v = self.prober.probe(&ctx.cri, c, i, &sb.ip).await;
+            self.readiness.insert(c.name.clone(), v.ready);
+            self.started.insert(c.name.clone(), v.started);
+            for msg in &v.unhealthy {
+                ctx.recorder
+                    .emit(pod, Some(&c.name), Warning, "Unhealthy", msg)
+                    .await;
+            }
+            if let Some(why) = v.kill {
+                ctx.recorder
+                    .emit(pod, Some(&c.name), Normal, "Killing", &why)
+                    .await;
+                let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+                match ctx
+                    .cri
+                    .stop_container(&i.id, secs(grace).max(MIN_GRACE))
+                    .await
+                {
+                    Ok(()) => killed = true,
+                    Err(e) => {
+                        tracing::warn!(pod = %key(pod), container = %c.name, "{why}: stopping: {e}")
+                    }
+                }
+            }
+        }
+        killed
     }
 
     /// Restarts exited instance `i` of `c` unless it is in back-off.
@@ -502,6 +549,7 @@ impl Worker {
             observed,
             waiting: self.waiting.clone(),
             readiness: self.readiness.clone(),
+            started: self.started.clone(),
             pod_ip: self.sandbox.as_ref().map(|s| s.ip.clone()),
             host_ip: self.ctx.config.node_ip.map(|ip| ip.to_string()),
             sandbox_error: self.sandbox_error.clone(),
