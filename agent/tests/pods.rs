@@ -648,3 +648,116 @@ async fn exec_probes_gate_readiness_and_restart_a_dead_container() {
     assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
     node.stop_manager().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_and_finished_pods_complete_or_fail() {
+    let mut node = Node::start("pinit").await;
+    let step = |name: &str, script: &str| json!({ "name": name, "image": TESTAPP_IMAGE, "command": ["/bin/sh", "-c", script] });
+    let pod = |name: &str, init: Vec<serde_json::Value>, app: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": {
+                "nodeName": NODE,
+                "restartPolicy": "Never",
+                "initContainers": init,
+                "containers": [step("app", app)],
+            },
+        })
+    };
+    // Two init steps (the first takes a second), then an app that exits 0: Succeeded.
+    node.create(pod(
+        "job",
+        vec![step("first", "sleep 1"), step("second", "true")],
+        "echo done",
+    ))
+    .await;
+    // An init step that fails under restartPolicy Never: Failed, the app never starts.
+    node.create(pod("broken", vec![step("setup", "exit 3")], "echo never"))
+        .await;
+    let phase_is = |want: &'static str| {
+        move |p: &Pod| (p.status.as_ref()?.phase.as_deref()? == want).then(|| p.clone())
+    };
+    let job = node
+        .wait_pod(
+            "job",
+            "Succeeded",
+            Duration::from_secs(60),
+            phase_is("Succeeded"),
+        )
+        .await;
+    let st = job.status.clone().unwrap();
+    let init = st.init_container_statuses.clone().unwrap();
+    let finished = |i: usize| {
+        let t = init[i].state.clone().unwrap().terminated.unwrap();
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref()),
+            (0, Some("Completed")),
+            "{}",
+            init[i].name
+        );
+        (t.started_at.unwrap().0, t.finished_at.unwrap().0)
+    };
+    let (_, first_done) = finished(0);
+    let (second_start, second_done) = finished(1);
+    assert!(
+        first_done <= second_start,
+        "second init step started before the first ended"
+    );
+    let app = status(&job, "app")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(app.exit_code, 0);
+    assert!(second_done <= app.started_at.unwrap().0);
+    assert_eq!(condition(&job, "Initialized").as_deref(), Some("True"));
+    assert_eq!(condition(&job, "Ready").as_deref(), Some("False"));
+
+    let broken = node
+        .wait_pod(
+            "broken",
+            "Failed",
+            Duration::from_secs(60),
+            phase_is("Failed"),
+        )
+        .await;
+    let setup = &broken
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let t = setup.state.clone().unwrap().terminated.unwrap();
+    assert_eq!(t.exit_code, 3);
+    assert_eq!(condition(&broken, "Initialized").as_deref(), Some("False"));
+    let app = status(&broken, "app").unwrap();
+    assert_eq!(
+        app.container_id, None,
+        "the app of a failed init ran: {app:?}"
+    );
+
+    // Finished pods release their network: their sandboxes are stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sandboxes = node.cri.list_pod_sandbox(None).await.unwrap();
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state() == netlet_agent::cri::api::PodSandboxState::SandboxReady)
+            .count();
+        if ready == 0 {
+            assert_eq!(sandboxes.len(), 2, "{sandboxes:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandboxes of finished pods still ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.stop_manager().await;
+}

@@ -188,7 +188,7 @@ impl Worker {
         let sandbox = Sandbox {
             id: s.id.clone(),
             config: sandbox_config(pod, &ctx.config, &ctx.dns, attempt(s)),
-            ip: status.network.map(|n| n.ip).unwrap_or_default(),
+            ip: pod_ip(pod, &ctx, status.network),
         };
         tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %sandbox.ip, "using sandbox");
         self.sandbox = Some(sandbox.clone());
@@ -215,7 +215,7 @@ impl Worker {
             Ok::<_, String>(Sandbox {
                 id,
                 config: config.clone(),
-                ip: status.network.map(|n| n.ip).unwrap_or_default(),
+                ip: pod_ip(pod, &ctx, status.network),
             })
         }
         .await;
@@ -630,6 +630,20 @@ fn remaining_grace(pod: &Pod) -> Duration {
         .map(|t| t.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second())
         .unwrap_or(0);
     secs(left).max(MIN_GRACE)
+}
+
+/// The pod's IP: the sandbox's, or the node's for a host-network pod (whose sandbox has none
+/// of its own).
+fn pod_ip(pod: &Pod, ctx: &Context, network: Option<api::PodSandboxNetworkStatus>) -> String {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    match (host_network, ctx.config.node_ip) {
+        (true, Some(ip)) => ip.to_string(),
+        _ => network.map(|n| n.ip).unwrap_or_default(),
+    }
 }
 
 /// Whole seconds as a duration (negative: zero).
