@@ -10,6 +10,9 @@
 //! - [`node`]: registration, node status, Lease, CNI config and pod routes — one loop each.
 //! - [`cri`]: the only module that speaks CRI — a `runtime.v1` client over containerd's unix
 //!   socket; errors name the operation and the pod, container or image.
+//! - [`pods`]: the pod manager ([`pods::run`]): watches the pods bound to this node, runs them
+//!   (sandbox, init and app containers, restarts with back-off, graceful deletion) and writes
+//!   their status and events.
 //! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
 //!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
 //!   with the images of `cargo xtask images`.
@@ -17,7 +20,9 @@
 //!   namespace, driven by Nodes in our apiserver.
 //! - `tests/node_agent.rs`: the `netlet-agent` binary inside an `nlt-` namespace against our
 //!   apiserver: registration, Lease, CNI config, routes.
+//! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver.
 
 pub mod config;
 pub mod cri;
 pub mod node;
+pub mod pods;

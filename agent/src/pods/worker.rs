@@ -1,0 +1,674 @@
+//! One pod's worker: converges what the runtime runs for the pod to its spec, and reports
+//! its status, until the pod is deleted.
+//!
+//! Each sync lists the pod's sandboxes by uid label (which is also how a restarted agent
+//! re-adopts them), creates the sandbox if none is ready, runs init containers one at a time
+//! to completion, then starts app containers, restarts exited ones as the restart policy and
+//! back-off allow, and writes the status when it changed. Syncs run on every change of the pod
+//! and every resync interval (1 s by default) in between, which is how container exits are
+//! noticed. A deleted pod's containers get their remaining grace period, then the sandbox goes
+//! (containerd runs CNI DEL) and the deletion is confirmed to the apiserver.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::Api;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::container::container_config;
+use super::env::{container_env, PodFacts};
+use super::events::EventType::{Normal, Warning};
+use super::labels::uid_selector;
+use super::observed::{Instance, Observed, StatusCache};
+use super::probe::Prober;
+use super::sandbox::{log_directory, sandbox_config};
+use super::status::{is_terminal, pod_status, StatusInput, Waiting};
+use super::teardown::{kill_sandbox, MIN_GRACE};
+use super::{Context, SyncError};
+use crate::cri::api;
+
+/// What the manager wants for a pod.
+#[derive(Debug, Clone)]
+pub enum Desired {
+    /// The pod as last seen in the API.
+    Present(Arc<Pod>),
+    /// The pod vanished from the API (last seen as given): tear it down.
+    Gone(Arc<Pod>),
+}
+
+/// The sandbox the worker runs containers in.
+#[derive(Debug, Clone)]
+struct Sandbox {
+    id: String,
+    config: api::PodSandboxConfig,
+    ip: String,
+}
+
+/// The state a worker keeps between syncs.
+struct Worker {
+    ctx: Arc<Context>,
+    cache: StatusCache,
+    sandbox: Option<Sandbox>,
+    sandbox_error: Option<Waiting>,
+    backoff: HashMap<String, Backoff>,
+    waiting: HashMap<String, Waiting>,
+    readiness: HashMap<String, bool>,
+    started: HashMap<String, bool>,
+    prober: Prober,
+    /// Warnings already posted as events, so a waiting container is not reported every sync.
+    reported: HashSet<String>,
+    last_written: Option<PodStatus>,
+}
+
+/// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
+/// keep running: a restarted agent re-adopts them).
+pub async fn run_worker(
+    ctx: Arc<Context>,
+    mut desired: watch::Receiver<Desired>,
+    cancel: CancellationToken,
+) {
+    let mut w = Worker {
+        ctx,
+        cache: StatusCache::default(),
+        sandbox: None,
+        sandbox_error: None,
+        backoff: HashMap::new(),
+        waiting: HashMap::new(),
+        readiness: HashMap::new(),
+        started: HashMap::new(),
+        prober: Prober::default(),
+        reported: HashSet::new(),
+        last_written: None,
+    };
+    loop {
+        let want = desired.borrow_and_update().clone();
+        let (pod, result) = match want {
+            Desired::Present(pod) => {
+                let r = w.sync(&pod).await;
+                (pod, r)
+            }
+            Desired::Gone(pod) => {
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30);
+                let r = w.kill(&pod, secs(grace)).await.map(|()| true);
+                (pod, r)
+            }
+        };
+        match result {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(pod = %key(&pod), "sync failed: {e}"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = desired.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(w.ctx.config.resync_interval) => {}
+        }
+    }
+}
+
+impl Worker {
+    /// One sync of a pod present in the API; `Ok(true)` once it is deleted and confirmed.
+    async fn sync(&mut self, pod: &Pod) -> Result<bool, SyncError> {
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.kill(pod, remaining_grace(pod)).await?;
+            self.confirm_deletion(pod).await?;
+            return Ok(true);
+        }
+        let ctx = self.ctx.clone();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut sandboxes = ctx
+            .cri
+            .list_pod_sandbox(Some(api::PodSandboxFilter {
+                label_selector: uid_selector(&uid),
+                ..Default::default()
+            }))
+            .await?;
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(attempt(s)));
+        let ready = sandboxes
+            .iter()
+            .find(|s| s.state() == api::PodSandboxState::SandboxReady);
+        let phase = self
+            .last_written
+            .as_ref()
+            .or(pod.status.as_ref())
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if is_terminal(&phase) {
+            // Nothing runs in a finished pod again: free its network, keep its status.
+            if let Some(s) = ready {
+                kill_sandbox(&ctx, pod, &s.id, MIN_GRACE, false).await?;
+            }
+            return Ok(false);
+        }
+        let sandbox = match ready {
+            Some(s) => self.adopt(pod, s).await?,
+            None => {
+                let next = sandboxes.first().map_or(0, |s| attempt(s) + 1);
+                match self.create_sandbox(pod, next).await {
+                    Some(s) => s,
+                    None => {
+                        self.write_status(pod, None).await?;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        for stale in sandboxes.iter().filter(|s| s.id != sandbox.id) {
+            kill_sandbox(&ctx, pod, &stale.id, MIN_GRACE, true).await?;
+        }
+        let observed = self.cache.observe(&ctx.cri, &sandbox.id).await?;
+        let mut changed = self.converge(pod, &sandbox, &observed).await;
+        changed |= self.probe(pod, &sandbox, &observed).await;
+        let observed = if changed {
+            self.cache.observe(&ctx.cri, &sandbox.id).await?
+        } else {
+            observed
+        };
+        self.write_status(pod, Some(&observed)).await?;
+        Ok(false)
+    }
+
+    /// Takes over a ready sandbox found by label (ours from an earlier sync, or one a previous
+    /// run of the agent created).
+    async fn adopt(&mut self, pod: &Pod, s: &api::PodSandbox) -> Result<Sandbox, SyncError> {
+        if let Some(current) = self.sandbox.as_ref().filter(|c| c.id == s.id) {
+            return Ok(current.clone());
+        }
+        let ctx = self.ctx.clone();
+        let status = ctx.cri.pod_sandbox_status(&s.id).await?;
+        let sandbox = Sandbox {
+            id: s.id.clone(),
+            config: sandbox_config(pod, &ctx.config, &ctx.dns, attempt(s)),
+            ip: pod_ip(pod, &ctx, status.network),
+        };
+        tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %sandbox.ip, "using sandbox");
+        self.sandbox = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Runs a new sandbox; on failure records why (status and a FailedCreatePodSandBox event).
+    async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Option<Sandbox> {
+        let ctx = self.ctx.clone();
+        let config = sandbox_config(pod, &ctx.config, &ctx.dns, attempt);
+        let created = async {
+            std::fs::create_dir_all(&config.log_directory)
+                .map_err(|e| format!("creating log directory {}: {e}", config.log_directory))?;
+            let id = ctx
+                .cri
+                .run_pod_sandbox(config.clone(), &ctx.config.runtime_handler)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = ctx
+                .cri
+                .pod_sandbox_status(&id)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(Sandbox {
+                id,
+                config: config.clone(),
+                ip: pod_ip(pod, &ctx, status.network),
+            })
+        }
+        .await;
+        match created {
+            Ok(s) => {
+                tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %s.ip, "sandbox running");
+                self.sandbox_error = None;
+                self.sandbox = Some(s.clone());
+                Some(s)
+            }
+            Err(message) => {
+                tracing::warn!(pod = %key(pod), "creating the sandbox failed: {message}");
+                let msg = format!("Failed to create pod sandbox: {message}");
+                ctx.recorder
+                    .emit(pod, None, Warning, "FailedCreatePodSandBox", &msg)
+                    .await;
+                self.sandbox_error = Some(Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: msg,
+                });
+                None
+            }
+        }
+    }
+
+    /// Starts what should run; returns whether anything was created or started.
+    async fn converge(&mut self, pod: &Pod, sb: &Sandbox, observed: &Observed) -> bool {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        for c in spec.init_containers.iter().flatten() {
+            match observed.latest(&c.name) {
+                Some(i) if i.exited() && i.exit_code == 0 => continue,
+                // Init containers restart on failure unless the policy is Never.
+                Some(i) if i.exited() && policy != "Never" => {
+                    return self.restart(pod, sb, c, i, observed).await;
+                }
+                Some(i) if i.exited() => return false,
+                Some(i) if i.running() => return false,
+                Some(i) => return self.start_created(pod, c, i).await,
+                None => return self.start(pod, sb, c, 0).await,
+            }
+        }
+        let mut changed = false;
+        for c in &spec.containers {
+            changed |= match observed.latest(&c.name) {
+                None => self.start(pod, sb, c, 0).await,
+                Some(i) if i.running() => {
+                    self.waiting.remove(&c.name);
+                    false
+                }
+                Some(i) if i.exited() => {
+                    let again = match policy {
+                        "Never" => false,
+                        "OnFailure" => i.exit_code != 0,
+                        _ => true,
+                    };
+                    if again {
+                        self.restart(pod, sb, c, i, observed).await
+                    } else {
+                        self.waiting.remove(&c.name);
+                        false
+                    }
+                }
+                Some(i) => self.start_created(pod, c, i).await,
+            };
+        }
+        changed
+    }
+
+    /// Runs the due probes of running app containers; kills those whose startup or liveness
+    /// probe failed. Returns whether it killed any.
+    async fn probe(&mut self, pod: &Pod, sb: &Sandbox, observed: &Observed) -> bool {
+        let ctx = self.ctx.clone();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut killed = false;
+        for c in &spec.containers {
+            let Some(i) = observed.latest(&c.name).filter(|i| i.running()) else {
+                self.readiness.remove(&c.name);
+                self.started.remove(&c.name);
+                continue;
+            };
+            let v = self.prober.probe(&ctx.cri, c, i, &sb.ip).await;
+            self.readiness.insert(c.name.clone(), v.ready);
+            self.started.insert(c.name.clone(), v.started);
+            for msg in &v.unhealthy {
+                ctx.recorder
+                    .emit(pod, Some(&c.name), Warning, "Unhealthy", msg)
+                    .await;
+            }
+            if let Some(why) = v.kill {
+                ctx.recorder
+                    .emit(pod, Some(&c.name), Normal, "Killing", &why)
+                    .await;
+                let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+                match ctx
+                    .cri
+                    .stop_container(&i.id, secs(grace).max(MIN_GRACE))
+                    .await
+                {
+                    Ok(()) => killed = true,
+                    Err(e) => {
+                        tracing::warn!(pod = %key(pod), container = %c.name, "{why}: stopping: {e}")
+                    }
+                }
+            }
+        }
+        killed
+    }
+
+    /// Restarts exited instance `i` of `c` unless it is in back-off.
+    async fn restart(
+        &mut self,
+        pod: &Pod,
+        sb: &Sandbox,
+        c: &Container,
+        i: &Instance,
+        observed: &Observed,
+    ) -> bool {
+        let policy = self.ctx.config.backoff;
+        let now = SystemTime::now();
+        let finished = SystemTime::UNIX_EPOCH + Duration::from_nanos(i.finished_at.max(0) as u64);
+        let b = self.backoff.entry(c.name.clone()).or_default();
+        if b.remaining(&policy, finished, now).is_some() {
+            let msg = format!(
+                "back-off {}s restarting failed container={} pod={}",
+                b.delay().as_secs(),
+                c.name,
+                key(pod)
+            );
+            self.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: msg,
+                },
+            );
+            let event_key = format!("BackOff/{}/{}", c.name, i.attempt);
+            if self.reported.insert(event_key) {
+                let msg = "Back-off restarting failed container";
+                self.ctx
+                    .recorder
+                    .emit(pod, Some(&c.name), Warning, "BackOff", msg)
+                    .await;
+            }
+            return false;
+        }
+        b.restarted(&policy, now);
+        // Keep only the instance that just exited (for lastState and logs), like the kubelet.
+        for old in observed.all().filter(|o| o.name == c.name && o.id != i.id) {
+            if let Err(e) = self.ctx.cri.remove_container(&old.id).await {
+                tracing::warn!(pod = %key(pod), container = %old.id, "removing: {e}");
+            }
+        }
+        self.start(pod, sb, c, i.attempt + 1).await
+    }
+
+    /// Starts an instance that was created but never started (e.g. the agent stopped between
+    /// the two calls).
+    async fn start_created(&mut self, pod: &Pod, c: &Container, i: &Instance) -> bool {
+        match self.ctx.cri.start_container(&i.id).await {
+            Ok(()) => {
+                let msg = format!("Started container {}", c.name);
+                self.ctx
+                    .recorder
+                    .emit(pod, Some(&c.name), Normal, "Started", &msg)
+                    .await;
+                true
+            }
+            Err(e) => {
+                self.wait(
+                    pod,
+                    c,
+                    "RunContainerError",
+                    "Failed",
+                    e.to_string(),
+                    i.attempt,
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    /// Creates and starts attempt `attempt` of `c`, or records why it cannot.
+    async fn start(&mut self, pod: &Pod, sb: &Sandbox, c: &Container, attempt: u32) -> bool {
+        let ctx = self.ctx.clone();
+        let name = c.name.as_str();
+        let image = c.image.clone().unwrap_or_default();
+        match ctx.cri.image_status(&image).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let never = c.image_pull_policy.as_deref() == Some("Never");
+                let (reason, event, msg) = if never {
+                    (
+                        "ErrImageNeverPull",
+                        "ErrImageNeverPull",
+                        format!(
+                            "Container image {image:?} is not present with pull policy of Never"
+                        ),
+                    )
+                } else {
+                    (
+                        "ErrImagePull",
+                        "Failed",
+                        format!("Failed to pull image {image:?}: not present on the node, and this node does not pull images"),
+                    )
+                };
+                self.wait(pod, c, reason, event, msg, attempt).await;
+                return false;
+            }
+            Err(e) => {
+                self.wait(pod, c, "ErrImagePull", "Failed", e.to_string(), attempt)
+                    .await;
+                return false;
+            }
+        }
+        let host_ip = ctx
+            .config
+            .node_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let facts = PodFacts {
+            pod,
+            pod_ip: &sb.ip,
+            host_ip: &host_ip,
+        };
+        let config = match container_env(&ctx.client, facts, c).await {
+            Ok(env) => container_config(pod, c, attempt, &env).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let config = match config {
+            Ok(cfg) => cfg,
+            Err(msg) => {
+                self.wait(pod, c, "CreateContainerConfigError", "Failed", msg, attempt)
+                    .await;
+                return false;
+            }
+        };
+        let log_dir = log_directory(&ctx.config, pod).join(name);
+        if let Err(e) = std::fs::create_dir_all(&log_dir) {
+            let msg = format!("creating log directory {}: {e}", log_dir.display());
+            self.wait(pod, c, "CreateContainerError", "Failed", msg, attempt)
+                .await;
+            return false;
+        }
+        let id = match ctx
+            .cri
+            .create_container(&sb.id, config, sb.config.clone())
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                self.wait(
+                    pod,
+                    c,
+                    "CreateContainerError",
+                    "Failed",
+                    e.to_string(),
+                    attempt,
+                )
+                .await;
+                return false;
+            }
+        };
+        let msg = format!("Created container {name}");
+        ctx.recorder
+            .emit(pod, Some(name), Normal, "Created", &msg)
+            .await;
+        if let Err(e) = ctx.cri.start_container(&id).await {
+            self.wait(
+                pod,
+                c,
+                "RunContainerError",
+                "Failed",
+                e.to_string(),
+                attempt,
+            )
+            .await;
+            return true;
+        }
+        tracing::info!(pod = %key(pod), container = name, attempt, "started");
+        let msg = format!("Started container {name}");
+        ctx.recorder
+            .emit(pod, Some(name), Normal, "Started", &msg)
+            .await;
+        self.waiting.remove(name);
+        true
+    }
+
+    /// Records that `c` waits for `reason`, posting a Warning event `event` once per reason
+    /// and attempt.
+    async fn wait(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        reason: &str,
+        event: &str,
+        message: String,
+        attempt: u32,
+    ) {
+        tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
+        if self
+            .reported
+            .insert(format!("{reason}/{}/{attempt}", c.name))
+        {
+            self.ctx
+                .recorder
+                .emit(pod, Some(&c.name), Warning, event, &message)
+                .await;
+        }
+        self.waiting.insert(
+            c.name.clone(),
+            Waiting {
+                reason: reason.into(),
+                message,
+            },
+        );
+    }
+
+    /// Computes the status and writes it if it differs from the last one written.
+    async fn write_status(
+        &mut self,
+        pod: &Pod,
+        observed: Option<&Observed>,
+    ) -> Result<(), SyncError> {
+        let mut base = pod.clone();
+        if let Some(last) = &self.last_written {
+            base.status = Some(last.clone());
+        }
+        let input = StatusInput {
+            observed,
+            waiting: self.waiting.clone(),
+            readiness: self.readiness.clone(),
+            started: self.started.clone(),
+            pod_ip: self.sandbox.as_ref().map(|s| s.ip.clone()),
+            host_ip: self.ctx.config.node_ip.map(|ip| ip.to_string()),
+            sandbox_error: self.sandbox_error.clone(),
+        };
+        let status = pod_status(&base, &input);
+        if base.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let (ns, name) = ns_name(pod);
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| SyncError::Api {
+                op: "patching the status of",
+                pod: key(pod),
+                source: Box::new(source),
+            })?;
+        tracing::debug!(pod = %key(pod), phase = ?status.phase, "status written");
+        self.last_written = Some(status);
+        Ok(())
+    }
+
+    /// Stops every container of the pod with `grace`, then its sandboxes.
+    async fn kill(&mut self, pod: &Pod, grace: Duration) -> Result<(), SyncError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let sandboxes = self
+            .ctx
+            .cri
+            .list_pod_sandbox(Some(api::PodSandboxFilter {
+                label_selector: uid_selector(&uid),
+                ..Default::default()
+            }))
+            .await?;
+        for s in sandboxes {
+            kill_sandbox(&self.ctx, pod, &s.id, grace, true).await?;
+        }
+        self.sandbox = None;
+        Ok(())
+    }
+
+    /// Tells the apiserver the pod's containers are gone: delete with grace 0, for this uid
+    /// only (a new pod of the same name must not be deleted by mistake).
+    async fn confirm_deletion(&self, pod: &Pod) -> Result<(), SyncError> {
+        let (ns, name) = ns_name(pod);
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                tracing::info!(pod = %key(pod), "deleted");
+                Ok(())
+            }
+            // Already gone, or replaced by a pod with another uid: nothing left to confirm.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(source) => Err(SyncError::Api {
+                op: "confirming the deletion of",
+                pod: key(pod),
+                source: Box::new(source),
+            }),
+        }
+    }
+}
+
+/// The grace a deleted pod's containers still have: until its deletionTimestamp, at least
+/// the kubelet's minimum of 2 s.
+fn remaining_grace(pod: &Pod) -> Duration {
+    let left = pod
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second())
+        .unwrap_or(0);
+    secs(left).max(MIN_GRACE)
+}
+
+/// The pod's IP: the sandbox's, or the node's for a host-network pod (whose sandbox has none
+/// of its own).
+fn pod_ip(pod: &Pod, ctx: &Context, network: Option<api::PodSandboxNetworkStatus>) -> String {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    match (host_network, ctx.config.node_ip) {
+        (true, Some(ip)) => ip.to_string(),
+        _ => network.map(|n| n.ip).unwrap_or_default(),
+    }
+}
+
+/// Whole seconds as a duration (negative: zero).
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(s.max(0) as u64)
+}
+
+/// The attempt number of a sandbox.
+fn attempt(s: &api::PodSandbox) -> u32 {
+    s.metadata.as_ref().map_or(0, |m| m.attempt)
+}
+
+/// `namespace` and `name` of a pod.
+fn ns_name(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// `namespace/name` of a pod, for logs and errors.
+pub fn key(pod: &Pod) -> String {
+    let (ns, name) = ns_name(pod);
+    format!("{ns}/{name}")
+}
