@@ -53,6 +53,10 @@ pub struct AgentConfig {
     pub status_report_interval_secs: u64,
     /// Seconds between full route resyncs, repairing routes someone else deleted.
     pub route_resync_secs: u64,
+    /// Where container logs go (CRI log files, kubelet's `/var/log/pods` layout).
+    pub pod_log_dir: PathBuf,
+    /// The cgroup every pod sandbox is placed under (one per agent when several share a host).
+    pub cgroup_parent: String,
 }
 
 impl Default for AgentConfig {
@@ -71,6 +75,8 @@ impl Default for AgentConfig {
             heartbeat_interval_secs: 10,
             status_report_interval_secs: 300,
             route_resync_secs: 60,
+            pod_log_dir: "/var/log/pods".into(),
+            cgroup_parent: "/netlet-pods".into(),
         }
     }
 }
@@ -147,6 +153,7 @@ impl AgentConfig {
             ("CNI conf dir", &self.cni_conf_dir),
             ("CNI bin dir", &self.cni_bin_dir),
             ("state dir", &self.state_dir),
+            ("pod log dir", &self.pod_log_dir),
         ] {
             if !path.is_absolute() {
                 return Err(ConfigError::RelativePath {

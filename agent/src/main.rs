@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use netlet_agent::config::AgentConfig;
+use netlet_agent::cri::CriClient;
+use netlet_agent::pods::{self, PodManagerConfig};
 use netlet_agent::node::address;
 use netlet_agent::node::cni_config::{self, CniSettings};
 use netlet_agent::node::lease::NodeLease;
@@ -64,6 +66,12 @@ struct Cli {
     /// Seconds between Lease renewals and node status checks [default: 10].
     #[arg(long)]
     heartbeat_interval_secs: Option<u64>,
+    /// Where container logs are written (default /var/log/pods).
+    #[arg(long)]
+    pod_log_dir: Option<PathBuf>,
+    /// The cgroup pod sandboxes are placed under (default /netlet-pods).
+    #[arg(long)]
+    cgroup_parent: Option<String>,
 }
 
 impl Cli {
@@ -83,7 +91,9 @@ impl Cli {
             cni_bin_dir,
             state_dir,
             cluster_cidr,
-            heartbeat_interval_secs
+            heartbeat_interval_secs,
+            pod_log_dir,
+            cgroup_parent
         );
         if self.kubeconfig.is_some() {
             c.kubeconfig = self.kubeconfig;
@@ -191,6 +201,19 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tasks.spawn(registration.run(cancel.clone()));
         let lease = NodeLease::new(client.clone(), &cfg.node_name);
         tasks.spawn(lease.run(cfg.heartbeat_interval(), cancel.clone()));
+        let cri = CriClient::connect(&cfg.containerd_socket)
+            .await
+            .with_context(|| format!("connecting to {}", cfg.containerd_socket.display()))?;
+        let mut pods_config = PodManagerConfig::new(&cfg.node_name);
+        pods_config.node_ip = Some(node_ip.into());
+        pods_config.pod_log_dir = cfg.pod_log_dir.clone();
+        pods_config.cgroup_parent = cfg.cgroup_parent.clone();
+        let (client, cancel) = (client.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = pods::run(client, cri, pods_config, cancel).await {
+                tracing::error!(error = %e, "the pod manager stopped");
+            }
+        });
     }
     if cfg.manage_routes {
         let routes = RouteReconciler {
