@@ -64,6 +64,15 @@ impl Resource {
         format!("{}List", self.kind)
     }
 
+    /// The verbs discovery lists for the resource.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.plural == "namespaces" {
+            NAMESPACE_VERBS
+        } else {
+            VERBS
+        }
+    }
+
     /// The `group/version` pair matches.
     pub fn is_in(&self, group: &str, version: &str) -> bool {
         self.group == group && self.version == version
@@ -94,17 +103,6 @@ pub const VERBS: &[&str] = &[
 pub const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
-
-impl Resource {
-    /// The verbs discovery lists for the resource.
-    pub fn verbs(&self) -> &'static [&'static str] {
-        if self.plural == "namespaces" {
-            NAMESPACE_VERBS
-        } else {
-            VERBS
-        }
-    }
-}
 
 fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
