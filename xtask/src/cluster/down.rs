@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use integration::containerd::{processes_mentioning, ContainerdLayout};
 
 use super::state::{is_ours, State};
-use super::{cluster_dir, underlay};
+use super::{cgroup_parent, cluster_dir, underlay, MAX_NODES};
 use crate::util;
 
 /// How long a process gets between SIGTERM and SIGKILL.
@@ -28,14 +28,11 @@ pub fn down() -> Result<()> {
         }
     }
     // Containers and shims outlive containerd; each node's containerd dir says what is left.
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        for entry in rd.filter_map(Result::ok) {
-            let root = entry.path().join("containerd");
-            if root.is_dir() {
-                for what in ContainerdLayout::new(&root).force_cleanup(None) {
-                    println!("cleaned up {what}");
-                }
-            }
+    for k in 1..=MAX_NODES {
+        let root = dir.join(format!("node-{k}")).join("containerd");
+        let parent = cgroup_parent(k);
+        for what in ContainerdLayout::new(&root).force_cleanup(Some(&parent)) {
+            println!("cleaned up {what}");
         }
     }
     // Anything else still naming the cluster dir (started before state.json recorded it).

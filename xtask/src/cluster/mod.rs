@@ -29,7 +29,7 @@ pub use up::up;
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Number of nodes.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=MAX_NODES as i64))]
     pub nodes: u8,
     /// Build and run release binaries (slower to build, faster to run).
     #[arg(long)]
@@ -40,6 +40,14 @@ pub struct UpArgs {
 pub fn cluster_dir() -> PathBuf {
     util::target_dir().join("netlet-up")
 }
+
+/// The cgroup node `k`'s pods live under (removed by `down`).
+pub fn cgroup_parent(k: u8) -> String {
+    format!("/{NS_PREFIX}node-{k}")
+}
+
+/// The most nodes `up` starts (node IPs are `10.200.0.11` upwards on a /24).
+pub const MAX_NODES: u8 = 20;
 
 /// The prefix of every namespace the cluster creates.
 pub const NS_PREFIX: &str = "nlt-up-";

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use integration::containerd::ContainerdLayout;
 
 use super::state::{Process, State};
-use super::{cluster_dir, underlay, UpArgs, NODE_API_PORT};
+use super::{cgroup_parent, cluster_dir, underlay, UpArgs, NODE_API_PORT};
 use crate::{images, util};
 
 /// How long the cluster may take to come up after everything is started.
@@ -280,7 +280,10 @@ fn start_node(
         .arg("--cni-bin-dir")
         .arg(layout.cni_bin_dir())
         .arg("--state-dir")
-        .arg(&agent_dir);
+        .arg(&agent_dir)
+        .arg("--pod-log-dir")
+        .arg(agent_dir.join("pods"))
+        .args(["--cgroup-parent", &cgroup_parent(k)]);
     spawn(
         state,
         state_path,
