@@ -290,10 +290,13 @@ impl LeaderElector {
         let retry = self.config.retry_period;
         // Acquire.
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            // A hung request must not stall the candidate forever.
+            let renew_deadline = self.config.renew_deadline;
+            match tokio::time::timeout(renew_deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election attempt failed"),
+                Err(_) => tracing::warn!("leader election attempt timed out"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Outcome::Shutdown,

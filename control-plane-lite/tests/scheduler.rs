@@ -114,6 +114,24 @@ async fn wait_bound(client: &Client, server: &TestApiserver, ns: &str, name: &st
     }
 }
 
+/// Polls until pod `ns/name` has a `reason` event saying `want`. (The scheduler's node and pod
+/// watches are separate streams, so a first attempt may run before it has seen the nodes and
+/// report fewer of them; the retry after the nodes arrive reports them all.)
+async fn wait_message(client: &Client, ns: &str, name: &str, reason: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let messages = wait_event(client, ns, name, reason).await;
+        if messages.iter().any(|m| m == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} event saying {want:?} for {ns}/{name}: {messages:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls until pod `ns/name` has an event with `reason`; returns its messages so far.
 async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
@@ -163,11 +181,13 @@ async fn placement(client: &Client, ns: &str) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_spread_across_three_nodes() {
     let (server, client) = start().await;
-    let _scheduler = run_scheduler(&client);
     namespace(&client, "spread").await;
     for n in ["n1", "n2", "n3"] {
         node(&client, n, alloc("4", 110), json!({}), json!([])).await;
     }
+    // Started after the nodes exist: its initial list has all three before any pod is decided
+    // (node and pod watches are separate streams with no order between them).
+    let _scheduler = run_scheduler(&client);
     for i in 0..6 {
         pod(
             &client,
@@ -207,12 +227,9 @@ async fn too_big_pod_fails_then_fits_a_bigger_node() {
         "resources": {"requests": {"cpu": "2"}}}]});
     pod(&client, "big", "huge", spec, None).await;
 
-    let messages = wait_event(&client, "big", "huge", "FailedScheduling").await;
-    assert_eq!(
-        messages[0],
-        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, \
-         2 Insufficient cpu."
-    );
+    let want = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, \
+         2 Insufficient cpu.";
+    wait_message(&client, "big", "huge", "FailedScheduling", want).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "big");
     let deadline = Instant::now() + WAIT;
     loop {
@@ -222,10 +239,9 @@ async fn too_big_pod_fails_then_fits_a_bigger_node() {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled").cloned());
-        if let Some(c) = cond {
+        if let Some(c) = cond.filter(|c| c.message.as_deref() == Some(want)) {
             assert_eq!(c.status, "False");
             assert_eq!(c.reason.as_deref(), Some("Unschedulable"));
-            assert_eq!(c.message.as_deref(), Some(messages[0].as_str()));
             break;
         }
         assert!(
@@ -244,7 +260,6 @@ async fn too_big_pod_fails_then_fits_a_bigger_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taints_tolerations_and_node_selectors() {
     let (server, client) = start().await;
-    let _scheduler = run_scheduler(&client);
     namespace(&client, "sel").await;
     let taint = json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
     node(&client, "gpu", alloc("4", 110), json!({"hw": "gpu"}), taint).await;
@@ -264,6 +279,8 @@ async fn taints_tolerations_and_node_selectors() {
         json!([]),
     )
     .await;
+    // After the nodes, as in the spread test.
+    let _scheduler = run_scheduler(&client);
 
     let tolerate = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu",
         "effect": "NoSchedule"}]);
@@ -312,12 +329,9 @@ async fn taints_tolerations_and_node_selectors() {
         let n = wait_bound(&client, &server, "sel", &format!("plain-{i}")).await;
         assert_ne!(n, "gpu", "plain-{i} landed on the tainted node");
     }
-    let messages = wait_event(&client, "sel", "no-toleration", "FailedScheduling").await;
-    assert_eq!(
-        messages[0],
-        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, \
-         2 node(s) didn't match Pod's node affinity/selector."
-    );
+    let want = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, \
+         2 node(s) didn't match Pod's node affinity/selector.";
+    wait_message(&client, "sel", "no-toleration", "FailedScheduling", want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,8 +389,8 @@ async fn burst_never_overcommits_pod_slots() {
     let list = pods.list(&ListParams::default()).await.expect("list pods");
     let unbound = list.items.iter().find(|p| node_of(p).is_none()).unwrap();
     let name = unbound.metadata.name.as_deref().unwrap();
-    let messages = wait_event(&client, "burst", name, "FailedScheduling").await;
-    assert_eq!(messages[0], "0/3 nodes are available: 3 Too many pods.");
+    let want = "0/3 nodes are available: 3 Too many pods.";
+    wait_message(&client, "burst", name, "FailedScheduling", want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

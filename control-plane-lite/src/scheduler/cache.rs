@@ -180,6 +180,33 @@ pub struct Cache {
     pods: HashMap<PodKey, Placement>,
 }
 
+/// Whether `new` differs from `old` in anything a filter or score reads (labels, taints,
+/// cordon, allocatable, condition statuses); heartbeats that only move timestamps do not
+/// count, so they do not wake every unschedulable pod.
+pub fn node_changed_for_scheduling(old: &Node, new: &Node) -> bool {
+    let spec = |n: &Node| {
+        let s = n.spec.as_ref();
+        (
+            s.and_then(|s| s.unschedulable),
+            s.and_then(|s| s.taints.clone()),
+        )
+    };
+    let conditions = |n: &Node| -> Vec<(String, String)> {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect()
+    };
+    let allocatable = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    old.metadata.labels != new.metadata.labels
+        || spec(old) != spec(new)
+        || conditions(old) != conditions(new)
+        || allocatable(old) != allocatable(new)
+}
+
 /// A pod holds node resources until it ends.
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
@@ -189,10 +216,17 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 impl Cache {
-    /// Adds or replaces a node.
-    pub fn upsert_node(&mut self, node: Node) {
+    /// Adds or replaces a node; returns whether that may let more pods fit (a new node, or a
+    /// change [`node_changed_for_scheduling`] sees).
+    pub fn upsert_node(&mut self, node: Node) -> bool {
         let name = node.metadata.name.clone().unwrap_or_default();
-        self.nodes.entry(name).or_default().set_node(Arc::new(node));
+        let info = self.nodes.entry(name).or_default();
+        let changed = info
+            .node
+            .as_deref()
+            .is_none_or(|old| node_changed_for_scheduling(old, &node));
+        info.set_node(Arc::new(node));
+        changed
     }
 
     /// Forgets a node (its pods stay accounted under its name until they go).
@@ -351,6 +385,35 @@ mod tests {
         let info = cache.node("n1").unwrap();
         assert_eq!(info.requested, Resources::default());
         assert!(info.used_ports.is_empty() && info.owners.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_are_not_scheduling_changes() {
+        let mut cache = Cache::default();
+        let mut n = node("n1");
+        n.status.as_mut().unwrap().conditions = Some(
+            serde_json::from_value(json!([{"type": "Ready", "status": "True",
+                "lastHeartbeatTime": "2024-01-01T00:00:00Z"}]))
+            .unwrap(),
+        );
+        assert!(cache.upsert_node(n.clone()), "a new node");
+        let mut beat = n.clone();
+        beat.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_heartbeat_time =
+            serde_json::from_value(json!("2024-01-01T00:00:10Z")).unwrap();
+        assert!(!cache.upsert_node(beat.clone()));
+        let mut labelled = beat.clone();
+        labelled.metadata.labels = Some([("zone".to_string(), "a".to_string())].into());
+        assert!(cache.upsert_node(labelled));
+        let mut not_ready = beat;
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        assert!(cache.upsert_node(not_ready));
     }
 
     #[test]

@@ -170,8 +170,9 @@ impl Scheduler {
                 if let Some(seen) = self.node_relist.as_mut() {
                     seen.insert(node.metadata.name.clone().unwrap_or_default());
                 }
-                self.cache.upsert_node(node);
-                self.queue.cluster_changed(Instant::now());
+                if self.cache.upsert_node(node) {
+                    self.queue.cluster_changed(Instant::now());
+                }
             }
             Event::Delete(node) => {
                 self.cache

@@ -43,6 +43,8 @@ pub struct SchedulingQueue {
     entries: HashMap<PodKey, Entry>,
     active: VecDeque<PodKey>,
     backoff: BTreeSet<(Instant, PodKey)>,
+    /// Unschedulable pods by when they became so (for the periodic flush without scans).
+    unschedulable: BTreeSet<(Instant, PodKey)>,
 }
 
 /// Backoff after `attempts` failed attempts.
@@ -82,8 +84,14 @@ impl SchedulingQueue {
     /// Drops a pod (deleted, bound, or no longer ours).
     pub fn remove(&mut self, key: &PodKey) {
         if let Some(e) = self.entries.remove(key) {
-            if e.state == State::Backoff {
-                self.backoff.remove(&(e.backoff_until, key.clone()));
+            match e.state {
+                State::Backoff => {
+                    self.backoff.remove(&(e.backoff_until, key.clone()));
+                }
+                State::Unschedulable { since } => {
+                    self.unschedulable.remove(&(since, key.clone()));
+                }
+                State::Active | State::InFlight => {}
             }
             // A key left in `active` is skipped by `pop` once its entry is gone.
         }
@@ -122,33 +130,31 @@ impl SchedulingQueue {
     /// The pod fit nowhere (or its bind failed): count the attempt and park it until the
     /// cluster changes, not retrying before its backoff ends.
     pub fn unschedulable(&mut self, key: &PodKey, now: Instant) {
+        self.park(key, now);
+    }
+
+    fn park(&mut self, key: &PodKey, now: Instant) {
         if let Some(e) = self.entries.get_mut(key) {
+            if let State::Unschedulable { since } = e.state {
+                self.unschedulable.remove(&(since, key.clone()));
+            }
             e.attempts += 1;
             e.backoff_until = now + backoff_for(e.attempts);
             e.state = State::Unschedulable { since: now };
+            self.unschedulable.insert((now, key.clone()));
         }
     }
 
     /// Retry after a transient error (bind failed): back off, then active without waiting for
     /// a cluster change.
     pub fn retry_after_backoff(&mut self, key: &PodKey, now: Instant) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.attempts += 1;
-            e.backoff_until = now + backoff_for(e.attempts);
-            e.state = State::Unschedulable { since: now };
-            self.requeue(key, now);
-        }
+        self.park(key, now);
+        self.requeue(key, now);
     }
 
     /// Something changed that may let unschedulable pods fit: retry them (after backoff).
     pub fn cluster_changed(&mut self, now: Instant) {
-        let keys: Vec<PodKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e.state, State::Unschedulable { .. }))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
+        for (_, key) in std::mem::take(&mut self.unschedulable) {
             self.requeue(&key, now);
         }
     }
@@ -157,13 +163,9 @@ impl SchedulingQueue {
     pub fn next_due(&self) -> Option<Instant> {
         let backoff = self.backoff.first().map(|(t, _)| *t);
         let flush = self
-            .entries
-            .values()
-            .filter_map(|e| match e.state {
-                State::Unschedulable { since } => Some(since + UNSCHEDULABLE_FLUSH),
-                _ => None,
-            })
-            .min();
+            .unschedulable
+            .first()
+            .map(|(since, _)| *since + UNSCHEDULABLE_FLUSH);
         backoff.into_iter().chain(flush).min()
     }
 
@@ -172,6 +174,9 @@ impl SchedulingQueue {
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
+        if let State::Unschedulable { since } = e.state {
+            self.unschedulable.remove(&(since, key.clone()));
+        }
         if e.backoff_until <= now {
             e.state = State::Active;
             self.active.push_back(key.clone());
@@ -194,15 +199,11 @@ impl SchedulingQueue {
                 }
             }
         }
-        let stale: Vec<PodKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| {
-                matches!(e.state, State::Unschedulable { since } if since + UNSCHEDULABLE_FLUSH <= now)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale {
+        while let Some((since, key)) = self.unschedulable.first().cloned() {
+            if since + UNSCHEDULABLE_FLUSH > now {
+                break;
+            }
+            self.unschedulable.pop_first();
             self.requeue(&key, now);
         }
     }
@@ -271,6 +272,22 @@ mod tests {
         q.unschedulable(&key("a"), t0);
         assert_eq!(q.next_due(), Some(t0 + UNSCHEDULABLE_FLUSH));
         assert!(q.pop(t0 + UNSCHEDULABLE_FLUSH).is_some());
+    }
+
+    #[test]
+    fn removing_parked_pods_leaves_no_timers() {
+        let t0 = Instant::now();
+        let mut q = SchedulingQueue::default();
+        for name in ["a", "b"] {
+            q.add_or_update(pod(name), t0);
+            q.pop(t0).unwrap();
+            q.unschedulable(&key(name), t0);
+        }
+        q.remove(&key("a"));
+        q.cluster_changed(t0 + Duration::from_secs(2));
+        q.remove(&key("b"));
+        assert_eq!(q.next_due(), None);
+        assert!(q.pop(t0 + UNSCHEDULABLE_FLUSH).is_none());
     }
 
     #[test]
