@@ -351,6 +351,13 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     for r in ["Created", "Started"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event: {reasons:?}");
     }
+    // One create per container: no failed (e.g. duplicate) create along the way.
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "Created").count(),
+        1,
+        "{reasons:?}"
+    );
+    assert!(!reasons.iter().any(|r| r == "Failed"), "{reasons:?}");
     let event = node
         .events("web")
         .await

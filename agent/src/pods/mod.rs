@@ -12,7 +12,8 @@
 //! - [`labels`]: the labels linking runtime objects to pods.
 //! - [`sandbox`], [`dns`]: the sandbox config (pure). [`container`], [`env`], [`resources`]:
 //!   the container config (pure, except ConfigMap/Secret reads).
-//! - [`observed`]: the runtime's view of a pod's containers. [`status`]: the pod status
+//! - [`poller`]: one runtime listing per interval for all pods. [`observed`]: the runtime's
+//!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
 //! - [`probe`]: startup, liveness and readiness probes.
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop. [`teardown`]: stopping
@@ -31,6 +32,7 @@ pub mod env;
 pub mod events;
 pub mod labels;
 pub mod observed;
+pub mod poller;
 pub mod probe;
 pub mod resources;
 pub mod sandbox;
@@ -152,6 +154,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// DNS inputs, read once at startup.
     pub dns: ClusterDns,
+    /// The node's runtime snapshots.
+    pub snapshots: watch::Receiver<Arc<poller::Snapshot>>,
 }
 
 /// A running worker.
@@ -185,7 +189,9 @@ pub async fn run(
             String::new()
         }),
     };
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(poller::Snapshot::default()));
     let ctx = Arc::new(Context {
+        snapshots,
         recorder: Recorder::new(client.clone(), &config.node_name),
         client: client.clone(),
         cri,
@@ -204,6 +210,12 @@ pub async fn run(
         cancel: cancel.child_token(),
         done_tx,
     };
+    let poller = tokio::spawn(poller::run_poller(
+        ctx.cri.clone(),
+        ctx.config.resync_interval,
+        snapshot_tx,
+        manager.cancel.clone(),
+    ));
     let mut listing: Option<HashSet<String>> = None;
     let mut synced = false;
     let mut sweep = tokio::time::interval(ctx.config.orphan_sweep_interval);
@@ -257,6 +269,7 @@ pub async fn run(
     for (_, h) in manager.workers.drain() {
         let _ = h.task.await;
     }
+    let _ = poller.await;
     tracing::info!("pod manager stopped");
     Ok(())
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -25,6 +25,7 @@ use super::env::{container_env, PodFacts};
 use super::events::EventType::{Normal, Warning};
 use super::labels::uid_selector;
 use super::observed::{Instance, Observed, StatusCache};
+use super::poller::Snapshot;
 use super::probe::Prober;
 use super::sandbox::{log_directory, sandbox_config};
 use super::status::{is_terminal, pod_status, StatusInput, Waiting};
@@ -63,6 +64,12 @@ struct Worker {
     /// Warnings already posted as events, so a waiting container is not reported every sync.
     reported: HashSet<String>,
     last_written: Option<PodStatus>,
+    /// Runtime snapshots of the node's poller.
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// When this worker last finished changing the runtime: older snapshots do not show it.
+    last_change: Option<Instant>,
+    /// The current sync changed the runtime.
+    dirty: bool,
 }
 
 /// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
@@ -73,6 +80,9 @@ pub async fn run_worker(
     cancel: CancellationToken,
 ) {
     let mut w = Worker {
+        snapshots: ctx.snapshots.clone(),
+        last_change: None,
+        dirty: false,
         ctx,
         cache: StatusCache::default(),
         sandbox: None,
@@ -102,6 +112,10 @@ pub async fn run_worker(
                 (pod, r)
             }
         };
+        // Only a poll that starts after the changes are complete shows them.
+        if std::mem::take(&mut w.dirty) {
+            w.last_change = Some(Instant::now());
+        }
         match result {
             Ok(true) => return,
             Ok(false) => {}
@@ -110,7 +124,10 @@ pub async fn run_worker(
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = desired.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(w.ctx.config.resync_interval) => {}
+            // A new runtime snapshot, normally every resync interval.
+            _ = w.snapshots.changed() => {}
+            // Should the poller stall (runtime down), still retry now and then.
+            () = tokio::time::sleep(w.ctx.config.resync_interval * 5) => {}
         }
     }
 }
@@ -125,13 +142,18 @@ impl Worker {
         }
         let ctx = self.ctx.clone();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let mut sandboxes = ctx
-            .cri
-            .list_pod_sandbox(Some(api::PodSandboxFilter {
-                label_selector: uid_selector(&uid),
-                ..Default::default()
-            }))
-            .await?;
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let current = snapshot.newer_than(self.last_change);
+        let mut sandboxes = if current {
+            snapshot.sandboxes.get(&uid).cloned().unwrap_or_default()
+        } else {
+            ctx.cri
+                .list_pod_sandbox(Some(api::PodSandboxFilter {
+                    label_selector: uid_selector(&uid),
+                    ..Default::default()
+                }))
+                .await?
+        };
         sandboxes.sort_by_key(|s| std::cmp::Reverse(attempt(s)));
         let ready = sandboxes
             .iter()
@@ -145,6 +167,7 @@ impl Worker {
         if is_terminal(&phase) {
             // Nothing runs in a finished pod again: free its network, keep its status.
             if let Some(s) = ready {
+                self.touch();
                 kill_sandbox(&ctx, pod, &s.id, MIN_GRACE, false).await?;
             }
             return Ok(false);
@@ -163,9 +186,14 @@ impl Worker {
             }
         };
         for stale in sandboxes.iter().filter(|s| s.id != sandbox.id) {
+            self.touch();
             kill_sandbox(&ctx, pod, &stale.id, MIN_GRACE, true).await?;
         }
-        let observed = self.cache.observe(&ctx.cri, &sandbox.id).await?;
+        let observed = match snapshot.containers.get(&sandbox.id).filter(|_| current) {
+            Some(listed) => self.cache.observe_listed(&ctx.cri, listed).await?,
+            None if current => self.cache.observe_listed(&ctx.cri, &[]).await?,
+            None => self.cache.observe(&ctx.cri, &sandbox.id).await?,
+        };
         let mut changed = self.converge(pod, &sandbox, &observed).await;
         changed |= self.probe(pod, &sandbox, &observed).await;
         let observed = if changed {
@@ -197,6 +225,7 @@ impl Worker {
 
     /// Runs a new sandbox; on failure records why (status and a FailedCreatePodSandBox event).
     async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Option<Sandbox> {
+        self.touch();
         let ctx = self.ctx.clone();
         let config = sandbox_config(pod, &ctx.config, &ctx.dns, attempt);
         let created = async {
@@ -285,6 +314,13 @@ impl Worker {
         changed
     }
 
+    /// Notes that this sync changes the runtime: until a poll starts after the sync ends, the
+    /// worker lists for itself.
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.last_change = Some(Instant::now());
+    }
+
     /// Runs the due probes of running app containers; kills those whose startup or liveness
     /// probe failed. Returns whether it killed any.
     async fn probe(&mut self, pod: &Pod, sb: &Sandbox, observed: &Observed) -> bool {
@@ -309,6 +345,7 @@ impl Worker {
                 ctx.recorder
                     .emit(pod, Some(&c.name), Normal, "Killing", &why)
                     .await;
+                self.touch();
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30);
                 match ctx
                     .cri
@@ -363,6 +400,7 @@ impl Worker {
             return false;
         }
         b.restarted(&policy, now);
+        self.touch();
         // Keep only the instance that just exited (for lastState and logs), like the kubelet.
         for old in observed.all().filter(|o| o.name == c.name && o.id != i.id) {
             if let Err(e) = self.ctx.cri.remove_container(&old.id).await {
@@ -375,6 +413,7 @@ impl Worker {
     /// Starts an instance that was created but never started (e.g. the agent stopped between
     /// the two calls).
     async fn start_created(&mut self, pod: &Pod, c: &Container, i: &Instance) -> bool {
+        self.touch();
         match self.ctx.cri.start_container(&i.id).await {
             Ok(()) => {
                 let msg = format!("Started container {}", c.name);
@@ -454,6 +493,7 @@ impl Worker {
                 return false;
             }
         };
+        self.touch();
         let log_dir = log_directory(&ctx.config, pod).join(name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
             let msg = format!("creating log directory {}: {e}", log_dir.display());
