@@ -277,6 +277,7 @@ async fn exec(cri: &CriClient, id: &str, script: &str) -> String {
 async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     let mut node = Node::start("pods").await;
     node.settings().await;
+    let t_create = Instant::now();
     let created = node.create(sleeper_pod("web")).await;
     let uid = created.metadata.uid.clone().unwrap();
 
@@ -286,6 +287,8 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
             (phase == "Running" && condition(p, "Ready")?.as_str() == "True").then(|| p.clone())
         })
         .await;
+    // Reported, not asserted: how long create → Ready took (200 ms polling included).
+    eprintln!("pod created → Ready in {:?}", t_create.elapsed());
     let st = pod.status.clone().unwrap();
     let ip: Ipv4Addr = st.pod_ip.as_deref().unwrap().parse().unwrap();
     assert_eq!(
@@ -388,6 +391,7 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
 
     // kubectl delete: graceful, the manager stops the container, removes the sandbox and
     // confirms the deletion.
+    let t_delete = Instant::now();
     node.pods()
         .delete("web", &DeleteParams::default())
         .await
@@ -401,6 +405,9 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Reported, not asserted: graceful delete → gone from the API (the container exits on
+    // SIGTERM within a second).
+    eprintln!("pod delete → gone in {:?}", t_delete.elapsed());
     assert!(node.cri.list_pod_sandbox(None).await.unwrap().is_empty());
     assert!(node.cri.list_containers(None).await.unwrap().is_empty());
     let allocation = node.ctrd.dir().join("ipam/nlt-pods").join(ip.to_string());
