@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use netlet_agent::cri::CriClient;
@@ -160,6 +160,15 @@ impl Node {
         }))
         .unwrap();
         cms.create(&PostParams::default(), &cm).await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "default");
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "creds" }, "stringData": { "password": "s3cret" },
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
 
     /// Waits until pod `name` runs; returns its container's id.
@@ -258,6 +267,7 @@ fn sleeper_pod(name: &str) -> serde_json::Value {
                     { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
                     { "name": "COLOR", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "color" } } },
                     { "name": "GREETING", "value": "hello-$(COLOR)" },
+                    { "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "password" } } },
                 ],
             }],
         },
@@ -328,10 +338,10 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     let env = exec(
         &node.cri,
         &id,
-        "echo $POD_NAME $POD_IP $NODE $COLOR $GREETING",
+        "echo $POD_NAME $POD_IP $NODE $COLOR $GREETING $PASSWORD",
     )
     .await;
-    assert_eq!(env, format!("web {ip} {NODE} blue hello-blue"));
+    assert_eq!(env, format!("web {ip} {NODE} blue hello-blue s3cret"));
     let eth0 = exec(&node.cri, &id, "ip -4 addr show eth0").await;
     assert!(eth0.contains(&ip.to_string()), "{eth0}");
     // containerd labels and log path follow the kubelet's layout.
@@ -430,7 +440,7 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
+async fn missing_images_and_config_make_containers_wait_with_their_reasons() {
     let mut node = Node::start("pimg").await;
     node.create(json!({
         "apiVersion": "v1",
@@ -441,6 +451,10 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
             "containers": [
                 { "name": "never", "image": "docker.io/netlet/absent:v1", "imagePullPolicy": "Never" },
                 { "name": "always", "image": "docker.io/netlet/absent:v2", "imagePullPolicy": "Always" },
+                {
+                    "name": "config", "image": TESTAPP_IMAGE, "command": ["sleep", "3600"],
+                    "env": [{ "name": "X", "valueFrom": { "configMapKeyRef": { "name": "nowhere", "key": "x" } } }],
+                },
             ],
         },
     }))
@@ -448,12 +462,16 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
     let pod = node
         .wait_pod(
             "noimg",
-            "both containers waiting on images",
+            "all three containers waiting",
             Duration::from_secs(60),
             |p| {
                 let never = waiting_reason(status(p, "never")?)?;
                 let always = waiting_reason(status(p, "always")?)?;
-                (never == "ErrImageNeverPull" && always == "ErrImagePull").then(|| p.clone())
+                let config = waiting_reason(status(p, "config")?)?;
+                (never == "ErrImageNeverPull"
+                    && always == "ErrImagePull"
+                    && config == "CreateContainerConfigError")
+                    .then(|| p.clone())
             },
         )
         .await;
@@ -472,6 +490,15 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
         .message
         .unwrap();
     assert!(msg.contains("docker.io/netlet/absent:v1"), "{msg}");
+    let config = status(&pod, "config")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    let msg = config.message.unwrap_or_default();
+    assert!(msg.contains("ConfigMap default/nowhere"), "{msg}");
     // The sandbox runs (it has an IP) even though no container could be created.
     assert!(pod.status.as_ref().unwrap().pod_ip.is_some());
     let reasons = node.reasons("noimg").await;
