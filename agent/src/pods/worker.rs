@@ -556,11 +556,12 @@ impl Worker {
         message: String,
         attempt: u32,
     ) {
-        tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
+        // Logged and posted once per reason and attempt; later syncs retry quietly.
         if self
             .reported
             .insert(format!("{reason}/{}/{attempt}", c.name))
         {
+            tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
             self.ctx
                 .recorder
                 .emit(pod, Some(&c.name), Warning, event, &message)
