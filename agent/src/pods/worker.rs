@@ -70,6 +70,9 @@ struct Worker {
     last_change: Option<Instant>,
     /// The current sync changed the runtime.
     dirty: bool,
+    /// Failed sandbox creations in a row, and when to try again.
+    sandbox_failures: u32,
+    sandbox_retry_at: Option<Instant>,
 }
 
 /// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
@@ -83,6 +86,8 @@ pub async fn run_worker(
         snapshots: ctx.snapshots.clone(),
         last_change: None,
         dirty: false,
+        sandbox_failures: 0,
+        sandbox_retry_at: None,
         ctx,
         cache: StatusCache::default(),
         sandbox: None,
@@ -225,6 +230,9 @@ impl Worker {
 
     /// Runs a new sandbox; on failure records why (status and a FailedCreatePodSandBox event).
     async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Option<Sandbox> {
+        if self.sandbox_retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
         self.touch();
         let ctx = self.ctx.clone();
         let config = sandbox_config(pod, &ctx.config, &ctx.dns, attempt);
@@ -252,11 +260,18 @@ impl Worker {
             Ok(s) => {
                 tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %s.ip, "sandbox running");
                 self.sandbox_error = None;
+                self.sandbox_failures = 0;
+                self.sandbox_retry_at = None;
                 self.sandbox = Some(s.clone());
                 Some(s)
             }
             Err(message) => {
                 tracing::warn!(pod = %key(pod), "creating the sandbox failed: {message}");
+                // Retry after 1, 2, 4 … s, at most a minute: a broken CNI setup should not
+                // turn into a RunPodSandbox and an event every second.
+                let delay = Duration::from_secs(1 << self.sandbox_failures.min(6));
+                self.sandbox_failures += 1;
+                self.sandbox_retry_at = Some(Instant::now() + delay);
                 let msg = format!("Failed to create pod sandbox: {message}");
                 ctx.recorder
                     .emit(pod, None, Warning, "FailedCreatePodSandBox", &msg)
