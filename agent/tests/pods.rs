@@ -802,3 +802,42 @@ async fn init_containers_run_in_order_and_finished_pods_complete_or_fail() {
     }
     node.stop_manager().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_shares_the_node_namespace_and_reports_the_node_ip() {
+    let mut node = Node::start("phost").await;
+    node.create(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "hostnet", "namespace": "default" },
+        "spec": {
+            "nodeName": NODE,
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "app",
+                "image": TESTAPP_IMAGE,
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            }],
+        },
+    }))
+    .await;
+    let id = node.running("hostnet").await;
+    let id = id.strip_prefix("containerd://").unwrap();
+    let pod = node.pods().get("hostnet").await.unwrap();
+    assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some(NODE_IP));
+    // Its network namespace is the node's (the one containerd runs in), not a pod's own:
+    // the same namespace inode as seen from the node namespace.
+    let inside = exec(&node.cri, id, "readlink /proc/self/ns/net").await;
+    let node_ns = node.ctrd.node.run_ok("readlink", &["/proc/self/ns/net"]);
+    assert_eq!(inside, node_ns.trim());
+    // No CNI ran for it: no address was allocated.
+    let allocated = std::fs::read_dir(node.ctrd.dir().join("ipam/nlt-pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        allocated, 0,
+        "CNI allocated an address for a host-network pod"
+    );
+    node.stop_manager().await;
+}
