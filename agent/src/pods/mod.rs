@@ -16,7 +16,8 @@
 //!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
 //! - [`probe`]: startup, liveness and readiness probes.
-//! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop. [`teardown`]: stopping
+//! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
+//!   creates, starts and restarts containers). [`teardown`]: stopping
 //!   pods and sweeping orphans.
 //!
 //! # Limits
@@ -79,7 +80,8 @@ pub struct PodManagerConfig {
     pub resolv_conf: PathBuf,
     /// The CRI runtime handler for sandboxes (empty: the runtime's default).
     pub runtime_handler: String,
-    /// How often each pod is re-synced when nothing changes (container exits are noticed then).
+    /// How often the runtime is polled and every pod re-synced (container exits are noticed
+    /// then).
     pub resync_interval: Duration,
     /// How often sandboxes of unknown pods are swept.
     pub orphan_sweep_interval: Duration,
