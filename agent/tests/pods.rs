@@ -841,3 +841,56 @@ async fn host_network_pod_shares_the_node_namespace_and_reports_the_node_ip() {
     );
     node.stop_manager().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_pods_run_side_by_side_with_distinct_ips_and_all_delete_cleanly() {
+    const N: usize = 10;
+    let mut node = Node::start("pmany").await;
+    node.settings().await;
+    let started = Instant::now();
+    for i in 0..N {
+        node.create(sleeper_pod(&format!("web-{i}"))).await;
+    }
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..N {
+        let name = format!("web-{i}");
+        node.running(&name).await;
+        let pod = node.pods().get(&name).await.unwrap();
+        ips.insert(pod.status.unwrap().pod_ip.unwrap());
+    }
+    // Reported, not asserted: N pods created → all running.
+    eprintln!("{N} pods created → all running in {:?}", started.elapsed());
+    assert_eq!(ips.len(), N, "pod IPs not distinct: {ips:?}");
+    assert_eq!(node.cri.list_pod_sandbox(None).await.unwrap().len(), N);
+
+    let started = Instant::now();
+    for i in 0..N {
+        node.pods()
+            .delete(&format!("web-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = node
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        let sandboxes = node.cri.list_pod_sandbox(None).await.unwrap().len();
+        if left == 0 && sandboxes == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} pods and {sandboxes} sandboxes left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{N} pods deleted → all gone in {:?}", started.elapsed());
+    node.stop_manager().await;
+    let forced = node.ctrd.shutdown();
+    assert!(forced.is_empty(), "left behind: {forced:?}");
+}
