@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use netlet_agent::cri::CriClient;
@@ -160,6 +160,15 @@ impl Node {
         }))
         .unwrap();
         cms.create(&PostParams::default(), &cm).await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "default");
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "creds" }, "stringData": { "password": "s3cret" },
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
 
     /// Waits until pod `name` runs; returns its container's id.
@@ -258,6 +267,7 @@ fn sleeper_pod(name: &str) -> serde_json::Value {
                     { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
                     { "name": "COLOR", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "color" } } },
                     { "name": "GREETING", "value": "hello-$(COLOR)" },
+                    { "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "password" } } },
                 ],
             }],
         },
@@ -277,6 +287,7 @@ async fn exec(cri: &CriClient, id: &str, script: &str) -> String {
 async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     let mut node = Node::start("pods").await;
     node.settings().await;
+    let t_create = Instant::now();
     let created = node.create(sleeper_pod("web")).await;
     let uid = created.metadata.uid.clone().unwrap();
 
@@ -286,6 +297,8 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
             (phase == "Running" && condition(p, "Ready")?.as_str() == "True").then(|| p.clone())
         })
         .await;
+    // Reported, not asserted: how long create → Ready took (200 ms polling included).
+    eprintln!("pod created → Ready in {:?}", t_create.elapsed());
     let st = pod.status.clone().unwrap();
     let ip: Ipv4Addr = st.pod_ip.as_deref().unwrap().parse().unwrap();
     assert_eq!(
@@ -325,10 +338,10 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     let env = exec(
         &node.cri,
         &id,
-        "echo $POD_NAME $POD_IP $NODE $COLOR $GREETING",
+        "echo $POD_NAME $POD_IP $NODE $COLOR $GREETING $PASSWORD",
     )
     .await;
-    assert_eq!(env, format!("web {ip} {NODE} blue hello-blue"));
+    assert_eq!(env, format!("web {ip} {NODE} blue hello-blue s3cret"));
     let eth0 = exec(&node.cri, &id, "ip -4 addr show eth0").await;
     assert!(eth0.contains(&ip.to_string()), "{eth0}");
     // containerd labels and log path follow the kubelet's layout.
@@ -351,6 +364,13 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
     for r in ["Created", "Started"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event: {reasons:?}");
     }
+    // One create per container: no failed (e.g. duplicate) create along the way.
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "Created").count(),
+        1,
+        "{reasons:?}"
+    );
+    assert!(!reasons.iter().any(|r| r == "Failed"), "{reasons:?}");
     let event = node
         .events("web")
         .await
@@ -381,6 +401,7 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
 
     // kubectl delete: graceful, the manager stops the container, removes the sandbox and
     // confirms the deletion.
+    let t_delete = Instant::now();
     node.pods()
         .delete("web", &DeleteParams::default())
         .await
@@ -394,6 +415,9 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Reported, not asserted: graceful delete → gone from the API (the container exits on
+    // SIGTERM within a second).
+    eprintln!("pod delete → gone in {:?}", t_delete.elapsed());
     assert!(node.cri.list_pod_sandbox(None).await.unwrap().is_empty());
     assert!(node.cri.list_containers(None).await.unwrap().is_empty());
     let allocation = node.ctrd.dir().join("ipam/nlt-pods").join(ip.to_string());
@@ -416,7 +440,7 @@ async fn pod_runs_with_ip_env_and_status_then_graceful_delete_removes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
+async fn missing_images_and_config_make_containers_wait_with_their_reasons() {
     let mut node = Node::start("pimg").await;
     node.create(json!({
         "apiVersion": "v1",
@@ -427,6 +451,10 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
             "containers": [
                 { "name": "never", "image": "docker.io/netlet/absent:v1", "imagePullPolicy": "Never" },
                 { "name": "always", "image": "docker.io/netlet/absent:v2", "imagePullPolicy": "Always" },
+                {
+                    "name": "config", "image": TESTAPP_IMAGE, "command": ["sleep", "3600"],
+                    "env": [{ "name": "X", "valueFrom": { "configMapKeyRef": { "name": "nowhere", "key": "x" } } }],
+                },
             ],
         },
     }))
@@ -434,12 +462,16 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
     let pod = node
         .wait_pod(
             "noimg",
-            "both containers waiting on images",
+            "all three containers waiting",
             Duration::from_secs(60),
             |p| {
                 let never = waiting_reason(status(p, "never")?)?;
                 let always = waiting_reason(status(p, "always")?)?;
-                (never == "ErrImageNeverPull" && always == "ErrImagePull").then(|| p.clone())
+                let config = waiting_reason(status(p, "config")?)?;
+                (never == "ErrImageNeverPull"
+                    && always == "ErrImagePull"
+                    && config == "CreateContainerConfigError")
+                    .then(|| p.clone())
             },
         )
         .await;
@@ -458,6 +490,15 @@ async fn missing_images_wait_with_err_image_never_pull_and_err_image_pull() {
         .message
         .unwrap();
     assert!(msg.contains("docker.io/netlet/absent:v1"), "{msg}");
+    let config = status(&pod, "config")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    let msg = config.message.unwrap_or_default();
+    assert!(msg.contains("ConfigMap default/nowhere"), "{msg}");
     // The sandbox runs (it has an IP) even though no container could be created.
     assert!(pod.status.as_ref().unwrap().pod_ip.is_some());
     let reasons = node.reasons("noimg").await;
@@ -760,4 +801,96 @@ async fn init_containers_run_in_order_and_finished_pods_complete_or_fail() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     node.stop_manager().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_shares_the_node_namespace_and_reports_the_node_ip() {
+    let mut node = Node::start("phost").await;
+    node.create(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "hostnet", "namespace": "default" },
+        "spec": {
+            "nodeName": NODE,
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "app",
+                "image": TESTAPP_IMAGE,
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            }],
+        },
+    }))
+    .await;
+    let id = node.running("hostnet").await;
+    let id = id.strip_prefix("containerd://").unwrap();
+    let pod = node.pods().get("hostnet").await.unwrap();
+    assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some(NODE_IP));
+    // Its network namespace is the node's (the one containerd runs in), not a pod's own:
+    // the same namespace inode as seen from the node namespace.
+    let inside = exec(&node.cri, id, "readlink /proc/self/ns/net").await;
+    let node_ns = node.ctrd.node.run_ok("readlink", &["/proc/self/ns/net"]);
+    assert_eq!(inside, node_ns.trim());
+    // No CNI ran for it: no address was allocated.
+    let allocated = std::fs::read_dir(node.ctrd.dir().join("ipam/nlt-pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        allocated, 0,
+        "CNI allocated an address for a host-network pod"
+    );
+    node.stop_manager().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_pods_run_side_by_side_with_distinct_ips_and_all_delete_cleanly() {
+    const N: usize = 10;
+    let mut node = Node::start("pmany").await;
+    node.settings().await;
+    let started = Instant::now();
+    for i in 0..N {
+        node.create(sleeper_pod(&format!("web-{i}"))).await;
+    }
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..N {
+        let name = format!("web-{i}");
+        node.running(&name).await;
+        let pod = node.pods().get(&name).await.unwrap();
+        ips.insert(pod.status.unwrap().pod_ip.unwrap());
+    }
+    // Reported, not asserted: N pods created → all running.
+    eprintln!("{N} pods created → all running in {:?}", started.elapsed());
+    assert_eq!(ips.len(), N, "pod IPs not distinct: {ips:?}");
+    assert_eq!(node.cri.list_pod_sandbox(None).await.unwrap().len(), N);
+
+    let started = Instant::now();
+    for i in 0..N {
+        node.pods()
+            .delete(&format!("web-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = node
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        let sandboxes = node.cri.list_pod_sandbox(None).await.unwrap().len();
+        if left == 0 && sandboxes == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} pods and {sandboxes} sandboxes left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{N} pods deleted → all gone in {:?}", started.elapsed());
+    node.stop_manager().await;
+    let forced = node.ctrd.shutdown();
+    assert!(forced.is_empty(), "left behind: {forced:?}");
 }

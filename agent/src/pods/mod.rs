@@ -12,10 +12,12 @@
 //! - [`labels`]: the labels linking runtime objects to pods.
 //! - [`sandbox`], [`dns`]: the sandbox config (pure). [`container`], [`env`], [`resources`]:
 //!   the container config (pure, except ConfigMap/Secret reads).
-//! - [`observed`]: the runtime's view of a pod's containers. [`status`]: the pod status
+//! - [`poller`]: one runtime listing per interval for all pods. [`observed`]: the runtime's
+//!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
 //! - [`probe`]: startup, liveness and readiness probes.
-//! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop. [`teardown`]: stopping
+//! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
+//!   creates, starts and restarts containers). [`teardown`]: stopping
 //!   pods and sweeping orphans.
 //!
 //! # Limits
@@ -31,6 +33,7 @@ pub mod env;
 pub mod events;
 pub mod labels;
 pub mod observed;
+pub mod poller;
 pub mod probe;
 pub mod resources;
 pub mod sandbox;
@@ -77,7 +80,8 @@ pub struct PodManagerConfig {
     pub resolv_conf: PathBuf,
     /// The CRI runtime handler for sandboxes (empty: the runtime's default).
     pub runtime_handler: String,
-    /// How often each pod is re-synced when nothing changes (container exits are noticed then).
+    /// How often the runtime is polled and every pod re-synced (container exits are noticed
+    /// then).
     pub resync_interval: Duration,
     /// How often sandboxes of unknown pods are swept.
     pub orphan_sweep_interval: Duration,
@@ -152,6 +156,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// DNS inputs, read once at startup.
     pub dns: ClusterDns,
+    /// The node's runtime snapshots.
+    pub snapshots: watch::Receiver<Arc<poller::Snapshot>>,
 }
 
 /// A running worker.
@@ -185,7 +191,9 @@ pub async fn run(
             String::new()
         }),
     };
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(poller::Snapshot::default()));
     let ctx = Arc::new(Context {
+        snapshots,
         recorder: Recorder::new(client.clone(), &config.node_name),
         client: client.clone(),
         cri,
@@ -204,6 +212,12 @@ pub async fn run(
         cancel: cancel.child_token(),
         done_tx,
     };
+    let poller = tokio::spawn(poller::run_poller(
+        ctx.cri.clone(),
+        ctx.config.resync_interval,
+        snapshot_tx,
+        manager.cancel.clone(),
+    ));
     let mut listing: Option<HashSet<String>> = None;
     let mut synced = false;
     let mut sweep = tokio::time::interval(ctx.config.orphan_sweep_interval);
@@ -257,6 +271,7 @@ pub async fn run(
     for (_, h) in manager.workers.drain() {
         let _ = h.task.await;
     }
+    let _ = poller.await;
     tracing::info!("pod manager stopped");
     Ok(())
 }

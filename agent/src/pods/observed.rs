@@ -124,8 +124,17 @@ impl StatusCache {
                 ..Default::default()
             }))
             .await?;
+        self.observe_listed(cri, &listed).await
+    }
+
+    /// Like [`Self::observe`], with the sandbox's containers already listed (by the poller).
+    pub async fn observe_listed(
+        &mut self,
+        cri: &CriClient,
+        listed: &[api::Container],
+    ) -> Result<Observed, CriError> {
         let mut out = Vec::with_capacity(listed.len());
-        for c in &listed {
+        for c in listed {
             let fresh = self
                 .by_id
                 .get(&c.id)

@@ -4,33 +4,34 @@
 //! Each sync lists the pod's sandboxes by uid label (which is also how a restarted agent
 //! re-adopts them), creates the sandbox if none is ready, runs init containers one at a time
 //! to completion, then starts app containers, restarts exited ones as the restart policy and
-//! back-off allow, and writes the status when it changed. Syncs run on every change of the pod
-//! and every resync interval (1 s by default) in between, which is how container exits are
-//! noticed. A deleted pod's containers get their remaining grace period, then the sandbox goes
+//! back-off allow, runs due probes, and writes the status when it changed. Syncs run on every
+//! change of the pod and on every runtime snapshot of the node's poller (each resync interval,
+//! 1 s by default), which is how container exits are noticed. A deleted pod's containers get their remaining grace period, then the sandbox goes
 //! (containerd runs CNI DEL) and the deletion is confirmed to the apiserver.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::container::container_config;
-use super::env::{container_env, PodFacts};
 use super::events::EventType::{Normal, Warning};
 use super::labels::uid_selector;
-use super::observed::{Instance, Observed, StatusCache};
+use super::observed::{Observed, StatusCache};
+use super::poller::Snapshot;
 use super::probe::Prober;
-use super::sandbox::{log_directory, sandbox_config};
+use super::sandbox::sandbox_config;
 use super::status::{is_terminal, pod_status, StatusInput, Waiting};
 use super::teardown::{kill_sandbox, MIN_GRACE};
 use super::{Context, SyncError};
 use crate::cri::api;
+
+mod start;
 
 /// What the manager wants for a pod.
 #[derive(Debug, Clone)]
@@ -63,6 +64,15 @@ struct Worker {
     /// Warnings already posted as events, so a waiting container is not reported every sync.
     reported: HashSet<String>,
     last_written: Option<PodStatus>,
+    /// Runtime snapshots of the node's poller.
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// When this worker last finished changing the runtime: older snapshots do not show it.
+    last_change: Option<Instant>,
+    /// The current sync changed the runtime.
+    dirty: bool,
+    /// Failed sandbox creations in a row, and when to try again.
+    sandbox_failures: u32,
+    sandbox_retry_at: Option<Instant>,
 }
 
 /// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
@@ -73,6 +83,11 @@ pub async fn run_worker(
     cancel: CancellationToken,
 ) {
     let mut w = Worker {
+        snapshots: ctx.snapshots.clone(),
+        last_change: None,
+        dirty: false,
+        sandbox_failures: 0,
+        sandbox_retry_at: None,
         ctx,
         cache: StatusCache::default(),
         sandbox: None,
@@ -102,6 +117,10 @@ pub async fn run_worker(
                 (pod, r)
             }
         };
+        // Only a poll that starts after the changes are complete shows them.
+        if std::mem::take(&mut w.dirty) {
+            w.last_change = Some(Instant::now());
+        }
         match result {
             Ok(true) => return,
             Ok(false) => {}
@@ -110,7 +129,10 @@ pub async fn run_worker(
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = desired.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(w.ctx.config.resync_interval) => {}
+            // A new runtime snapshot, normally every resync interval.
+            _ = w.snapshots.changed() => {}
+            // Should the poller stall (runtime down), still retry now and then.
+            () = tokio::time::sleep(w.ctx.config.resync_interval * 5) => {}
         }
     }
 }
@@ -125,13 +147,18 @@ impl Worker {
         }
         let ctx = self.ctx.clone();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let mut sandboxes = ctx
-            .cri
-            .list_pod_sandbox(Some(api::PodSandboxFilter {
-                label_selector: uid_selector(&uid),
-                ..Default::default()
-            }))
-            .await?;
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let current = snapshot.newer_than(self.last_change);
+        let mut sandboxes = if current {
+            snapshot.sandboxes.get(&uid).cloned().unwrap_or_default()
+        } else {
+            ctx.cri
+                .list_pod_sandbox(Some(api::PodSandboxFilter {
+                    label_selector: uid_selector(&uid),
+                    ..Default::default()
+                }))
+                .await?
+        };
         sandboxes.sort_by_key(|s| std::cmp::Reverse(attempt(s)));
         let ready = sandboxes
             .iter()
@@ -145,6 +172,7 @@ impl Worker {
         if is_terminal(&phase) {
             // Nothing runs in a finished pod again: free its network, keep its status.
             if let Some(s) = ready {
+                self.touch();
                 kill_sandbox(&ctx, pod, &s.id, MIN_GRACE, false).await?;
             }
             return Ok(false);
@@ -163,9 +191,14 @@ impl Worker {
             }
         };
         for stale in sandboxes.iter().filter(|s| s.id != sandbox.id) {
+            self.touch();
             kill_sandbox(&ctx, pod, &stale.id, MIN_GRACE, true).await?;
         }
-        let observed = self.cache.observe(&ctx.cri, &sandbox.id).await?;
+        let observed = match snapshot.containers.get(&sandbox.id).filter(|_| current) {
+            Some(listed) => self.cache.observe_listed(&ctx.cri, listed).await?,
+            None if current => self.cache.observe_listed(&ctx.cri, &[]).await?,
+            None => self.cache.observe(&ctx.cri, &sandbox.id).await?,
+        };
         let mut changed = self.converge(pod, &sandbox, &observed).await;
         changed |= self.probe(pod, &sandbox, &observed).await;
         let observed = if changed {
@@ -197,6 +230,10 @@ impl Worker {
 
     /// Runs a new sandbox; on failure records why (status and a FailedCreatePodSandBox event).
     async fn create_sandbox(&mut self, pod: &Pod, attempt: u32) -> Option<Sandbox> {
+        if self.sandbox_retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        self.touch();
         let ctx = self.ctx.clone();
         let config = sandbox_config(pod, &ctx.config, &ctx.dns, attempt);
         let created = async {
@@ -223,11 +260,18 @@ impl Worker {
             Ok(s) => {
                 tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %s.ip, "sandbox running");
                 self.sandbox_error = None;
+                self.sandbox_failures = 0;
+                self.sandbox_retry_at = None;
                 self.sandbox = Some(s.clone());
                 Some(s)
             }
             Err(message) => {
                 tracing::warn!(pod = %key(pod), "creating the sandbox failed: {message}");
+                // Retry after 1, 2, 4 … s, at most a minute: a broken CNI setup should not
+                // turn into a RunPodSandbox and an event every second.
+                let delay = Duration::from_secs(1 << self.sandbox_failures.min(6));
+                self.sandbox_failures += 1;
+                self.sandbox_retry_at = Some(Instant::now() + delay);
                 let msg = format!("Failed to create pod sandbox: {message}");
                 ctx.recorder
                     .emit(pod, None, Warning, "FailedCreatePodSandBox", &msg)
@@ -285,6 +329,13 @@ impl Worker {
         changed
     }
 
+    /// Notes that this sync changes the runtime: until a poll starts after the sync ends, the
+    /// worker lists for itself.
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.last_change = Some(Instant::now());
+    }
+
     /// Runs the due probes of running app containers; kills those whose startup or liveness
     /// probe failed. Returns whether it killed any.
     async fn probe(&mut self, pod: &Pod, sb: &Sandbox, observed: &Observed) -> bool {
@@ -309,6 +360,7 @@ impl Worker {
                 ctx.recorder
                     .emit(pod, Some(&c.name), Normal, "Killing", &why)
                     .await;
+                self.touch();
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30);
                 match ctx
                     .cri
@@ -323,216 +375,6 @@ impl Worker {
             }
         }
         killed
-    }
-
-    /// Restarts exited instance `i` of `c` unless it is in back-off.
-    async fn restart(
-        &mut self,
-        pod: &Pod,
-        sb: &Sandbox,
-        c: &Container,
-        i: &Instance,
-        observed: &Observed,
-    ) -> bool {
-        let policy = self.ctx.config.backoff;
-        let now = SystemTime::now();
-        let finished = SystemTime::UNIX_EPOCH + Duration::from_nanos(i.finished_at.max(0) as u64);
-        let b = self.backoff.entry(c.name.clone()).or_default();
-        if b.remaining(&policy, finished, now).is_some() {
-            let msg = format!(
-                "back-off {}s restarting failed container={} pod={}",
-                b.delay().as_secs(),
-                c.name,
-                key(pod)
-            );
-            self.waiting.insert(
-                c.name.clone(),
-                Waiting {
-                    reason: "CrashLoopBackOff".into(),
-                    message: msg,
-                },
-            );
-            let event_key = format!("BackOff/{}/{}", c.name, i.attempt);
-            if self.reported.insert(event_key) {
-                let msg = "Back-off restarting failed container";
-                self.ctx
-                    .recorder
-                    .emit(pod, Some(&c.name), Warning, "BackOff", msg)
-                    .await;
-            }
-            return false;
-        }
-        b.restarted(&policy, now);
-        // Keep only the instance that just exited (for lastState and logs), like the kubelet.
-        for old in observed.all().filter(|o| o.name == c.name && o.id != i.id) {
-            if let Err(e) = self.ctx.cri.remove_container(&old.id).await {
-                tracing::warn!(pod = %key(pod), container = %old.id, "removing: {e}");
-            }
-        }
-        self.start(pod, sb, c, i.attempt + 1).await
-    }
-
-    /// Starts an instance that was created but never started (e.g. the agent stopped between
-    /// the two calls).
-    async fn start_created(&mut self, pod: &Pod, c: &Container, i: &Instance) -> bool {
-        match self.ctx.cri.start_container(&i.id).await {
-            Ok(()) => {
-                let msg = format!("Started container {}", c.name);
-                self.ctx
-                    .recorder
-                    .emit(pod, Some(&c.name), Normal, "Started", &msg)
-                    .await;
-                true
-            }
-            Err(e) => {
-                self.wait(
-                    pod,
-                    c,
-                    "RunContainerError",
-                    "Failed",
-                    e.to_string(),
-                    i.attempt,
-                )
-                .await;
-                false
-            }
-        }
-    }
-
-    /// Creates and starts attempt `attempt` of `c`, or records why it cannot.
-    async fn start(&mut self, pod: &Pod, sb: &Sandbox, c: &Container, attempt: u32) -> bool {
-        let ctx = self.ctx.clone();
-        let name = c.name.as_str();
-        let image = c.image.clone().unwrap_or_default();
-        match ctx.cri.image_status(&image).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                let never = c.image_pull_policy.as_deref() == Some("Never");
-                let (reason, event, msg) = if never {
-                    (
-                        "ErrImageNeverPull",
-                        "ErrImageNeverPull",
-                        format!(
-                            "Container image {image:?} is not present with pull policy of Never"
-                        ),
-                    )
-                } else {
-                    (
-                        "ErrImagePull",
-                        "Failed",
-                        format!("Failed to pull image {image:?}: not present on the node, and this node does not pull images"),
-                    )
-                };
-                self.wait(pod, c, reason, event, msg, attempt).await;
-                return false;
-            }
-            Err(e) => {
-                self.wait(pod, c, "ErrImagePull", "Failed", e.to_string(), attempt)
-                    .await;
-                return false;
-            }
-        }
-        let host_ip = ctx
-            .config
-            .node_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let facts = PodFacts {
-            pod,
-            pod_ip: &sb.ip,
-            host_ip: &host_ip,
-        };
-        let config = match container_env(&ctx.client, facts, c).await {
-            Ok(env) => container_config(pod, c, attempt, &env).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let config = match config {
-            Ok(cfg) => cfg,
-            Err(msg) => {
-                self.wait(pod, c, "CreateContainerConfigError", "Failed", msg, attempt)
-                    .await;
-                return false;
-            }
-        };
-        let log_dir = log_directory(&ctx.config, pod).join(name);
-        if let Err(e) = std::fs::create_dir_all(&log_dir) {
-            let msg = format!("creating log directory {}: {e}", log_dir.display());
-            self.wait(pod, c, "CreateContainerError", "Failed", msg, attempt)
-                .await;
-            return false;
-        }
-        let id = match ctx
-            .cri
-            .create_container(&sb.id, config, sb.config.clone())
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                self.wait(
-                    pod,
-                    c,
-                    "CreateContainerError",
-                    "Failed",
-                    e.to_string(),
-                    attempt,
-                )
-                .await;
-                return false;
-            }
-        };
-        let msg = format!("Created container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Created", &msg)
-            .await;
-        if let Err(e) = ctx.cri.start_container(&id).await {
-            self.wait(
-                pod,
-                c,
-                "RunContainerError",
-                "Failed",
-                e.to_string(),
-                attempt,
-            )
-            .await;
-            return true;
-        }
-        tracing::info!(pod = %key(pod), container = name, attempt, "started");
-        let msg = format!("Started container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Started", &msg)
-            .await;
-        self.waiting.remove(name);
-        true
-    }
-
-    /// Records that `c` waits for `reason`, posting a Warning event `event` once per reason
-    /// and attempt.
-    async fn wait(
-        &mut self,
-        pod: &Pod,
-        c: &Container,
-        reason: &str,
-        event: &str,
-        message: String,
-        attempt: u32,
-    ) {
-        tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
-        if self
-            .reported
-            .insert(format!("{reason}/{}/{attempt}", c.name))
-        {
-            self.ctx
-                .recorder
-                .emit(pod, Some(&c.name), Warning, event, &message)
-                .await;
-        }
-        self.waiting.insert(
-            c.name.clone(),
-            Waiting {
-                reason: reason.into(),
-                message,
-            },
-        );
     }
 
     /// Computes the status and writes it if it differs from the last one written.
