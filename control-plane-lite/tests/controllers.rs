@@ -28,6 +28,11 @@ struct Harness {
 
 impl Harness {
     async fn start(config: ControllersConfig) -> Self {
+        // Controller logs with RUST_LOG=netlet_control_plane=debug (captured per test).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let server = TestApiserver::start();
         let client = server.client().await;
         let cancel = CancellationToken::new();
@@ -767,5 +772,111 @@ async fn deployment_rolling_update_stays_within_surge_and_unavailable() {
         out.status.success() && history.contains("v1") && history.contains("v2"),
         "history: {history}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_recreate_history_limit_and_undo() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "rc"},
+        "spec": {"replicas": 2, "revisionHistoryLimit": 1, "selector": {"matchLabels": {"app": "rc"}},
+                 "strategy": {"type": "Recreate"},
+                 "template": {"metadata": {"labels": {"app": "rc"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    h.wait("v1 rolled out", || rolled_out(&c, "rc", 2)).await;
+    let set_image = |image: &'static str| {
+        let deps = deps.clone();
+        async move {
+            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+            deps.patch("rc", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+    // (revision, spec.replicas, image) of every ReplicaSet, by revision.
+    let sets = || async {
+        let mut v: Vec<(i64, i32, String)> = rss
+            .list(&ListParams::default().labels("app=rc"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|rs| {
+                let rev = rs.metadata.annotations.as_ref().unwrap()
+                    ["deployment.kubernetes.io/revision"]
+                    .parse()
+                    .unwrap();
+                let image = rs.spec.template.unwrap().spec.unwrap().containers[0]
+                    .image
+                    .clone()
+                    .unwrap();
+                (rev, rs.spec.replicas.unwrap(), image)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    set_image("testapp:v2").await;
+    h.wait("v2 rolled out", || rolled_out(&c, "rc", 2)).await;
+    assert_eq!(
+        sets().await,
+        [(1, 0, "testapp:v1".into()), (2, 2, "testapp:v2".into())]
+    );
+    set_image("testapp:v3").await;
+    h.wait(
+        "v3 rolled out and v1 cleaned up (revisionHistoryLimit 1)",
+        || async {
+            rolled_out(&c, "rc", 2).await?;
+            let v = sets().await;
+            (v == [(2, 0, "testapp:v2".into()), (3, 2, "testapp:v3".into())]).then_some(())
+        },
+    )
+    .await;
+    let images: HashSet<String> = active_pods(&c, "app=rc")
+        .await
+        .into_iter()
+        .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+        .collect();
+    assert_eq!(images, HashSet::from(["testapp:v3".to_string()]));
+
+    // kubectl rollout undo brings v2's ReplicaSet back as revision 4.
+    let out = kubectl(&h, &["rollout", "undo", "deployment/rc"]);
+    assert!(
+        out.status.success(),
+        "rollout undo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.wait("undo to v2 as revision 4", || async {
+        rolled_out(&c, "rc", 2).await?;
+        let v = sets().await;
+        (v == [(3, 0, "testapp:v3".into()), (4, 2, "testapp:v2".into())]).then_some(())
+    })
+    .await;
+    let v2 = rss
+        .list(&ListParams::default().labels("app=rc"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|rs| rs.spec.replicas == Some(2))
+        .unwrap();
+    assert_eq!(
+        v2.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("deployment.kubernetes.io/revision-history")
+            .map(String::as_str),
+        Some("2"),
+        "v2's ReplicaSet reused: {v2:?}\ndeployment: {:?}",
+        deps.get("rc").await.unwrap()
     );
 }

@@ -191,7 +191,7 @@ where
             match result {
                 Ok((obj, _)) => tracing::trace!(controller = name, object = %obj, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(err) => tracing::debug!(controller = name, error = %err, "controller stream"),
+                Err(err) => tracing::warn!(controller = name, error = %err, "controller watch or queue failed"),
             }
         })
         .await;
