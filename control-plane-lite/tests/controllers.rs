@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -879,4 +880,112 @@ async fn deployment_recreate_history_limit_and_undo() {
         "v2's ReplicaSet reused: {v2:?}\ndeployment: {:?}",
         deps.get("rc").await.unwrap()
     );
+}
+
+/// Finishes every running pod of job `job` with `phase` (the containers exiting); returns how
+/// many active pods the job had.
+async fn finish_job_pods(c: &Client, job: &str, phase: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let active = active_pods(c, &format!("batch.kubernetes.io/job-name={job}"))
+        .await
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect::<Vec<_>>();
+    for p in &active {
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            let status = json!({"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "False"}]}});
+            let _ = pods
+                .patch_status(
+                    p.metadata.name.as_deref().unwrap(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await;
+        }
+    }
+    active.len()
+}
+
+async fn job_condition(
+    c: &Client,
+    job: &str,
+    type_: &str,
+) -> Option<k8s_openapi::api::batch::v1::JobStatus> {
+    let status = Api::<Job>::namespaced(c.clone(), "default")
+        .get(job)
+        .await
+        .ok()?
+        .status?;
+    let done = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == "True");
+    done.then_some(status)
+}
+
+fn job(name: &str, completions: i32, parallelism: i32, backoff: i32) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": backoff,
+                 "template": {"spec": {"restartPolicy": "Never",
+                              "containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_to_completion_within_parallelism_and_fails_past_backoff_limit() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    jobs.create(&PostParams::default(), &job("ok", 3, 2, 6))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job ok Complete", || async {
+            let active = finish_job_pods(&c, "ok", "Succeeded").await;
+            assert!(active <= 2, "{active} active pods > parallelism 2");
+            job_condition(&c, "ok", "Complete").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(3), Some(0), Some(0))
+    );
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let all = Api::<Pod>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=ok"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 3, "exactly completions pods were run");
+
+    jobs.create(&PostParams::default(), &job("bad", 1, 1, 1))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job bad Failed", || async {
+            finish_job_pods(&c, "bad", "Failed").await;
+            job_condition(&c, "bad", "Failed").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed),
+        (Some(0), Some(2)),
+        "one try plus backoffLimit 1 retry"
+    );
+    let cond = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(cond.reason.as_deref(), Some("BackoffLimitExceeded"));
 }
