@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use integration::TestApiserver;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -28,6 +29,11 @@ struct Harness {
 
 impl Harness {
     async fn start(config: ControllersConfig) -> Self {
+        // Controller logs with RUST_LOG=netlet_control_plane=debug (captured per test).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let server = TestApiserver::start();
         let client = server.client().await;
         let cancel = CancellationToken::new();
@@ -768,4 +774,218 @@ async fn deployment_rolling_update_stays_within_surge_and_unavailable() {
         "history: {history}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_recreate_history_limit_and_undo() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "rc"},
+        "spec": {"replicas": 2, "revisionHistoryLimit": 1, "selector": {"matchLabels": {"app": "rc"}},
+                 "strategy": {"type": "Recreate"},
+                 "template": {"metadata": {"labels": {"app": "rc"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    h.wait("v1 rolled out", || rolled_out(&c, "rc", 2)).await;
+    let set_image = |image: &'static str| {
+        let deps = deps.clone();
+        async move {
+            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+            deps.patch("rc", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+    // (revision, spec.replicas, image) of every ReplicaSet, by revision.
+    let sets = || async {
+        let mut v: Vec<(i64, i32, String)> = rss
+            .list(&ListParams::default().labels("app=rc"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|rs| {
+                let rev = rs.metadata.annotations.as_ref().unwrap()
+                    ["deployment.kubernetes.io/revision"]
+                    .parse()
+                    .unwrap();
+                let image = rs.spec.template.unwrap().spec.unwrap().containers[0]
+                    .image
+                    .clone()
+                    .unwrap();
+                (rev, rs.spec.replicas.unwrap(), image)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    set_image("testapp:v2").await;
+    h.wait("v2 rolled out", || rolled_out(&c, "rc", 2)).await;
+    assert_eq!(
+        sets().await,
+        [(1, 0, "testapp:v1".into()), (2, 2, "testapp:v2".into())]
+    );
+    set_image("testapp:v3").await;
+    h.wait(
+        "v3 rolled out and v1 cleaned up (revisionHistoryLimit 1)",
+        || async {
+            rolled_out(&c, "rc", 2).await?;
+            let v = sets().await;
+            (v == [(2, 0, "testapp:v2".into()), (3, 2, "testapp:v3".into())]).then_some(())
+        },
+    )
+    .await;
+    let images: HashSet<String> = active_pods(&c, "app=rc")
+        .await
+        .into_iter()
+        .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+        .collect();
+    assert_eq!(images, HashSet::from(["testapp:v3".to_string()]));
+
+    // kubectl rollout undo brings v2's ReplicaSet back as revision 4.
+    let out = kubectl(&h, &["rollout", "undo", "deployment/rc"]);
+    assert!(
+        out.status.success(),
+        "rollout undo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.wait("undo to v2 as revision 4", || async {
+        rolled_out(&c, "rc", 2).await?;
+        let v = sets().await;
+        (v == [(3, 0, "testapp:v3".into()), (4, 2, "testapp:v2".into())]).then_some(())
+    })
+    .await;
+    let v2 = rss
+        .list(&ListParams::default().labels("app=rc"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|rs| rs.spec.replicas == Some(2))
+        .unwrap();
+    assert_eq!(
+        v2.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("deployment.kubernetes.io/revision-history")
+            .map(String::as_str),
+        Some("2"),
+        "v2's ReplicaSet reused: {v2:?}\ndeployment: {:?}",
+        deps.get("rc").await.unwrap()
+    );
+}
+
+/// Finishes every running pod of job `job` with `phase` (the containers exiting); returns how
+/// many active pods the job had.
+async fn finish_job_pods(c: &Client, job: &str, phase: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let active = active_pods(c, &format!("batch.kubernetes.io/job-name={job}"))
+        .await
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect::<Vec<_>>();
+    for p in &active {
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            let status = json!({"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "False"}]}});
+            let _ = pods
+                .patch_status(
+                    p.metadata.name.as_deref().unwrap(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await;
+        }
+    }
+    active.len()
+}
+
+async fn job_condition(
+    c: &Client,
+    job: &str,
+    type_: &str,
+) -> Option<k8s_openapi::api::batch::v1::JobStatus> {
+    let status = Api::<Job>::namespaced(c.clone(), "default")
+        .get(job)
+        .await
+        .ok()?
+        .status?;
+    let done = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == "True");
+    done.then_some(status)
+}
+
+fn job(name: &str, completions: i32, parallelism: i32, backoff: i32) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": backoff,
+                 "template": {"spec": {"restartPolicy": "Never",
+                              "containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_to_completion_within_parallelism_and_fails_past_backoff_limit() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    jobs.create(&PostParams::default(), &job("ok", 3, 2, 6))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job ok Complete", || async {
+            let active = finish_job_pods(&c, "ok", "Succeeded").await;
+            assert!(active <= 2, "{active} active pods > parallelism 2");
+            job_condition(&c, "ok", "Complete").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(3), Some(0), Some(0))
+    );
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let all = Api::<Pod>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=ok"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 3, "exactly completions pods were run");
+
+    jobs.create(&PostParams::default(), &job("bad", 1, 1, 1))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job bad Failed", || async {
+            finish_job_pods(&c, "bad", "Failed").await;
+            job_condition(&c, "bad", "Failed").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed),
+        (Some(0), Some(2)),
+        "one try plus backoffLimit 1 retry"
+    );
+    let cond = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(cond.reason.as_deref(), Some("BackoffLimitExceeded"));
 }

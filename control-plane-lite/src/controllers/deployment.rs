@@ -12,6 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -218,13 +219,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     };
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = rollout::pod_template_hash(&d.spec.template, collision);
-    let new_idx = owned.iter().position(|rs| {
-        rs.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(POD_TEMPLATE_HASH))
-            == Some(&hash)
-    });
+    // Like upstream, the new ReplicaSet is the one whose template equals the Deployment's
+    // (ignoring the hash label): after `kubectl rollout undo` that is the old set again.
+    let new_idx = owned
+        .iter()
+        .position(|rs| same_template(rs, &d.spec.template))
+        .or_else(|| {
+            owned.iter().position(|rs| {
+                rs.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(POD_TEMPLATE_HASH))
+                    == Some(&hash)
+            })
+        });
     let mut new_rs = new_idx.map(|i| owned.remove(i));
     let mut old = owned;
     let max_old_rev = old.iter().map(revision).max().unwrap_or(0);
@@ -313,6 +321,17 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
             .map_err(ControllerError::kube("update status of", object))?;
     }
     Ok(Action::await_change())
+}
+
+/// Whether the ReplicaSet's pod template is `template` plus its `pod-template-hash` label.
+fn same_template(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
+    let Some(mut t) = rs.spec.template.clone() else {
+        return false;
+    };
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(POD_TEMPLATE_HASH);
+    }
+    rollout::normalized(&t) == rollout::normalized(template)
 }
 
 /// Whether any of `rs` still has active pods.
@@ -501,9 +520,12 @@ pub async fn run(client: Client) {
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
+    // `watches` with full objects, not `owns`: `owns` uses a metadata-only watch
+    // (PartialObjectMetadata), which our apiserver answers with 406.
+    .watches(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
+        |rs| owner::controller_ref_of::<Deployment>(&rs.metadata),
     );
     let ctx = Arc::new(Ctx { client });
     super::drain(

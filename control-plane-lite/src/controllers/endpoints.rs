@@ -452,9 +452,11 @@ pub async fn run(client: Client) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
+    // Full-object watch rather than `owns` (metadata-only, which our apiserver rejects).
+    .watches(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        |slice| owner::controller_ref_of::<Service>(&slice.metadata),
     );
     let store = controller.store();
     let ctx = Arc::new(Ctx {

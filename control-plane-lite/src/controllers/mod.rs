@@ -7,6 +7,7 @@
 //! - [`endpoints`]: EndpointSlices and core/v1 Endpoints for every Service with a selector.
 //! - [`replicaset`]: creates and deletes Pods to match a ReplicaSet's replicas.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
+//! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
@@ -15,6 +16,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod job;
 pub mod node_ipam;
 mod owner;
 mod pods;
@@ -191,7 +193,7 @@ where
             match result {
                 Ok((obj, _)) => tracing::trace!(controller = name, object = %obj, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(err) => tracing::debug!(controller = name, error = %err, "controller stream"),
+                Err(err) => tracing::warn!(controller = name, error = %err, "controller watch or queue failed"),
             }
         })
         .await;
@@ -211,6 +213,7 @@ pub async fn run(
             endpoints::run(client.clone()),
             replicaset::run(client.clone()),
             deployment::run(client.clone()),
+            job::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");

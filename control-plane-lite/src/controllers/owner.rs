@@ -2,6 +2,7 @@
 //! object that manages it, used for adoption and for mapping child events to owners.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 
 /// The controller owner reference of `meta`, if any.
@@ -28,5 +29,16 @@ pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerR
         uid: meta.uid.clone()?,
         controller: Some(true),
         block_owner_deletion: Some(true),
+    })
+}
+
+/// The `K` that controls the object with `meta` (same namespace), for mapping child events to
+/// the owner to reconcile.
+pub fn controller_ref_of<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> Option<ObjectRef<K>> {
+    let r = controller_of(meta).filter(|r| r.kind == K::kind(&()))?;
+    let obj = ObjectRef::new(&r.name);
+    Some(match &meta.namespace {
+        Some(ns) => obj.within(ns),
+        None => obj,
     })
 }

@@ -220,8 +220,9 @@ async fn adopt(api: &Api<Pod>, rs: &ReplicaSet, pod: Pod) -> Result<Pod, Control
 fn owners_of(pod: &Pod, store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     match owner::controller_of(&pod.metadata) {
-        Some(r) if r.kind == "ReplicaSet" => vec![ObjectRef::new(&r.name).within(&ns)],
-        Some(_) => vec![],
+        Some(_) => owner::controller_ref_of(&pod.metadata)
+            .into_iter()
+            .collect(),
         None => store
             .state()
             .iter()

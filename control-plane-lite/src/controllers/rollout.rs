@@ -101,11 +101,35 @@ pub fn old_rs_replicas(
 
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-/// `pod-template-hash`: FNV-1a over the template's JSON (field order fixed by the types, maps
-/// sorted) and the collision count, spelled in upstream's vowel-free alphabet; stable across
-/// restarts and processes.
+/// The template as JSON with empty objects, empty lists and nulls dropped (recursively), so
+/// that `resources: {}` from a Go client and an absent field compare and hash the same.
+pub fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, x| !strip(x));
+                m.is_empty()
+            }
+            serde_json::Value::Array(a) => {
+                a.iter_mut().for_each(|x| {
+                    strip(x);
+                });
+                a.is_empty()
+            }
+            serde_json::Value::Null => true,
+            _ => false,
+        }
+    }
+    let mut v = serde_json::to_value(template).unwrap_or_default();
+    strip(&mut v);
+    v
+}
+
+/// `pod-template-hash`: FNV-1a over the [`normalized`] template's JSON (maps sorted) and the
+/// collision count, spelled in upstream's vowel-free alphabet; stable across restarts and
+/// processes.
 pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(&normalized(template)).unwrap_or_default();
     if let Some(c) = collision_count {
         bytes.extend_from_slice(&c.to_le_bytes());
     }
@@ -186,5 +210,8 @@ mod tests {
         t2.spec.as_mut().unwrap().containers[0].image = Some("x:2".into());
         assert_ne!(h, pod_template_hash(&t2, None));
         assert_ne!(h, pod_template_hash(&t, Some(1)));
+        let mut t3 = t.clone();
+        t3.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        assert_eq!(h, pod_template_hash(&t3, None), "empty resources == absent");
     }
 }
