@@ -219,9 +219,13 @@ async fn run_controllers(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let elect = leader_elect.then_some("kube-controller-manager");
-    run_elected("controllers", client.clone(), elect, shutdown, move |token| {
-        controllers::run(client.clone(), config.clone(), token)
-    })
+    run_elected(
+        "controllers",
+        client.clone(),
+        elect,
+        shutdown,
+        move |token| controllers::run(client.clone(), config.clone(), token),
+    )
     .await
 }
 

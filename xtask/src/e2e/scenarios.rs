@@ -1,6 +1,7 @@
 //! The e2e scenarios, each a function that drives the running cluster through stock `kubectl`
 //! and fails with what it saw. Pods report results through their own exit status (a client
 //! pod with `restartPolicy: Never` ends `Succeeded` or `Failed`), so no exec or logs are needed.
+//! (busybox 1.35's `wget -T` segfaults, hence `timeout 5 wget`.)
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -25,10 +26,22 @@ pub type Scenario = (&'static str, fn(&Ctx) -> Result<()>);
 
 /// The scenarios, in order (later ones use the Deployment the second one creates).
 pub const SCENARIOS: &[Scenario] = &[
-    ("nodes get distinct pod CIDRs", nodes_have_distinct_pod_cidrs),
-    ("deployment spreads over nodes", deployment_spreads_over_nodes),
-    ("pod to pod across nodes without NAT", pod_to_pod_without_nat),
-    ("pod to outside is masqueraded", pod_to_outside_is_masqueraded),
+    (
+        "nodes get distinct pod CIDRs",
+        nodes_have_distinct_pod_cidrs,
+    ),
+    (
+        "deployment spreads over nodes",
+        deployment_spreads_over_nodes,
+    ),
+    (
+        "pod to pod across nodes without NAT",
+        pod_to_pod_without_nat,
+    ),
+    (
+        "pod to outside is masqueraded",
+        pod_to_outside_is_masqueraded,
+    ),
     ("deleted pods go away", deleted_pods_go_away),
 ];
 
@@ -51,7 +64,10 @@ fn nodes_have_distinct_pod_cidrs(ctx: &Ctx) -> Result<()> {
     let mut unique = cidrs.clone();
     unique.sort();
     unique.dedup();
-    ensure!(unique.len() == cidrs.len(), "duplicate pod CIDRs: {cidrs:?}");
+    ensure!(
+        unique.len() == cidrs.len(),
+        "duplicate pod CIDRs: {cidrs:?}"
+    );
     Ok(())
 }
 
@@ -120,7 +136,7 @@ fn pod_to_pod_without_nat(ctx: &Ctx) -> Result<()> {
     // The echo server answers with the client address it saw; it must be the pod's own.
     let script = format!(
         "me=$(ip -4 -o addr show eth0 | awk '{{print $4}}' | cut -d/ -f1); \
-         out=$(wget -qO- -T 5 http://{ip}:8080/); echo \"me=$me got: $out\"; \
+         out=$(timeout 5 wget -qO- http://{ip}:8080/); echo \"me=$me got: $out\"; \
          case \"$out\" in *\"client=$me:\"*) exit 0;; *) exit 1;; esac"
     );
     run_client_pod(ctx, "client-direct", &client_node, &script)
@@ -139,7 +155,7 @@ fn pod_to_outside_is_masqueraded(ctx: &Ctx) -> Result<()> {
     let _server = integration::ChildGuard::new(child);
     let node_ip = underlay::node_ip(1);
     let script = format!(
-        "out=$(wget -qO- -T 5 http://{}:8080/); echo \"got: $out\"; \
+        "out=$(timeout 5 wget -qO- http://{}:8080/); echo \"got: $out\"; \
          case \"$out\" in *\"client={node_ip}:\"*) exit 0;; *) exit 1;; esac",
         underlay::outside_ip()
     );
@@ -147,16 +163,28 @@ fn pod_to_outside_is_masqueraded(ctx: &Ctx) -> Result<()> {
 }
 
 fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
+    // Scaling to zero makes the ReplicaSet delete its pods gracefully, and the agents must
+    // stop them and confirm the deletion.
     ctx.kubectl
-        .run(&["-n", NS, "delete", "deployment", "echo", "--wait=false"])?;
-    ctx.kubectl
-        .run(&["-n", NS, "delete", "pods", "--all", "--wait=false"])?;
+        .run(&["-n", NS, "scale", "deployment", "echo", "--replicas=0"])?;
+    ctx.kubectl.run(&[
+        "-n",
+        NS,
+        "delete",
+        "pods",
+        "-l",
+        "role=client",
+        "--wait=false",
+    ])?;
     ctx.kubectl.wait_for(
         "every pod in namespace e2e to be gone",
         &["-n", NS, "pods"],
         POD_TIMEOUT,
         |list| items(list).is_empty().then_some(()),
-    )
+    )?;
+    ctx.kubectl
+        .run(&["-n", NS, "delete", "deployment", "echo"])
+        .map(drop)
 }
 
 /// Runs a busybox script in a pod pinned to `node` and requires it to exit 0.
@@ -232,7 +260,11 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
     let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
         return false;
     };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    };
     u32::from(ip) & mask == u32::from(net) & mask
 }
 

@@ -6,7 +6,7 @@
 //!   `GET /healthz` answers 200, or 500 once `--healthy-for SECONDS` has passed since start.
 //! - TCP echo on :9000, UDP echo on :9001.
 //!
-//! Flags: `--healthy-for SECONDS`, `--http-port`, `--tcp-port`, `--udp-port`.
+//! Flags: `--healthy-for SECONDS`, `--http-port`, `--tcp-port`, `--udp-port`. Exits on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -98,7 +98,22 @@ fn echo_tcp(mut conn: TcpStream) {
     }
 }
 
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn _exit(status: i32) -> !;
+}
+
+/// As PID 1 of its container the process would ignore SIGTERM (no default action for init),
+/// making every graceful delete wait out the whole grace period; exit at once instead.
+extern "C" fn on_sigterm(_: i32) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { _exit(0) }
+}
+
 fn main() {
+    const SIGTERM: i32 = 15;
+    // SAFETY: installing a handler that only calls _exit.
+    unsafe { signal(SIGTERM, on_sigterm) };
     let cfg = match parse_args() {
         Ok(c) => c,
         Err(e) => {
