@@ -8,12 +8,14 @@
 //! - [`replicaset`]: creates and deletes Pods to match a ReplicaSet's replicas.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
 //! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
+//! - [`daemonset`]: one pod per eligible node, pinned by node affinity.
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod job;
@@ -214,6 +216,7 @@ pub async fn run(
             replicaset::run(client.clone()),
             deployment::run(client.clone()),
             job::run(client.clone()),
+            daemonset::run(client.clone()),
         );
     };
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
