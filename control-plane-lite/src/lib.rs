@@ -14,6 +14,9 @@
 //! - [`apiserver`]: the Kubernetes REST API over the storage, served over HTTPS with client
 //!   certificates; its own Layout section maps its files. The binary (`src/main.rs`,
 //!   `netlet-control-plane serve`) opens the embedded storage and runs it.
+//! - [`controllers`]: kube-controller-manager's core loops as ordinary API clients (kube-rs
+//!   `Controller`s): node IPAM and lifecycle, EndpointSlices/Endpoints, ReplicaSet, Deployment,
+//!   Job, DaemonSet; [`controllers::run`] runs them all until cancelled.
 
 pub mod apiserver;
 pub mod controllers;

@@ -1124,3 +1124,113 @@ async fn daemonset_places_one_pod_per_eligible_node() {
         (2, 2, Some(2))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_is_tainted_and_its_pods_evicted_after_their_toleration() {
+    let config = ControllersConfig {
+        default_toleration_seconds: 1,
+        ..Default::default()
+    };
+    let h = Harness::start(config).await;
+    let c = h.client.clone();
+    let nodes: Api<Node> = Api::all(c.clone());
+    let heartbeat = |at: String| {
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "lastHeartbeatTime": at, "lastTransitionTime": "2020-01-01T00:00:00Z"}]}})
+    };
+    for (name, at) in [
+        ("silent", "2020-01-01T00:00:00Z".to_string()),
+        ("alive", k8s_openapi::jiff::Timestamp::now().to_string()),
+    ] {
+        create_node(&c, name).await;
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(heartbeat(at)))
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    for (pod, node, tolerations) in [
+        ("p-default", "silent", json!([])),
+        (
+            "p-forever",
+            "silent",
+            json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]),
+        ),
+        ("p-alive", "alive", json!([])),
+    ] {
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": pod},
+            "spec": {"nodeName": node, "tolerations": tolerations, "containers": [{"name": "c", "image": "testapp"}]}}))
+        .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let unreachable = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+    };
+    let silent = h
+        .wait("silent node tainted unreachable", || async {
+            let n = nodes.get("silent").await.ok()?;
+            unreachable(&n).then_some(n)
+        })
+        .await;
+    let ready = silent
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("Unknown", Some("NodeStatusUnknown"))
+    );
+    h.wait(
+        "p-default evicted after the default 1 s toleration",
+        || async {
+            pods.get("p-default")
+                .await
+                .ok()?
+                .metadata
+                .deletion_timestamp
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        pods.get("p-forever")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "tolerates forever"
+    );
+    assert!(pods
+        .get("p-alive")
+        .await
+        .unwrap()
+        .metadata
+        .deletion_timestamp
+        .is_none());
+    assert!(!unreachable(&nodes.get("alive").await.unwrap()));
+
+    // The kubelet reports again: the taint goes.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            "silent",
+            &PatchParams::default(),
+            &Patch::Merge(heartbeat(now)),
+        )
+        .await
+        .unwrap();
+    h.wait("taint removed after a fresh heartbeat", || async {
+        (!unreachable(&nodes.get("silent").await.ok()?)).then_some(())
+    })
+    .await;
+}
