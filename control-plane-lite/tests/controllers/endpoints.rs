@@ -102,6 +102,54 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
     })
     .await;
 
+    // Count writes to the slice from here: a pod change that does not change the endpoints
+    // (an annotation) must not write; b's readiness flip must write exactly once.
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let synced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let (writes, synced) = (writes.clone(), synced.clone());
+        let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), "default");
+        let cancel = h.cancel.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(
+                slices,
+                watcher::Config::default().fields("metadata.name=web-0"),
+            )
+            .boxed();
+            loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = stream.next() => ev,
+                };
+                match ev {
+                    Some(Ok(Event::InitDone)) => {
+                        synced.store(true, std::sync::atomic::Ordering::SeqCst)
+                    }
+                    Some(Ok(Event::Apply(_) | Event::Delete(_))) => {
+                        writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    None => return,
+                    _ => {}
+                }
+            }
+        });
+    }
+    h.wait("slice watch synced", || async {
+        synced
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(())
+    })
+    .await;
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+
     // b turns not ready: its address moves to not-ready in both APIs.
     set_status(&pods, "b", "10.244.0.11", false).await;
     h.wait("b not ready in the slice", || async {
@@ -116,6 +164,15 @@ async fn endpoints_follow_readiness_and_resolve_named_ports() {
         (v.0 == ["10.244.0.10"] && v.1 == ["10.244.0.11"]).then_some(())
     })
     .await;
+    h.wait("the flip's write seen by the watch", || async {
+        (writes.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        writes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one write for the readiness flip, none for the annotation"
+    );
 
     // A pod whose "http" port is another number lands in its own port group.
     pods.create(&PostParams::default(), &web_pod("d", 9090))
