@@ -16,8 +16,9 @@
 //!   `netlet-control-plane serve`) opens the embedded storage and runs it.
 //! - [`scheduler`]: the scheduler, an API client (kube-rs watchers) with an in-memory cache;
 //!   its Layout section maps its files.
-//! - [`controllers`]: the controllers (node IPAM, endpoints, workloads), API clients like the
-//!   scheduler, run together by [`controllers::run`].
+//! - [`controllers`]: kube-controller-manager's core loops as ordinary API clients (kube-rs
+//!   `Controller`s): node IPAM and lifecycle, EndpointSlices/Endpoints, ReplicaSet, Deployment,
+//!   Job, DaemonSet; [`controllers::run`] runs them all until cancelled.
 //! - [`leader`]: Lease-based leader election that runs a task only while leading.
 
 pub mod apiserver;

@@ -4,20 +4,24 @@
 //! # Layout
 //!
 //! - [`node_ipam`]: gives each Node a free pod CIDR from the cluster CIDR.
+//! - [`node_lifecycle`]: Ready=Unknown, the unreachable taint and pod eviction for silent nodes.
 //! - [`endpoints`]: EndpointSlices and core/v1 Endpoints for every Service with a selector.
 //! - [`replicaset`]: creates and deletes Pods to match a ReplicaSet's replicas.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
 //! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
+//! - [`daemonset`]: one pod per eligible node, pinned by node affinity.
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod job;
 pub mod node_ipam;
+pub mod node_lifecycle;
 mod owner;
 mod pods;
 pub mod replicaset;
@@ -45,7 +49,7 @@ pub struct ControllersConfig {
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
     /// How long a node may go without a heartbeat before it counts as unreachable
-    /// (`--node-monitor-grace-period`); read by node lifecycle handling.
+    /// (`--node-monitor-grace-period`).
     #[arg(long, value_parser = parse_seconds, default_value = "40")]
     #[serde(with = "seconds")]
     pub node_monitor_grace_period: Duration,
@@ -207,6 +211,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ControllerError> {
     let ipam = node_ipam::run(client.clone(), &config)?;
+    tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
     let all = async move {
         futures::join!(
             ipam,
@@ -214,9 +219,10 @@ pub async fn run(
             replicaset::run(client.clone()),
             deployment::run(client.clone()),
             job::run(client.clone()),
+            daemonset::run(client.clone()),
+            node_lifecycle::run(client.clone(), config.clone()),
         );
     };
-    tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
     until_cancelled(all, cancel).await;
     tracing::info!("controllers stopped");
     Ok(())

@@ -1,0 +1,380 @@
+//! DaemonSet controller: one pod per eligible node. A node is eligible when it matches the
+//! template's `nodeSelector` and every NoSchedule/NoExecute taint on it is tolerated (by the
+//! template's tolerations or the ones upstream adds to every daemon pod). Pods are created
+//! unbound with a required node affinity `matchFields metadata.name In [node]`, as upstream, and
+//! the scheduler places them; pods on nodes that are gone or no longer eligible are deleted.
+//!
+//! Not implemented: template updates (existing pods are kept, like `OnDelete`) and
+//! `nodeAffinity` in the template when choosing nodes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::core::v1::{
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+    Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use serde_json::json;
+
+use super::{owner, pods, selector, ControllerError};
+
+/// Tolerations upstream adds to every daemon pod, so node conditions do not evict or block it.
+fn default_tolerations() -> Vec<Toleration> {
+    let exists = |key: &str, effect: &str| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        ..Default::default()
+    };
+    vec![
+        exists("node.kubernetes.io/not-ready", "NoExecute"),
+        exists("node.kubernetes.io/unreachable", "NoExecute"),
+        exists("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/unschedulable", "NoSchedule"),
+    ]
+}
+
+/// Whether `t` tolerates `taint` (the scheduler's rule).
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if t.effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != taint.effect)
+    {
+        return false;
+    }
+    let exists = t.operator.as_deref() == Some("Exists");
+    match t.key.as_deref() {
+        None | Some("") => exists,
+        Some(k) if k != taint.key => false,
+        Some(_) => {
+            exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+    }
+}
+
+/// Whether a daemon pod with `tolerations` and `node_selector` belongs on `node`.
+pub fn eligible(
+    node: &Node,
+    node_selector: &BTreeMap<String, String>,
+    tolerations: &[Toleration],
+) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    if !node_selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        return false;
+    }
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+}
+
+/// The node a daemon pod is for: its `nodeName`, or the `matchFields metadata.name` affinity.
+fn target_node(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(n) = spec.node_name.clone().filter(|n| !n.is_empty()) {
+        return Some(n);
+    }
+    let required = spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    required.node_selector_terms.iter().find_map(|term| {
+        term.match_fields.iter().flatten().find_map(|f| {
+            (f.key == "metadata.name" && f.operator == "In")
+                .then(|| f.values.as_ref()?.first().cloned())
+                .flatten()
+        })
+    })
+}
+
+/// Required affinity pinning a pod to `node` by name.
+fn node_affinity(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Ctx {
+    client: Client,
+}
+
+async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    let object = format!("daemonset {}", super::key(ds.as_ref()));
+    let missing = |field| ControllerError::MissingField {
+        object: object.clone(),
+        field,
+    };
+    if ds.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = ds
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| missing("metadata.namespace"))?;
+    let name = ds
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| missing("metadata.name"))?;
+    let uid = ds
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| missing("metadata.uid"))?;
+    let spec = ds.spec.clone();
+    let query = selector::to_query(&spec.selector)
+        .and_then(|q| {
+            if q.is_empty() {
+                Err("empty selector".into())
+            } else {
+                Ok(q)
+            }
+        })
+        .map_err(|reason| ControllerError::InvalidSelector {
+            object: object.clone(),
+            reason,
+        })?;
+    let template = spec.template.clone();
+    let pod_spec = template
+        .spec
+        .clone()
+        .ok_or_else(|| missing("spec.template.spec"))?;
+    let mut tolerations = pod_spec.tolerations.clone().unwrap_or_default();
+    for t in default_tolerations() {
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    }
+    let node_selector = pod_spec.node_selector.clone().unwrap_or_default();
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(ControllerError::kube("list nodes for", object.clone()))?
+        .items;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let owned: Vec<Pod> = api
+        .list(&ListParams::default().labels(&query))
+        .await
+        .map_err(ControllerError::kube("list pods of", object.clone()))?
+        .items
+        .into_iter()
+        .filter(|p| owner::is_controlled_by(&p.metadata, &uid))
+        .collect();
+    let mut by_node: HashMap<String, Vec<&Pod>> = HashMap::new();
+    for pod in owned.iter().filter(|p| !pods::is_terminating(p)) {
+        if let Some(n) = target_node(pod) {
+            by_node.entry(n).or_default().push(pod);
+        }
+    }
+    let now = Timestamp::now();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let mut delete: Vec<&Pod> = Vec::new();
+    let mut create: Vec<String> = Vec::new();
+    let (mut desired, mut current, mut ready, mut available) = (0, 0, 0, 0);
+    for node in &nodes {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let mut here = by_node.remove(&node_name).unwrap_or_default();
+        if !eligible(node, &node_selector, &tolerations) {
+            delete.extend(here);
+            continue;
+        }
+        desired += 1;
+        // A failed daemon pod is replaced; extra pods on one node go (the oldest stays).
+        let (failed, mut live): (Vec<&Pod>, Vec<&Pod>) =
+            here.drain(..).partition(|p| pods::phase(p) == "Failed");
+        delete.extend(failed);
+        live.sort_by_key(|p| p.metadata.creation_timestamp.clone());
+        match live.split_first() {
+            None => create.push(node_name),
+            Some((keep, extra)) => {
+                delete.extend(extra.iter().copied());
+                current += 1;
+                ready += i32::from(pods::is_ready(keep));
+                available += i32::from(pods::is_available(keep, min_ready, now));
+            }
+        }
+    }
+    // Pods for nodes that no longer exist.
+    let misscheduled = by_node.values().map(Vec::len).sum::<usize>() as i32;
+    delete.extend(by_node.into_values().flatten());
+    for node_name in &create {
+        let tmeta = template.metadata.clone().unwrap_or_default();
+        let mut spec = pod_spec.clone();
+        spec.affinity
+            .get_or_insert_with(Default::default)
+            .node_affinity = node_affinity(node_name).node_affinity;
+        spec.tolerations = Some(tolerations.clone());
+        let pod = Pod {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}-")),
+                namespace: Some(ns.clone()),
+                labels: tmeta.labels,
+                annotations: tmeta.annotations,
+                owner_references: owner::controller_ref(ds.as_ref()).map(|r| vec![r]),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        tracing::info!(daemonset = %object, node = %node_name, "creating daemon pod");
+        api.create(&PostParams::default(), &pod)
+            .await
+            .map_err(ControllerError::kube(
+                "create daemon pod for",
+                format!("{object} on node {node_name}"),
+            ))?;
+    }
+    for pod in delete {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        tracing::info!(daemonset = %object, pod = %pod_name, "deleting daemon pod");
+        match api.delete(&pod_name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if super::is_not_found(&e) => {}
+            Err(e) => {
+                return Err(ControllerError::kube(
+                    "delete daemon pod",
+                    format!("{ns}/{pod_name}"),
+                )(e))
+            }
+        }
+    }
+    let status = DaemonSetStatus {
+        desired_number_scheduled: desired,
+        current_number_scheduled: current,
+        updated_number_scheduled: Some(current),
+        number_misscheduled: misscheduled,
+        number_ready: ready,
+        number_available: Some(available),
+        number_unavailable: Some(desired - available),
+        observed_generation: ds.metadata.generation,
+        ..ds.status.clone().unwrap_or_default()
+    };
+    if ds.status.as_ref() != Some(&status) {
+        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+            .map_err(ControllerError::kube("update status of", object))?;
+    }
+    if min_ready > 0 && ready != available {
+        return Ok(Action::requeue(std::time::Duration::from_secs(
+            min_ready as u64,
+        )));
+    }
+    Ok(Action::await_change())
+}
+
+/// The controller future (runs until its watches end).
+pub async fn run(client: Client) {
+    let controller = Controller::new(
+        Api::<DaemonSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let controller = controller
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            |pod| owner::controller_ref_of::<DaemonSet>(&pod.metadata),
+        )
+        // Any node change can change every DaemonSet's set of eligible nodes.
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_node| {
+                store
+                    .state()
+                    .iter()
+                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        );
+    let ctx = Arc::new(Ctx { client });
+    super::drain("daemonset", controller.run(reconcile, super::on_error, ctx)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(labels: serde_json::Value, taints: serde_json::Value) -> Node {
+        serde_json::from_value(
+            json!({"metadata": {"name": "n", "labels": labels}, "spec": {"taints": taints}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn eligibility_follows_selector_and_taints() {
+        let sel: BTreeMap<String, String> = [("disk".to_string(), "ssd".to_string())].into();
+        let tol: Toleration =
+            serde_json::from_value(json!({"key": "dedicated", "operator": "Exists"})).unwrap();
+        let plain = node(json!({"disk": "ssd"}), json!([]));
+        let tainted = node(
+            json!({"disk": "ssd"}),
+            json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]),
+        );
+        let prefer = node(
+            json!({"disk": "ssd"}),
+            json!([{"key": "dedicated", "effect": "PreferNoSchedule"}]),
+        );
+        assert!(eligible(&plain, &sel, &[]));
+        assert!(!eligible(&node(json!({}), json!([])), &sel, &[]));
+        assert!(!eligible(&tainted, &sel, &default_tolerations()));
+        assert!(eligible(&tainted, &sel, &[tol]));
+        assert!(
+            eligible(&prefer, &sel, &[]),
+            "PreferNoSchedule does not block"
+        );
+        let unsched = node(
+            json!({}),
+            json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+        );
+        assert!(eligible(&unsched, &BTreeMap::new(), &default_tolerations()));
+    }
+
+    #[test]
+    fn pods_are_pinned_by_match_fields() {
+        let pod = Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                affinity: Some(node_affinity("n7")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(target_node(&pod).as_deref(), Some("n7"));
+    }
+}

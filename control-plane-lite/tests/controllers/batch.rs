@@ -1,0 +1,254 @@
+//! Jobs and DaemonSets.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use netlet_control_plane::controllers::ControllersConfig;
+use serde_json::json;
+
+use super::harness::*;
+
+/// Finishes every running pod of job `job` with `phase` (the containers exiting); returns how
+/// many active pods the job had.
+async fn finish_job_pods(c: &Client, job: &str, phase: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let active = active_pods(c, &format!("batch.kubernetes.io/job-name={job}"))
+        .await
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect::<Vec<_>>();
+    for p in &active {
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            let status = json!({"status": {"phase": phase, "conditions": [{"type": "Ready", "status": "False"}]}});
+            let _ = pods
+                .patch_status(
+                    p.metadata.name.as_deref().unwrap(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await;
+        }
+    }
+    active.len()
+}
+
+async fn job_condition(
+    c: &Client,
+    job: &str,
+    type_: &str,
+) -> Option<k8s_openapi::api::batch::v1::JobStatus> {
+    let status = Api::<Job>::namespaced(c.clone(), "default")
+        .get(job)
+        .await
+        .ok()?
+        .status?;
+    let done = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == "True");
+    done.then_some(status)
+}
+
+fn job(name: &str, completions: i32, parallelism: i32, backoff: i32) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": backoff,
+                 "template": {"spec": {"restartPolicy": "Never",
+                              "containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_to_completion_within_parallelism_and_fails_past_backoff_limit() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    jobs.create(&PostParams::default(), &job("ok", 3, 2, 6))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job ok Complete", || async {
+            let active = finish_job_pods(&c, "ok", "Succeeded").await;
+            assert!(active <= 2, "{active} active pods > parallelism 2");
+            job_condition(&c, "ok", "Complete").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(3), Some(0), Some(0))
+    );
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let all = Api::<Pod>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=ok"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 3, "exactly completions pods were run");
+
+    jobs.create(&PostParams::default(), &job("bad", 1, 1, 1))
+        .await
+        .unwrap();
+    let status = h
+        .wait("job bad Failed", || async {
+            finish_job_pods(&c, "bad", "Failed").await;
+            job_condition(&c, "bad", "Failed").await
+        })
+        .await;
+    assert_eq!(
+        (status.succeeded, status.failed),
+        (Some(0), Some(2)),
+        "one try plus backoffLimit 1 retry"
+    );
+    let cond = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(cond.reason.as_deref(), Some("BackoffLimitExceeded"));
+}
+
+/// Node names the active daemon pods (label app=ds) are pinned to by their required node
+/// affinity `matchFields metadata.name In [node]`, sorted.
+async fn daemon_targets(c: &Client) -> Vec<String> {
+    let mut nodes: Vec<String> = active_pods(c, "app=ds")
+        .await
+        .into_iter()
+        .map(|p| {
+            let affinity = p
+                .spec
+                .unwrap()
+                .affinity
+                .expect("daemon pod has an affinity");
+            let terms = affinity
+                .node_affinity
+                .unwrap()
+                .required_during_scheduling_ignored_during_execution
+                .unwrap()
+                .node_selector_terms;
+            let field = &terms[0].match_fields.as_ref().unwrap()[0];
+            assert_eq!(
+                (field.key.as_str(), field.operator.as_str()),
+                ("metadata.name", "In")
+            );
+            field.values.as_ref().unwrap()[0].clone()
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_places_one_pod_per_eligible_node() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    let nodes: Api<Node> = Api::all(c.clone());
+    for (name, node) in [
+        (
+            "n1",
+            json!({"metadata": {"name": "n1", "labels": {"disk": "ssd"}}}),
+        ),
+        (
+            "n2",
+            json!({"metadata": {"name": "n2", "labels": {"disk": "ssd"}},
+                      "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}}),
+        ),
+        ("n3", json!({"metadata": {"name": "n3"}})),
+    ] {
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(node).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create node {name}: {e}"));
+    }
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "ds"},
+        "spec": {"selector": {"matchLabels": {"app": "ds"}},
+                 "template": {"metadata": {"labels": {"app": "ds"}},
+                              "spec": {"nodeSelector": {"disk": "ssd"},
+                                       "containers": [{"name": "c", "image": "testapp"}]}}}
+    }))
+    .unwrap();
+    Api::<DaemonSet>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    let targets = |want: &'static [&'static str]| {
+        let c = c.clone();
+        move || {
+            let c = c.clone();
+            async move { (daemon_targets(&c).await == want).then_some(()) }
+        }
+    };
+    h.wait(
+        "a pod for n1 only (n2 tainted, n3 unlabelled)",
+        targets(&["n1"]),
+    )
+    .await;
+
+    nodes
+        .patch(
+            "n3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"disk": "ssd"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait("n3 gets a pod once labelled", targets(&["n1", "n3"]))
+        .await;
+    nodes
+        .patch(
+            "n2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": null}})),
+        )
+        .await
+        .unwrap();
+    h.wait("n2 gets a pod once untainted", targets(&["n1", "n2", "n3"]))
+        .await;
+    nodes.delete("n1", &DeleteParams::default()).await.unwrap();
+    h.wait("n1's pod goes with the node", targets(&["n2", "n3"]))
+        .await;
+
+    // The test plays the kubelets: the daemon pods turn ready; the status follows.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    for (i, p) in active_pods(&c, "app=ds").await.iter().enumerate() {
+        set_status(
+            &pods,
+            p.metadata.name.as_deref().unwrap(),
+            &format!("10.244.9.{}", i + 1),
+            true,
+        )
+        .await;
+    }
+    let status = h
+        .wait("daemonset status with 2 ready", || async {
+            let s = Api::<DaemonSet>::namespaced(c.clone(), "default")
+                .get("ds")
+                .await
+                .ok()?
+                .status?;
+            (s.number_ready == 2).then_some(s)
+        })
+        .await;
+    assert_eq!(
+        (
+            status.desired_number_scheduled,
+            status.current_number_scheduled,
+            status.number_available
+        ),
+        (2, 2, Some(2))
+    );
+}
