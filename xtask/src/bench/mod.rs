@@ -1,8 +1,10 @@
 //! `cargo xtask bench <name>`: one subcommand per benchmark; each compares netlet with the
 //! component it replaces, in one process run, and prints a table.
 
+mod api_client;
 mod apiserver;
 mod cni;
+mod podstart;
 mod proxy;
 mod stats;
 
@@ -21,6 +23,9 @@ pub enum Bench {
     /// netlet-control-plane on embedded storage against etcd: create, LIST, watch delivery,
     /// RSS and durable writes/s. Needs the Debian etcd-server package.
     Apiserver(apiserver::Args),
+    /// 100 pods created at once on a one-node `xtask up` cluster: create → Ready p50/p99 and
+    /// the agent's RSS. Needs root.
+    Podstart(podstart::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -29,5 +34,6 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Cni(args) => cni::run(&args),
         Bench::Proxy(args) => proxy::run(&args),
         Bench::Apiserver(args) => apiserver::run(&args),
+        Bench::Podstart(args) => podstart::run(&args),
     }
 }

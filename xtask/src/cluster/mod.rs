@@ -53,3 +53,13 @@ pub const MAX_NODES: u8 = 20;
 pub const NS_PREFIX: &str = "nlt-up-";
 /// The port the forwarder listens on inside each node namespace (127.0.0.1).
 pub const NODE_API_PORT: u16 = 6443;
+
+/// The PID of the running cluster's process with `role` (e.g. `agent node-1`), if it is alive.
+pub fn pid_of(role: &str) -> Option<u32> {
+    let state = state::State::load(&cluster_dir().join("state.json")).ok()?;
+    state
+        .processes
+        .iter()
+        .find(|p| p.role == role && state::is_ours(p.pid, &p.marker))
+        .map(|p| p.pid)
+}
