@@ -46,6 +46,7 @@ mod error;
 mod events;
 mod eviction;
 mod http;
+mod metadata;
 mod namespaces;
 mod object;
 mod openapi;
