@@ -8,6 +8,8 @@
 mod batch;
 #[path = "controllers/endpoints.rs"]
 mod endpoints;
+#[path = "controllers/gc.rs"]
+mod gc;
 #[path = "controllers/harness.rs"]
 mod harness;
 #[path = "controllers/nodes.rs"]

@@ -7,6 +7,10 @@
 //! `metadata.finalizers` gets a `deletionTimestamp` and stays until an update empties the
 //! finalizers ([`removed_by_update`]). Each marking is an update (a MODIFIED watch event), the
 //! removal a delete (DELETED). Namespaces are in `namespaces.rs`.
+//!
+//! `propagationPolicy: Foreground` (`Orphan`) adds the `foregroundDeletion` (`orphan`)
+//! finalizer, which the garbage collector controller removes once the blocking dependents are
+//! gone (the owner references to the object are removed from its dependents).
 
 use hyper::Response;
 use serde_json::{json, Value};
@@ -196,9 +200,19 @@ pub async fn delete_object(
     }
 }
 
-/// The `DeleteOptions` fields honoured: grace period and preconditions.
+/// The finalizer that keeps an owner deleted with `propagationPolicy: Foreground` until the
+/// garbage collector has removed its blocking dependents.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer that keeps an owner deleted with `propagationPolicy: Orphan` until the garbage
+/// collector has removed the owner references to it from its dependents.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// The `DeleteOptions` fields honoured: grace period, preconditions and propagation policy.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeleteOptions {
+    /// The finalizer `propagationPolicy` asks for (`Foreground`, `Orphan`); `None` for
+    /// `Background` (the default): the object goes and the garbage collector removes dependents.
+    pub propagation_finalizer: Option<&'static str>,
     /// `gracePeriodSeconds`, from the body or the query (the query wins, as in Kubernetes).
     pub grace_period_seconds: Option<i64>,
     /// `preconditions.uid`.
@@ -223,7 +237,23 @@ impl DeleteOptions {
             })
             .transpose()?;
         let pre = &options["preconditions"];
+        let propagation_finalizer = match options["propagationPolicy"].as_str() {
+            None | Some("Background") => None,
+            Some("Foreground") => Some(FOREGROUND_FINALIZER),
+            Some("Orphan") => Some(ORPHAN_FINALIZER),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid propagationPolicy {other:?}: want Foreground, Background or Orphan"
+                )))
+            }
+        };
+        // The deprecated `orphanDependents: true` is `Orphan`.
+        let propagation_finalizer = propagation_finalizer.or(options["orphanDependents"]
+            .as_bool()
+            .filter(|o| *o)
+            .map(|_| ORPHAN_FINALIZER));
         Ok(DeleteOptions {
+            propagation_finalizer,
             grace_period_seconds: query.or_else(|| options["gracePeriodSeconds"].as_i64()),
             uid: pre["uid"].as_str().map(Into::into),
             resource_version: pre["resourceVersion"].as_str().map(Into::into),
@@ -255,6 +285,7 @@ pub async fn delete(
         let ns = namespaces::terminate(storage, (&kv, current), dry_run).await?;
         return Ok(http::json(200, &ns));
     }
+    let current = with_propagation_finalizer(current, options.propagation_finalizer);
     let (left, removed) = delete_object(
         storage,
         r,
@@ -270,6 +301,26 @@ pub async fn delete(
         }
     }
     Ok(http::json(200, &left))
+}
+
+/// `current` with the finalizer of a Foreground or Orphan deletion added, so that the DELETE
+/// marks it instead of removing it (unless its deletion is already pending: finalizers cannot
+/// be added then).
+fn with_propagation_finalizer(mut current: Value, finalizer: Option<&str>) -> Value {
+    let Some(finalizer) = finalizer.filter(|_| !is_deleting(&current)) else {
+        return current;
+    };
+    let meta = &mut current["metadata"];
+    if !meta["finalizers"].is_array() {
+        meta["finalizers"] = json!([]);
+    }
+    let list = meta["finalizers"]
+        .as_array_mut()
+        .expect("set to an array above");
+    if !list.iter().any(|f| f == finalizer) {
+        list.push(json!(finalizer));
+    }
+    current
 }
 
 /// Removes an object that an update (at `expected` revision) released from its pending
@@ -349,5 +400,32 @@ mod tests {
         assert_eq!(o.grace_period_seconds, Some(0));
         assert!(DeleteOptions::parse(b"", Some("x")).is_err());
         assert!(DeleteOptions::parse(b"{", None).is_err());
+        let o = DeleteOptions::parse(br#"{"propagationPolicy": "Foreground"}"#, None).unwrap();
+        assert_eq!(o.propagation_finalizer, Some(FOREGROUND_FINALIZER));
+        let o = DeleteOptions::parse(br#"{"propagationPolicy": "Orphan"}"#, None).unwrap();
+        assert_eq!(o.propagation_finalizer, Some(ORPHAN_FINALIZER));
+        let o = DeleteOptions::parse(br#"{"propagationPolicy": "Background"}"#, None).unwrap();
+        assert_eq!(o.propagation_finalizer, None);
+        assert!(DeleteOptions::parse(br#"{"propagationPolicy": "x"}"#, None).is_err());
+    }
+
+    #[test]
+    fn propagation_finalizer_marks_instead_of_removing() {
+        let cms = find("", "v1", "configmaps").unwrap();
+        let cm = with_propagation_finalizer(
+            json!({"metadata": {"name": "c"}}),
+            Some(FOREGROUND_FINALIZER),
+        );
+        let Plan::Mark(marked) = plan(cms, &cm, None) else {
+            panic!("a foreground deletion marks the object")
+        };
+        assert_eq!(
+            marked["metadata"]["finalizers"],
+            json!(["foregroundDeletion"])
+        );
+        assert!(is_deleting(&marked));
+        // Already deleting: no new finalizer.
+        let again = with_propagation_finalizer(marked.clone(), Some(ORPHAN_FINALIZER));
+        assert_eq!(again, marked);
     }
 }

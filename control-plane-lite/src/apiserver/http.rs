@@ -141,9 +141,12 @@ pub enum Rendering {
     Json,
     /// A `meta.k8s.io/v1 Table`.
     Table,
+    /// `meta.k8s.io/v1 PartialObjectMetadata` (or its list): metadata only.
+    Metadata,
 }
 
-/// Negotiates `Accept`: a `Table` when asked for `as=Table;v=v1;g=meta.k8s.io`, JSON when
+/// Negotiates `Accept`: a `Table` when asked for `as=Table;v=v1;g=meta.k8s.io`, metadata only
+/// for `as=PartialObjectMetadata[List];v=v1;g=meta.k8s.io`, JSON when
 /// JSON or anything is acceptable, 406 otherwise (e.g. protobuf only).
 pub fn negotiate(headers: &HeaderMap) -> Result<Rendering, ApiError> {
     let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
@@ -163,6 +166,11 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Rendering, ApiError> {
                 if params.get("v") == Some(&"v1") && params.get("g") == Some(&"meta.k8s.io") =>
             {
                 return Ok(Rendering::Table)
+            }
+            Some(&("PartialObjectMetadata" | "PartialObjectMetadataList"))
+                if params.get("v") == Some(&"v1") && params.get("g") == Some(&"meta.k8s.io") =>
+            {
+                return Ok(Rendering::Metadata)
             }
             Some(_) => {}
             None => json_ok = true,
@@ -235,6 +243,20 @@ mod tests {
             Rendering::Json
         );
         assert_eq!(negotiate(&HeaderMap::new()).unwrap(), Rendering::Json);
+        assert_eq!(
+            negotiate(&accept(
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+            ))
+            .unwrap(),
+            Rendering::Metadata
+        );
+        assert_eq!(
+            negotiate(&accept(
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+            ))
+            .unwrap(),
+            Rendering::Metadata
+        );
         assert!(negotiate(&accept("application/vnd.kubernetes.protobuf")).is_err());
     }
 

@@ -33,7 +33,7 @@
 //! Not done yet: `/openapi/v2` (404, so kubectl 1.28 and older need `--validate=false`),
 //! patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, YAML bodies, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
-//! in), `propagationPolicy` and owner references (no garbage collector), IPv6 and dual-stack
+//! in), IPv6 and dual-stack
 //! Services, `healthCheckNodePort`.
 
 mod binding;
@@ -46,6 +46,7 @@ mod error;
 mod events;
 mod eviction;
 mod http;
+mod metadata;
 mod namespaces;
 mod object;
 mod openapi;

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::http::{self, Body, Query, Rendering};
+use super::metadata;
 use super::object;
 use super::path::{collection_prefix, object_key, Subresource, Target};
 use super::resources::Resource;
@@ -58,6 +59,7 @@ pub async fn get(
                 IncludeObject::parse(query.get("includeObject")),
             )
         }
+        (_, Rendering::Metadata) => metadata::partial(&obj),
         (_, Rendering::Json) => obj,
     };
     Ok(http::json(200, &body))
@@ -203,10 +205,13 @@ pub async fn list(
             page.continue_token.as_deref(),
             IncludeObject::parse(query.get("includeObject")),
         ),
-        Rendering::Json => {
+        Rendering::Json | Rendering::Metadata => {
             let mut meta = json!({ "resourceVersion": rv });
             if let Some(c) = &page.continue_token {
                 meta["continue"] = json!(c);
+            }
+            if rendering == Rendering::Metadata {
+                return Ok(http::json(200, &metadata::partial_list(&page.items, meta)));
             }
             json!({
                 "kind": t.resource.list_kind(),

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::http::{Body, Query, Rendering};
+use super::metadata;
 use super::object;
 use super::path::{collection_prefix, Target};
 use super::read::{list_page, Filter};
@@ -57,6 +58,9 @@ impl Request {
                     None,
                     self.include,
                 )
+            }
+            (Rendering::Metadata, "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK") => {
+                metadata::partial(object)
             }
             _ => object.clone(),
         };

@@ -10,6 +10,8 @@
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
 //! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
 //! - [`daemonset`]: one pod per eligible node, pinned by node affinity.
+//! - [`garbage_collector`]: deletes objects whose owners are gone; Foreground and Orphan
+//!   deletions.
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
@@ -19,6 +21,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod garbage_collector;
 pub mod job;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -221,6 +224,8 @@ pub async fn run(
             job::run(client.clone()),
             daemonset::run(client.clone()),
             node_lifecycle::run(client.clone(), config.clone()),
+            // Boxed: its future is large in debug builds and the join sits on one stack.
+            Box::pin(garbage_collector::run(client.clone())),
         );
     };
     until_cancelled(all, cancel).await;
