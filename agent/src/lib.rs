@@ -13,6 +13,7 @@
 //! - [`pods`]: the pod manager ([`pods::run`]): watches the pods bound to this node, runs them
 //!   (sandbox, init and app containers, restarts with back-off, graceful deletion) and writes
 //!   their status and events.
+//! - [`server`]: the node API (`/containerLogs`, `/healthz`) on a unix socket, for `kubectl logs`.
 //! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
 //!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
 //!   with the images of `cargo xtask images`.
@@ -26,3 +27,4 @@ pub mod config;
 pub mod cri;
 pub mod node;
 pub mod pods;
+pub mod server;

@@ -80,7 +80,7 @@ fn in_category_all(r: &Resource) -> bool {
 }
 
 /// A subresource that only takes a POST of its own kind: name, group, version, kind, verbs.
-type PostOnly = (
+type ExtraSubresource = (
     &'static str,
     &'static str,
     &'static str,
@@ -88,14 +88,16 @@ type PostOnly = (
     &'static [&'static str],
 );
 
-/// The POST-only subresources of `r` (pods' `binding` and `eviction`).
-fn post_only_subresources(r: &Resource) -> Vec<PostOnly> {
+/// The subresources of `r` with a kind or verbs of their own (pods' `binding` and `eviction`
+/// take a POST, `log` a GET of plain text).
+fn extra_subresources(r: &Resource) -> Vec<ExtraSubresource> {
     if !(r.is_in("", "v1") && r.plural == "pods") {
         return Vec::new();
     }
     vec![
         ("binding", "", "v1", "Binding", &["create"]),
         ("eviction", "policy", "v1", "Eviction", &["create"]),
+        ("log", "", "v1", "Pod", &["get"]),
     ]
 }
 
@@ -114,7 +116,7 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         main["categories"] = json!(["all"]);
     }
     let mut out = vec![main];
-    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+    for (sub, group, version, kind, verbs) in extra_subresources(r) {
         out.push(json!({
             "name": format!("{}/{sub}", r.plural),
             "singularName": "",
@@ -193,7 +195,7 @@ fn aggregated_resource(r: &Resource) -> Value {
             "verbs": ["get", "patch", "update"],
         }));
     }
-    for (sub, group, version, kind, verbs) in post_only_subresources(r) {
+    for (sub, group, version, kind, verbs) in extra_subresources(r) {
         subresources.push(json!({
             "subresource": sub,
             "responseKind": {"group": group, "version": version, "kind": kind},
@@ -324,7 +326,7 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "eviction"]);
+        assert_eq!(subs, ["status", "binding", "eviction", "log"]);
         let groups = aggregated(false);
         assert!(groups["items"]
             .as_array()

@@ -128,6 +128,24 @@ pub enum ApiError {
     /// None of the `Accept` types can be produced.
     #[error("only the following media types are accepted: application/json, */*")]
     NotAcceptable,
+    /// A node's agent cannot be reached (no known endpoint, connection or protocol failure).
+    #[error("unable to reach the node API of node \"{node}\": {reason}")]
+    NodeUnreachable {
+        /// The node.
+        node: String,
+        /// What failed, naming the endpoint.
+        reason: String,
+    },
+    /// A node's agent answered a proxied request with an error.
+    #[error("{message}")]
+    NodeRefused {
+        /// The node.
+        node: String,
+        /// The agent's HTTP status code.
+        code: u16,
+        /// The agent's message.
+        message: String,
+    },
     /// The storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -152,7 +170,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::NotAcceptable => 406,
             ApiError::Storage(StorageError::Compacted { .. }) => 410,
-            ApiError::Storage(_) => 500,
+            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } => 500,
+            ApiError::NodeRefused { code, .. } => match *code {
+                400 | 404 => *code,
+                _ => 500,
+            },
         }
     }
 
@@ -173,7 +195,10 @@ impl ApiError {
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::NotAcceptable => "NotAcceptable",
-            ApiError::Storage(_) => "InternalError",
+            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } => "InternalError",
+            ApiError::NodeRefused { code: 404, .. } => "NotFound",
+            ApiError::NodeRefused { code: 400, .. } => "BadRequest",
+            ApiError::NodeRefused { .. } => "InternalError",
         }
     }
 

@@ -14,6 +14,8 @@
 //!   collection by selectors), `watch.rs` (WATCH streams).
 //! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
 //! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
+//! - `pod_logs.rs`: the `pods/log` subresource, proxied to the agent's node API over the unix
+//!   socket its Node names in the `netlet.dev/kubelet-socket` annotation.
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
 //! - `services.rs`: cluster IP and NodePort allocation of Service writes;
 //!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
@@ -52,6 +54,7 @@ mod object;
 mod openapi;
 mod patch;
 mod path;
+mod pod_logs;
 mod printers;
 mod protobuf;
 mod read;

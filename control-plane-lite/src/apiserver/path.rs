@@ -14,6 +14,8 @@ pub enum Subresource {
     Binding,
     /// `pods/<name>/eviction`: a delete that disruption budgets may refuse.
     Eviction,
+    /// `pods/<name>/log`: the container log, proxied from the node's agent.
+    Log,
 }
 
 /// A parsed resource URL.
@@ -90,6 +92,7 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         Some(&"scale") if resource.scale => Some(Subresource::Scale),
         Some(&"binding") if is_core_pods(resource) => Some(Subresource::Binding),
         Some(&"eviction") if is_core_pods(resource) => Some(Subresource::Eviction),
+        Some(&"log") if is_core_pods(resource) => Some(Subresource::Log),
         Some(_) => return Parsed::NotFound,
     };
     if rest.len() > 3 {

@@ -14,7 +14,7 @@ use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
-use super::{binding, deletecollection, eviction, openapi, read, watch, write};
+use super::{binding, deletecollection, eviction, openapi, pod_logs, read, watch, write};
 use crate::storage::Storage;
 
 /// The apiserver's request handler, shared by all connections.
@@ -106,6 +106,12 @@ impl Router {
         let query = Query::parse(req.uri().query());
         let storage = self.storage.as_ref();
         let method = req.method().clone();
+        if t.subresource == Some(Subresource::Log) {
+            let Some(name) = t.name.as_deref().filter(|_| req.method() == Method::GET) else {
+                return Err(not_allowed(&t));
+            };
+            return pod_logs::get(storage, &t, name, req.uri().query()).await;
+        }
         let (parts, body) = req.into_parts();
         let headers = parts.headers;
         // The body is read before any verdict so that errors reach HTTP/2 clients intact.

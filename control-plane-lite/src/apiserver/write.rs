@@ -219,8 +219,9 @@ async fn replace(
             new = current.clone();
             new["spec"]["replicas"] = replicas;
         }
-        // Served by `binding.rs` and `eviction.rs`; the router sends no writes of it here.
-        Some(Subresource::Binding | Subresource::Eviction) => {
+        // Served by `binding.rs`, `eviction.rs` and `pod_logs.rs`; the router sends no writes of
+        // them here.
+        Some(Subresource::Binding | Subresource::Eviction | Subresource::Log) => {
             return Err(ApiError::MethodNotAllowed)
         }
         None if r.status => new["status"] = current["status"].clone(),

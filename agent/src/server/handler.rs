@@ -1,0 +1,96 @@
+//! The node API's routes: `GET /healthz` and
+//! `GET /containerLogs/{namespace}/{pod}/{container}` with `PodLogOptions` as the query. Errors
+//! are plain text with a status code; the apiserver turns them into `Status` objects.
+
+use super::log_files::{ContainerLogs, LogFileError};
+use super::options::LogOptions;
+use super::stream;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use k8s_openapi::jiff::Timestamp;
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+/// The response body: a short text or a log stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The node API's request handler, cloned per connection.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    pod_log_dir: PathBuf,
+}
+
+impl Handler {
+    /// A handler serving the CRI log files under `pod_log_dir`.
+    pub fn new(pod_log_dir: PathBuf) -> Self {
+        Handler { pod_log_dir }
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into());
+        }
+        let path = req.uri().path().trim_end_matches('/');
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        match segments.as_slice() {
+            ["healthz"] => text(StatusCode::OK, "ok".into()),
+            ["containerLogs", namespace, pod, container] => {
+                self.logs(namespace, pod, container, req.uri().query())
+            }
+            _ => text(StatusCode::NOT_FOUND, format!("no route for {path}")),
+        }
+    }
+
+    fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        query: Option<&str>,
+    ) -> Response<Body> {
+        let opts = match LogOptions::parse(query, Timestamp::now()) {
+            Ok(opts) => opts,
+            Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
+        };
+        let found = ContainerLogs::find(&self.pod_log_dir, namespace, pod, container)
+            .and_then(|logs| Ok((logs.pick(opts.previous, pod, container)?, logs)));
+        let (restart, logs) = match found {
+            Ok(found) => found,
+            Err(err) => {
+                let code = match err {
+                    LogFileError::PodNotFound { .. } | LogFileError::ContainerNotFound { .. } => {
+                        StatusCode::NOT_FOUND
+                    }
+                    LogFileError::NoPrevious { .. } => StatusCode::BAD_REQUEST,
+                    LogFileError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return text(code, err.to_string());
+            }
+        };
+        tracing::debug!(namespace, pod, container, restart, ?opts, "serving logs");
+        let rx = stream::start(logs, restart, opts);
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+        });
+        let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    }
+}
+
+fn text(code: StatusCode, message: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(message)).boxed_unsync());
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

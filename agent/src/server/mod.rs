@@ -1,0 +1,26 @@
+//! The agent's node API (the part of kubelet's port 10250 API that `kubectl logs` needs):
+//! container logs read from the CRI log files, and a health check.
+//!
+//! # Layout
+//! - [`cri_log`]: decoding the CRI log format, joining partial lines.
+//! - [`options`]: the request's `PodLogOptions` and the tail/since/limit selection.
+//! - [`log_files`]: finding a container's log file for the current or previous run.
+//! - [`stream`]: reading (and following) one log file into a response body.
+//! - [`handler`]: the HTTP routes.
+//! - [`unix`]: serving on a 0600 unix socket, the path the apiserver uses.
+//!
+//! How the apiserver finds the node API: the agent writes the socket path into the Node's
+//! [`SOCKET_ANNOTATION`]; the apiserver prefers that socket over the node address.
+
+pub mod cri_log;
+pub mod handler;
+pub mod log_files;
+pub mod options;
+pub mod stream;
+pub mod unix;
+
+/// The Node annotation naming the node API's unix socket (an absolute path).
+pub const SOCKET_ANNOTATION: &str = "netlet.dev/kubelet-socket";
+
+/// The socket's file name in the agent's state directory.
+pub const SOCKET_FILE: &str = "kubelet.sock";
