@@ -93,6 +93,21 @@ impl Drop for BpfFs {
     }
 }
 
+/// Unmounts the bpffs at `<state_dir>/bpffs` whoever mounted it (dropping every pin in it,
+/// for a full cleanup by a later process); returns whether one was mounted.
+pub fn unmount_under(state_dir: &Path) -> Result<bool> {
+    let path = state_dir.join("bpffs");
+    if !is_bpffs(&path) {
+        return Ok(false);
+    }
+    umount2(&path, MntFlags::MNT_DETACH).map_err(|e| Error::BpfFs {
+        path: path.clone(),
+        what: "unmounting bpffs",
+        source: e.into(),
+    })?;
+    Ok(true)
+}
+
 fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }

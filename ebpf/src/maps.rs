@@ -39,6 +39,15 @@ impl Proto {
             Proto::Udp => 17,
         }
     }
+
+    /// The protocol of an IP protocol number, if the datapath translates it.
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
 }
 
 fn ip_be(ip: Ipv4Addr) -> u32 {

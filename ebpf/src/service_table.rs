@@ -222,6 +222,15 @@ impl ServiceTable {
             .map(|s| s.slots.as_slice())
     }
 
+    /// Every service userspace knows is in the maps (after [`ServiceTable::recover`], what an
+    /// earlier process left), as `(vip, port, proto)`; lets a caller find stale entries.
+    pub fn services(&self) -> Vec<(Ipv4Addr, u16, Proto)> {
+        self.state
+            .keys()
+            .filter_map(|k| Some((k.vip(), k.port(), Proto::from_number(k.proto)?)))
+            .collect()
+    }
+
     /// Reads a service's entry back from the kernel map (for tests and debugging).
     pub fn read_service(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Result<Option<SvcValue>> {
         match self.services.get(&SvcKey::new(vip, port, proto), 0) {

@@ -64,6 +64,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The eBPF backend cannot serve a feature yet; names the service ports (or config) and
+    /// the feature each needs.
+    #[error("not supported by the eBPF datapath yet: {0}")]
+    Unsupported(String),
+    /// Loading, attaching or updating the eBPF datapath failed.
+    #[error("eBPF backend: {op}: {source}")]
+    Ebpf {
+        /// What was being done.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: Box<netlet_ebpf::Error>,
+    },
+    /// A backend's state file could not be written or removed.
+    #[error("state file {}: {source}", path.display())]
+    StateFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The configured backend exists in the design but not in the code yet.
     #[error("proxy backend {0} is not implemented yet")]
     NotImplemented(BackendKind),

@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use netlet_proxy::backend::IptablesMode;
+use netlet_proxy::backend::{EbpfOptions, IptablesMode};
 use netlet_proxy::model::IpFamily;
 use netlet_proxy::sync_loop::{self, ProxySyncer, SyncMetrics};
 use netlet_proxy::watch::WatchConfig;
@@ -32,6 +32,8 @@ enum Command {
         /// The dataplane to clean up.
         #[arg(long, value_enum)]
         backend: BackendArg,
+        #[command(flatten)]
+        ebpf: EbpfArgs,
     },
 }
 
@@ -43,6 +45,8 @@ struct RunArgs {
     /// The dataplane to program.
     #[arg(long, value_enum, default_value = "iptables")]
     backend: BackendArg,
+    #[command(flatten)]
+    ebpf: EbpfArgs,
     /// This node's name (endpoints on it are local); default: the host name.
     #[arg(long)]
     node_name: Option<String>,
@@ -66,10 +70,23 @@ struct RunArgs {
     min_sync_interval_ms: u64,
 }
 
+/// Options of `--backend ebpf`.
+#[derive(Args)]
+struct EbpfArgs {
+    /// eBPF: directory of the private bpffs holding the pinned maps.
+    #[arg(long, default_value = "/var/lib/netlet/proxy-ebpf")]
+    ebpf_state_dir: PathBuf,
+    /// eBPF: interfaces to attach to, the node ends of pod veths (repeatable; `prefix*`
+    /// matches by prefix).
+    #[arg(long = "ebpf-interface", default_value = "veth*")]
+    ebpf_interfaces: Vec<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     Iptables,
     Nftables,
+    Ebpf,
     None,
 }
 
@@ -78,6 +95,7 @@ impl From<BackendArg> for BackendKind {
         match b {
             BackendArg::Iptables => BackendKind::Iptables,
             BackendArg::Nftables => BackendKind::Nftables,
+            BackendArg::Ebpf => BackendKind::Ebpf,
             BackendArg::None => BackendKind::None,
         }
     }
@@ -93,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Cleanup { backend }) => cleanup(backend),
+        Some(Command::Cleanup { backend, ebpf }) => cleanup(backend, ebpf),
         None => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -104,16 +122,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn backend_config(kind: BackendArg) -> BackendConfig {
+fn backend_config(kind: BackendArg, ebpf: EbpfArgs) -> BackendConfig {
     BackendConfig {
         kind: kind.into(),
         iptables_mode: IptablesMode::Auto,
+        ebpf: EbpfOptions {
+            state_dir: ebpf.ebpf_state_dir,
+            interfaces: ebpf.ebpf_interfaces,
+        },
         ..BackendConfig::default()
     }
 }
 
-fn cleanup(kind: BackendArg) -> anyhow::Result<()> {
-    let cfg = backend_config(kind);
+fn cleanup(kind: BackendArg, ebpf: EbpfArgs) -> anyhow::Result<()> {
+    let cfg = backend_config(kind, ebpf);
     let mut backend = new_backend(&cfg, &ProxyConfig::new(""))
         .with_context(|| format!("creating the {} backend", cfg.kind))?;
     let stats = backend
@@ -161,7 +183,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         proxy.families = vec![IpFamily::V4, IpFamily::V6];
     }
-    let backend_cfg = backend_config(args.backend);
+    let backend_cfg = backend_config(args.backend, args.ebpf);
     let backend = new_backend(&backend_cfg, &proxy)
         .with_context(|| format!("creating the {} backend", backend_cfg.kind))?;
     let client = client(args.kubeconfig).await?;

@@ -28,6 +28,7 @@ mod nft {
 
     fn harness() -> Harness {
         Harness {
+            caps: crate::conformance::Capabilities::ALL,
             make: |ns, cfg| make(ns, cfg, IptablesMode::Nft),
             leftovers: |ns| leftovers(ns, "iptables-nft-save"),
         }
@@ -41,6 +42,7 @@ mod legacy {
 
     fn harness() -> Harness {
         Harness {
+            caps: crate::conformance::Capabilities::ALL,
             make: |ns, cfg| make(ns, cfg, IptablesMode::Legacy),
             leftovers: |ns| leftovers(ns, "iptables-legacy-save"),
         }

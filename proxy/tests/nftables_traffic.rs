@@ -34,7 +34,11 @@ fn leftovers(ns: &NetNs) -> Vec<String> {
 }
 
 fn harness() -> Harness {
-    Harness { make, leftovers }
+    Harness {
+        caps: conformance::Capabilities::ALL,
+        make,
+        leftovers,
+    }
 }
 
 conformance_suite!(harness());

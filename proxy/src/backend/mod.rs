@@ -1,8 +1,8 @@
 //! The [`Backend`] trait every dataplane implements, and the factory that picks one from config.
 //!
-//! One file per backend: [`iptables`], [`nftables`], [`none`]; `ebpf` is named in
-//! [`BackendKind`] and refused by [`new_backend`] with [`Error::NotImplemented`] until it exists.
+//! One file per backend: [`iptables`], [`nftables`], [`ebpf`], [`none`].
 
+pub mod ebpf;
 pub mod iptables;
 pub mod nftables;
 pub mod none;
@@ -14,6 +14,7 @@ use crate::model::{ServiceKey, ServiceTable};
 use std::fmt;
 use std::str::FromStr;
 
+pub use ebpf::{EbpfBackend, EbpfOptions};
 pub use iptables::{IptablesBackend, IptablesMode};
 pub use nftables::NftablesBackend;
 pub use none::NoneBackend;
@@ -84,7 +85,7 @@ pub enum BackendKind {
     Iptables,
     /// Native nftables over netlink: a fixed table whose maps hold the services.
     Nftables,
-    /// eBPF programs and maps (not implemented yet).
+    /// eBPF tc programs and maps (`netlet-ebpf`); ClusterIP only so far.
     Ebpf,
     /// Programs nothing: dry runs and tests.
     None,
@@ -131,6 +132,8 @@ pub struct BackendConfig {
     pub netns: NetnsExec,
     /// For `iptables`: which variant of the tools to use.
     pub iptables_mode: IptablesMode,
+    /// For `ebpf`: state dir and interfaces.
+    pub ebpf: EbpfOptions,
 }
 
 /// Builds the configured backend.
@@ -143,7 +146,11 @@ pub fn new_backend(cfg: &BackendConfig, proxy: &ProxyConfig) -> Result<Box<dyn B
         )?)),
         BackendKind::Nftables => Ok(Box::new(NftablesBackend::new(proxy.clone(), &cfg.netns)?)),
         BackendKind::None => Ok(Box::new(NoneBackend::default())),
-        kind @ BackendKind::Ebpf => Err(Error::NotImplemented(kind)),
+        BackendKind::Ebpf => Ok(Box::new(EbpfBackend::new(
+            proxy.clone(),
+            cfg.netns.clone(),
+            cfg.ebpf.clone(),
+        )?)),
     }
 }
 
@@ -152,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_parse_and_unimplemented_ones_are_refused() {
+    fn kinds_parse_and_unknown_ones_are_refused() {
         for k in ["iptables", "nftables", "ebpf", "none"] {
             assert_eq!(k.parse::<BackendKind>().unwrap().as_str(), k);
         }
@@ -160,16 +167,8 @@ mod tests {
             "ipvs".parse::<BackendKind>(),
             Err(Error::UnknownBackend(s)) if s == "ipvs"
         ));
-        // nftables is built too, but that opens a netlink socket: tested in namespaces
-        // (tests/nftables_kernel.rs).
-        let kind = BackendKind::Ebpf;
-        let cfg = BackendConfig {
-            kind,
-            ..Default::default()
-        };
-        let err = new_backend(&cfg, &ProxyConfig::new("n")).err().unwrap();
-        assert!(matches!(err, Error::NotImplemented(k) if k == kind));
-        assert!(err.to_string().contains("not implemented yet"), "{err}");
+        // nftables and ebpf are built too, but they touch the kernel: tested in namespaces
+        // (tests/nftables_kernel.rs, tests/ebpf_traffic.rs).
         let none = BackendConfig {
             kind: BackendKind::None,
             ..Default::default()

@@ -3,6 +3,7 @@
 
 use super::topology::*;
 use super::{service, slice, table, Harness};
+use netlet_proxy::ServiceTable;
 use netlet_proxy::{Backend, ServiceKey};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -44,6 +45,18 @@ fn setup(h: &Harness) -> (Topology, Box<dyn Backend>) {
     );
     backend.sync(&t).expect("sync");
     (topo, backend)
+}
+
+/// Without the capability the sync of `t` must fail naming `service` and `feature`.
+fn expect_refused(backend: &mut Box<dyn Backend>, t: &ServiceTable, service: &str, feature: &str) {
+    let err = backend
+        .sync(t)
+        .expect_err("the backend must refuse what it cannot do")
+        .to_string();
+    assert!(
+        err.contains(service) && err.contains(feature),
+        "error must name {service} and {feature}: {err}"
+    );
 }
 
 /// TCP to a cluster IP reaches every ready endpoint, and pods see the client pod's own address.
@@ -107,6 +120,25 @@ pub fn service_without_endpoints_rejects_at_once(h: &Harness) {
         &[slice("web", &all_pods())],
     );
     backend.sync(&t).expect("sync");
+    if !h.caps.reject {
+        // Documented substitute: the packets are dropped, so both clients time out.
+        let (tcp, udp) = in_ns(&topo.client, || {
+            (
+                tcp_connect(addr("10.96.0.20", 80)).err(),
+                udp_ask(addr("10.96.0.20", 53)).err(),
+            )
+        });
+        assert_eq!(tcp.map(|e| e.kind()), Some(ErrorKind::TimedOut));
+        assert!(
+            matches!(
+                udp.map(|e| e.kind()),
+                Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)
+            ),
+            "udp to a service without endpoints must go unanswered"
+        );
+        assert_eq!(tcp_hellos(&topo.client, addr(VIP, 80), 1).len(), 1);
+        return;
+    }
     let (tcp, udp, took) = in_ns(&topo.client, || {
         let start = Instant::now();
         let tcp = tcp_connect(addr("10.96.0.20", 80)).err();
@@ -132,6 +164,9 @@ pub fn session_affinity_sticks(h: &Harness) {
         &[service("web", VIP, affine)],
         &[slice("web", &all_pods())],
     );
+    if !h.caps.session_affinity {
+        return expect_refused(&mut backend, &t, "default/web", "sessionAffinity");
+    }
     backend.sync(&t).expect("sync");
     let hellos = tcp_hellos(&topo.client, addr(VIP, 80), 15);
     assert_eq!(pods(&hellos).len(), 1, "{hellos:?}");
@@ -151,7 +186,12 @@ pub fn hairpin_is_masqueraded(h: &Harness) {
         &[slice("web", &[(0, NODE)])],
     );
     backend.sync(&t).expect("sync");
-    let hellos = tcp_hellos(&topo.pods[0], addr(VIP, 80), 3);
+    // Without masquerading only the non-hairpin path below is checked.
+    let hellos = if h.caps.masquerade {
+        tcp_hellos(&topo.pods[0], addr(VIP, 80), 3)
+    } else {
+        Vec::new()
+    };
     for hello in &hellos {
         assert_eq!(hello.pod, "pod0");
         assert_eq!(
@@ -171,6 +211,15 @@ pub fn hairpin_is_masqueraded(h: &Harness) {
 /// Off-cluster clients reaching a cluster IP through the node are masqueraded.
 pub fn external_client_to_cluster_ip_is_masqueraded(h: &Harness) {
     let (topo, _backend) = setup(h);
+    if !h.caps.masquerade {
+        // Documented substitute: off-cluster traffic is not translated at all (no half-NAT
+        // whose replies would bypass the reverse translation).
+        let got = in_ns(&topo.external, || {
+            tcp_connect(addr(VIP, 80)).map(|c| c.hello)
+        });
+        assert!(got.is_err(), "untranslated VIP must not answer: {got:?}");
+        return;
+    }
     let hellos = tcp_hellos(&topo.external, addr(VIP, 80), 5);
     assert!(
         hellos.iter().all(|h| h.peer == ip(NODE_BRIDGE_IP)),
@@ -192,6 +241,9 @@ pub fn node_port_external_ip_and_lb_ip_with_cluster_policy(h: &Harness) {
     svc["spec"]["ports"][0]["nodePort"] = json!(30080);
     svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.20"}]}});
     let t = table(&cfg, &[svc], &[slice("web", &all_pods())]);
+    if !h.caps.external_frontends {
+        return expect_refused(&mut backend, &t, "default/web:http", "nodePort");
+    }
     backend.sync(&t).expect("sync");
     for target in [
         addr(NODE_IP, 30080),
@@ -220,6 +272,9 @@ pub fn external_policy_local_keeps_source_and_stays_local(h: &Harness) {
     );
     svc["spec"]["ports"][0]["nodePort"] = json!(30080);
     let t = table(&cfg, &[svc], &[slice("web", &[(0, NODE), (2, "node-b")])]);
+    if !h.caps.external_frontends {
+        return expect_refused(&mut backend, &t, "default/web:http", "nodePort");
+    }
     backend.sync(&t).expect("sync");
     for target in [addr(NODE_IP, 30080), addr("203.0.113.10", 80)] {
         let hellos = tcp_hellos(&topo.external, target, 10);
@@ -329,6 +384,9 @@ pub fn cleanup_removes_everything(h: &Harness) {
         json!({"type": "NodePort", "sessionAffinity": "ClientIP", "externalIPs": ["203.0.113.10"]}),
     );
     svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    if !(h.caps.external_frontends && h.caps.session_affinity) {
+        svc = service("web", VIP, json!({}));
+    }
     let t = table(
         &cfg,
         &[svc, service("empty", "10.96.0.20", json!({}))],

@@ -17,8 +17,36 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use netlet_proxy::{Backend, ProxyConfig, ServiceTable};
 use serde_json::{json, Value};
 
+/// What a backend's datapath can do. A case needing a missing capability checks the
+/// backend's documented substitute instead: a refused sync naming the Service and feature
+/// (`session_affinity`, `external_frontends`), dropped packets (`reject`), or untranslated
+/// traffic (`masquerade`).
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Services without endpoints reject (TCP reset, ICMP port unreachable).
+    pub reject: bool,
+    /// `sessionAffinity: ClientIP`.
+    pub session_affinity: bool,
+    /// Hairpin and off-cluster-client masquerading.
+    pub masquerade: bool,
+    /// Node ports, external IPs, load-balancer IPs (and so `externalTrafficPolicy`).
+    pub external_frontends: bool,
+}
+
+impl Capabilities {
+    /// Everything the suite tests.
+    pub const ALL: Self = Self {
+        reject: true,
+        session_affinity: true,
+        masquerade: true,
+        external_frontends: true,
+    };
+}
+
 /// How a backend is built and inspected by the suite.
 pub struct Harness {
+    /// What the backend supports.
+    pub caps: Capabilities,
     /// Builds the backend so it programs the given (node) namespace.
     pub make: fn(&NetNs, &ProxyConfig) -> Box<dyn Backend>,
     /// Lists what of the backend is installed in the namespace (rules, chains, tables, maps),

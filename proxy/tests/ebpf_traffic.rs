@@ -1,0 +1,93 @@
+//! Real traffic through the eBPF backend: the conformance suite, each case in its own
+//! namespaces (see `conformance/topology.rs`). Needs root and clang-19 (the programs are built
+//! by netlet-ebpf's build.rs); never touches the host namespace.
+//!
+//! Each test's pinned maps live in a private bpffs under
+//! `$TMPDIR/netlet-ebpf-conformance/<node namespace>`; the namespace is gone after the test but
+//! a mount cannot be tied to it, so every `make` first unmounts the bpffs of namespaces that no
+//! longer exist (the last tests' mounts go at the next run).
+
+#[macro_use]
+mod conformance;
+
+use conformance::{Capabilities, Harness};
+use integration::NetNs;
+use netlet_proxy::backend::{EbpfBackend, EbpfOptions};
+use netlet_proxy::{Backend, NetnsExec, ProxyConfig};
+use std::path::PathBuf;
+
+fn base() -> PathBuf {
+    std::env::temp_dir().join("netlet-ebpf-conformance")
+}
+
+fn state_dir(ns: &NetNs) -> PathBuf {
+    base().join(ns.name())
+}
+
+/// Unmounts and removes the state dirs of namespaces that are gone.
+fn sweep() {
+    let Ok(dirs) = std::fs::read_dir(base()) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let name = d.file_name();
+        if std::path::Path::new("/run/netns").join(&name).exists() {
+            continue;
+        }
+        let _ = netlet_ebpf::bpffs::unmount_under(&d.path());
+        let _ = std::fs::remove_dir_all(d.path());
+    }
+}
+
+fn make(ns: &NetNs, cfg: &ProxyConfig) -> Box<dyn Backend> {
+    sweep();
+    let opts = EbpfOptions {
+        state_dir: state_dir(ns),
+        // The node ends of the pod veths and of the client pod's link; not the uplink (vx0).
+        interfaces: vec!["vp*".to_string(), "vc0".to_string()],
+    };
+    let netns = NetnsExec::Named(ns.name().to_string());
+    Box::new(EbpfBackend::new(cfg.clone(), netns, opts).expect("ebpf backend"))
+}
+
+/// Our tc filters (`tc filter show` lines naming them), pinned maps and programmed services.
+fn leftovers(ns: &NetNs) -> Vec<String> {
+    let mut out = Vec::new();
+    let links = ns.run_ok("ip", &["-o", "link", "show"]);
+    for link in links.lines().filter_map(|l| l.split(": ").nth(1)) {
+        let link = link.split('@').next().unwrap_or(link);
+        for hook in ["ingress", "egress"] {
+            let filters = ns.run_ok("tc", &["filter", "show", "dev", link, hook]);
+            out.extend(
+                filters
+                    .lines()
+                    .filter(|l| l.contains("svc_nat_"))
+                    .map(|l| format!("{link} {hook}: {l}")),
+            );
+        }
+    }
+    let dir = state_dir(ns);
+    if let Ok(pins) = std::fs::read_dir(dir.join("bpffs")) {
+        out.extend(pins.flatten().map(|p| format!("pin {:?}", p.file_name())));
+    }
+    if let Ok(names) = std::fs::read_to_string(dir.join(netlet_proxy::backend::ebpf::NAMES_FILE)) {
+        out.extend(names.lines().map(|l| format!("service {l}")));
+    }
+    out
+}
+
+fn harness() -> Harness {
+    Harness {
+        // No reject, no affinity, no SNAT and no external frontends in the datapath yet.
+        caps: Capabilities {
+            reject: false,
+            session_affinity: false,
+            masquerade: false,
+            external_frontends: false,
+        },
+        make,
+        leftovers,
+    }
+}
+
+conformance_suite!(harness());
