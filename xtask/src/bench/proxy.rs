@@ -275,6 +275,7 @@ fn bench_one(
                 kind,
                 netns: NetnsExec::Named(ns.name().to_owned()),
                 iptables_mode,
+                ebpf: Default::default(),
             };
             let mut backend = new_backend(&cfg, &workload.cfg).context("creating the backend")?;
             bench_ours(backend.as_mut(), workload, table, changes)

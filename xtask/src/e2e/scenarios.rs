@@ -42,6 +42,11 @@ pub const SCENARIOS: &[Scenario] = &[
         "pod to outside is masqueraded",
         pod_to_outside_is_masqueraded,
     ),
+    (
+        "service ClusterIP reaches the pods",
+        service_cluster_ip_reaches_pods,
+    ),
+    ("kubectl logs shows container output", kubectl_logs),
     ("deleted pods go away", deleted_pods_go_away),
 ];
 
@@ -162,6 +167,62 @@ fn pod_to_outside_is_masqueraded(ctx: &Ctx) -> Result<()> {
     run_client_pod(ctx, "client-outside", "node-1", &script)
 }
 
+fn service_cluster_ip_reaches_pods(ctx: &Ctx) -> Result<()> {
+    ctx.kubectl.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "echo", "namespace": NS},
+        "spec": {
+            "selector": {"app": "echo"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }))?;
+    let svc = ctx.kubectl.get(&["-n", NS, "service", "echo"])?;
+    let ip = svc["spec"]["clusterIP"]
+        .as_str()
+        .context("service echo has no clusterIP")?
+        .to_string();
+    // The EndpointSlice must list the pods before the proxies can program them.
+    ctx.kubectl.wait_for(
+        "the echo EndpointSlice to list every replica as ready",
+        &[
+            "-n",
+            NS,
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=echo",
+        ],
+        POD_TIMEOUT,
+        |list| {
+            let ready = items(list)
+                .iter()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count();
+            (ready == usize::from(ctx.nodes)).then_some(())
+        },
+    )?;
+    // Through the ClusterIP the backend still sees the client pod's own address (no SNAT for
+    // pod → service → pod); the retries cover the proxies' debounce after the slice appeared.
+    let script = format!(
+        "me=$(ip -4 -o addr show eth0 | awk '{{print $4}}' | cut -d/ -f1); \
+         for i in $(seq 1 20); do out=$(timeout 5 wget -qO- http://{ip}/); \
+         case \"$out\" in *\"client=$me:\"*) echo \"ok: $out\"; exit 0;; esac; sleep 1; done; \
+         echo \"me=$me last: $out\"; exit 1"
+    );
+    run_client_pod(ctx, "client-service", "node-2", &script)
+}
+
+fn kubectl_logs(ctx: &Ctx) -> Result<()> {
+    let pods = running_pods(ctx, "app=echo", usize::from(ctx.nodes))?;
+    let pod = name(&pods[0]).to_string();
+    let logs = ctx.kubectl.run(&["-n", NS, "logs", &pod])?;
+    ensure!(
+        logs.contains("echo: http :8080"),
+        "kubectl logs {pod} lacks the echo banner; got:\n{logs}"
+    );
+    Ok(())
+}
+
 fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
     // Scaling to zero makes the ReplicaSet delete its pods gracefully, and the agents must
     // stop them and confirm the deletion.
@@ -182,9 +243,15 @@ fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
         POD_TIMEOUT,
         |list| items(list).is_empty().then_some(()),
     )?;
+    // The garbage collector removes the Deployment's ReplicaSets after it.
     ctx.kubectl
-        .run(&["-n", NS, "delete", "deployment", "echo"])
-        .map(drop)
+        .run(&["-n", NS, "delete", "deployment", "echo"])?;
+    ctx.kubectl.wait_for(
+        "the echo ReplicaSets to be garbage-collected",
+        &["-n", NS, "replicasets"],
+        POD_TIMEOUT,
+        |list| items(list).is_empty().then_some(()),
+    )
 }
 
 /// Runs a busybox script in a pod pinned to `node` and requires it to exit 0.
