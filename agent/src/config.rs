@@ -201,6 +201,12 @@ impl AgentConfig {
     pub fn ipam_dir(&self) -> PathBuf {
         self.state_dir.join("ipam")
     }
+
+    /// The node API's unix socket (`kubectl logs` through the apiserver), in the state dir so
+    /// that agents sharing a host each have their own.
+    pub fn node_api_socket(&self) -> PathBuf {
+        self.state_dir.join(crate::server::SOCKET_FILE)
+    }
 }
 
 /// A lowercase RFC 1123 subdomain, as the apiserver requires of Node names.

@@ -22,6 +22,8 @@
 //! - `tests/node_agent.rs`: the `netlet-agent` binary inside an `nlt-` namespace against our
 //!   apiserver: registration, Lease, CNI config, routes.
 //! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver.
+//! - `tests/log_server.rs`: the node API on its unix socket over a temp dir of CRI log files;
+//!   `tests/kubectl_logs.rs`: the stock `kubectl logs` through our apiserver to that socket.
 
 pub mod config;
 pub mod cri;

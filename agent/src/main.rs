@@ -18,6 +18,7 @@ use netlet_agent::node::routes::RouteReconciler;
 use netlet_agent::node::runtime::RuntimeProbe;
 use netlet_agent::node::sysinfo::SystemInfo;
 use netlet_agent::pods::{self, PodManagerConfig};
+use netlet_agent::server::{self, handler::Handler, unix};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,6 +188,15 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
     if !cfg.network_only {
         let sys = SystemInfo::gather(&cfg.state_dir).context("describing this machine")?;
+        // The node API is up before the Node names its socket.
+        let socket = cfg.node_api_socket();
+        let listener = unix::bind(&socket)?;
+        tracing::info!(socket = %socket.display(), "serving the node API");
+        tasks.spawn(unix::serve(
+            listener,
+            Handler::new(cfg.pod_log_dir.clone()),
+            cancel.clone(),
+        ));
         let registration = Registration {
             api: nodes.clone(),
             node_name: cfg.node_name.clone(),
@@ -197,6 +207,11 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             cni_bin_dir: cfg.cni_bin_dir.clone(),
             heartbeat: cfg.heartbeat_interval(),
             report_interval: cfg.status_report_interval(),
+            annotations: [(
+                server::SOCKET_ANNOTATION.to_string(),
+                socket.display().to_string(),
+            )]
+            .into(),
         };
         tasks.spawn(registration.run(cancel.clone()));
         let lease = NodeLease::new(client.clone(), &cfg.node_name);

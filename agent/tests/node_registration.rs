@@ -63,6 +63,11 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
                 cni_bin_dir: bin_dir.clone(),
                 heartbeat,
                 report_interval: Duration::from_secs(300),
+                annotations: [(
+                    "netlet.dev/kubelet-socket".to_string(),
+                    "/var/lib/netlet/kubelet.sock".to_string(),
+                )]
+                .into(),
             }
             .run(cancel.clone()),
         ),
@@ -82,6 +87,11 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
     assert_eq!(labels["kubernetes.io/hostname"], "n1");
     assert_eq!(labels["kubernetes.io/os"], "linux");
     assert!(labels.contains_key("kubernetes.io/arch"));
+    let annotations = node.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations["netlet.dev/kubelet-socket"],
+        "/var/lib/netlet/kubelet.sock"
+    );
     assert_eq!(ready(&node).as_deref(), Some("False"));
     let status = node.status.clone().unwrap();
     let addrs = status.addresses.unwrap();
@@ -220,6 +230,7 @@ async fn adopts_an_existing_node_and_writes_status_only_on_change() {
                 cni_bin_dir: bin_dir,
                 heartbeat,
                 report_interval: Duration::from_secs(300),
+                annotations: Default::default(),
             }
             .run(cancel.clone()),
         ),

@@ -20,6 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,11 +54,13 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Creates the Node `name` with `labels`, or merges `labels` into the existing one.
+/// Creates the Node `name` with `labels` and `annotations`, or merges them into the existing
+/// one (annotations carry what the apiserver needs to reach this agent, e.g. its socket).
 pub async fn ensure_node(
     api: &Api<Node>,
     name: &str,
-    labels: &std::collections::BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
 ) -> Result<Node, RegistrationError> {
     let err = |op| {
         move |source| RegistrationError::Api {
@@ -68,15 +71,25 @@ pub async fn ensure_node(
     };
     match api.get_opt(name).await.map_err(err("reading"))? {
         Some(existing) => {
-            let have = existing.metadata.labels.clone().unwrap_or_default();
-            if labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
+            let contains = |have: &Option<BTreeMap<String, String>>,
+                            want: &BTreeMap<String, String>| {
+                let have = have.as_ref();
+                want.iter()
+                    .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+            };
+            if contains(&existing.metadata.labels, labels)
+                && contains(&existing.metadata.annotations, annotations)
+            {
                 return Ok(existing);
             }
-            tracing::info!(node = name, "adopting existing Node, adding our labels");
+            tracing::info!(
+                node = name,
+                "adopting existing Node, adding our labels and annotations"
+            );
             api.patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                &Patch::Merge(json!({"metadata": {"labels": labels, "annotations": annotations}})),
             )
             .await
             .map_err(err("labelling"))
@@ -86,6 +99,7 @@ pub async fn ensure_node(
                 metadata: ObjectMeta {
                     name: Some(name.into()),
                     labels: Some(labels.clone()),
+                    annotations: Some(annotations.clone()).filter(|a| !a.is_empty()),
                     ..ObjectMeta::default()
                 },
                 ..Node::default()
@@ -124,6 +138,9 @@ pub struct Registration {
     pub heartbeat: Duration,
     /// How long an unchanged status may go unwritten.
     pub report_interval: Duration,
+    /// Annotations kept on the Node, e.g. [`crate::server::SOCKET_ANNOTATION`] with the node
+    /// API's socket path.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Registration {
@@ -158,10 +175,10 @@ impl Registration {
     /// computes the status and writes it if due; returns whether it wrote.
     async fn sync(
         &self,
-        labels: &std::collections::BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
         last_write: Option<Instant>,
     ) -> Result<bool, RegistrationError> {
-        let node = ensure_node(&self.api, &self.node_name, labels).await?;
+        let node = ensure_node(&self.api, &self.node_name, labels, &self.annotations).await?;
         let current = node.status.unwrap_or_default();
         let mut problems = Vec::new();
         let mut runtime_version = None;

@@ -10,7 +10,11 @@
 //! - [`unix`]: serving on a 0600 unix socket, the path the apiserver uses.
 //!
 //! How the apiserver finds the node API: the agent writes the socket path into the Node's
-//! [`SOCKET_ANNOTATION`]; the apiserver prefers that socket over the node address.
+//! [`SOCKET_ANNOTATION`]; the apiserver connects to that socket. A unix socket lives in the
+//! file system, so it is reachable from the host namespace even when the agent runs in a node
+//! network namespace the apiserver cannot route to (`cargo xtask up`). It is created mode 0600:
+//! only root can connect, which is the authentication. HTTPS on `InternalIP:10250` (with client
+//! certificates of the cluster CA) is not served yet; the Node still advertises port 10250.
 
 pub mod cri_log;
 pub mod handler;
