@@ -12,6 +12,8 @@ mod endpoints;
 mod gc;
 #[path = "controllers/harness.rs"]
 mod harness;
+#[path = "controllers/namespaces.rs"]
+mod namespaces;
 #[path = "controllers/nodes.rs"]
 mod nodes;
 #[path = "controllers/workloads.rs"]

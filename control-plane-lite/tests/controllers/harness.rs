@@ -28,7 +28,9 @@ impl Harness {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let server = TestApiserver::start();
+        // `serve` runs its own controllers by default; the tests run theirs (with their
+        // config, stoppable), so the server's are disabled to avoid two sets acting at once.
+        let server = TestApiserver::start_with(&["--disable-controllers"]);
         let client = server.client().await;
         let cancel = CancellationToken::new();
         let mut h = Self {
