@@ -5,8 +5,9 @@
 //! argument, so no module reads flags, files or the environment on its own.
 
 use ipnetwork::Ipv4Network;
+use netlet_proxy::BackendKind;
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netlet";
 /// The pod network of the whole cluster, flannel's and kubeadm's usual choice.
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Where Prometheus metrics are served: kube-proxy's metrics port, on loopback of the agent's
+/// network namespace (each node of `cargo xtask up` has its own).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
 
 /// The validated settings of one agent process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,14 @@ pub struct AgentConfig {
     pub pod_log_dir: PathBuf,
     /// The cgroup every pod sandbox is placed under (one per agent when several share a host).
     pub cgroup_parent: String,
+    /// The service proxy's dataplane, programmed in the agent's network namespace; `none`
+    /// turns the proxy off. nftables by default: it programs over netlink (no iptables tools
+    /// needed on the node, no text round trips through `iptables-save`), its chains and rules
+    /// never depend on which Services exist, so a Service change is a few map element updates
+    /// in one transaction instead of chain rewrites (see `netlet_proxy::backend::nftables`).
+    pub proxy_backend: BackendKind,
+    /// Address of the Prometheus endpoint (proxy and agent metrics); `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -77,6 +89,8 @@ impl Default for AgentConfig {
             route_resync_secs: 60,
             pod_log_dir: "/var/log/pods".into(),
             cgroup_parent: "/netlet-pods".into(),
+            proxy_backend: BackendKind::Nftables,
+            metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("valid default address")),
         }
     }
 }
@@ -122,6 +136,9 @@ pub enum ConfigError {
     /// The node IP cannot be a node's address.
     #[error("node IP {0} is loopback, unspecified, broadcast or multicast")]
     UnusableNodeIp(Ipv4Addr),
+    /// The proxy backend is named but not built yet.
+    #[error("proxy backend {0} is not implemented yet (use nftables, iptables or none)")]
+    UnsupportedProxyBackend(BackendKind),
     /// An interval of zero would spin.
     #[error("{0} must be at least 1 second")]
     ZeroInterval(&'static str),
@@ -169,6 +186,9 @@ impl AgentConfig {
             if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
                 return Err(ConfigError::UnusableNodeIp(ip));
             }
+        }
+        if self.proxy_backend == BackendKind::Ebpf {
+            return Err(ConfigError::UnsupportedProxyBackend(self.proxy_backend));
         }
         for (name, secs) in [
             ("heartbeatIntervalSecs", self.heartbeat_interval_secs),
@@ -243,6 +263,8 @@ mod tests {
         assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(10));
         assert!(c.manage_routes && !c.network_only);
+        assert_eq!(c.proxy_backend, BackendKind::Nftables);
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:10249".parse().unwrap()));
         assert!(matches!(c.validate(), Err(ConfigError::MissingNodeName)));
         valid().validate().unwrap();
         assert_eq!(valid().ipam_dir(), Path::new("/var/lib/netlet/ipam"));
@@ -252,13 +274,15 @@ mod tests {
     fn json_keys_are_camel_case_and_unknown_keys_are_refused() {
         let c: AgentConfig = serde_json::from_str(
             r#"{"nodeName": "n1", "nodeIp": "192.0.2.7", "clusterCidr": "10.9.0.0/16",
-                "networkOnly": true}"#,
+                "networkOnly": true, "proxyBackend": "iptables", "metricsAddr": null}"#,
         )
         .unwrap();
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.node_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
         assert_eq!(c.cluster_cidr.to_string(), "10.9.0.0/16");
         assert!(c.network_only);
+        assert_eq!(c.proxy_backend, BackendKind::Iptables);
+        assert_eq!(c.metrics_addr, None);
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert!(serde_json::from_str::<AgentConfig>(r#"{"nodename": "n1"}"#).is_err());
     }
@@ -303,6 +327,10 @@ mod tests {
         assert!(matches!(
             check(|c| c.node_ip = Some(Ipv4Addr::LOCALHOST)),
             ConfigError::UnusableNodeIp(_)
+        ));
+        assert!(matches!(
+            check(|c| c.proxy_backend = BackendKind::Ebpf),
+            ConfigError::UnsupportedProxyBackend(BackendKind::Ebpf)
         ));
         assert!(matches!(
             check(|c| c.heartbeat_interval_secs = 0),

@@ -14,6 +14,8 @@
 //!   (sandbox, init and app containers, restarts with back-off, graceful deletion) and writes
 //!   their status and events.
 //! - [`server`]: the node API (`/containerLogs`, `/healthz`) on a unix socket, for `kubectl logs`.
+//! - [`service_proxy`]: `netlet-proxy`'s sync loop run in-process, in the node's namespace.
+//! - [`metrics`]: the Prometheus text of the agent and its proxy (`metricsAddr`).
 //! - `tests/cri_containerd.rs`: one pod's whole life on a containerd of the test's own,
 //!   confined to an `nlt-` network namespace and a temp dir (`tests/support/containerd.rs`),
 //!   with the images of `cargo xtask images`.
@@ -21,12 +23,15 @@
 //!   namespace, driven by Nodes in our apiserver.
 //! - `tests/node_agent.rs`: the `netlet-agent` binary inside an `nlt-` namespace against our
 //!   apiserver: registration, Lease, CNI config, routes.
+//! - `tests/agent_proxy.rs`: the binary's in-process proxy programs Services in its namespace.
 //! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver.
 //! - `tests/log_server.rs`: the node API on its unix socket over a temp dir of CRI log files;
 //!   `tests/kubectl_logs.rs`: the stock `kubectl logs` through our apiserver to that socket.
 
 pub mod config;
 pub mod cri;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod server;
+pub mod service_proxy;

@@ -9,6 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use netlet_agent::config::AgentConfig;
 use netlet_agent::cri::CriClient;
+use netlet_agent::metrics::AgentMetrics;
 use netlet_agent::node::address;
 use netlet_agent::node::cni_config::{self, CniSettings};
 use netlet_agent::node::lease::NodeLease;
@@ -19,7 +20,9 @@ use netlet_agent::node::runtime::RuntimeProbe;
 use netlet_agent::node::sysinfo::SystemInfo;
 use netlet_agent::pods::{self, PodManagerConfig};
 use netlet_agent::server::{self, handler::Handler, unix};
-use std::net::Ipv4Addr;
+use netlet_agent::service_proxy;
+use netlet_proxy::{metrics_http, BackendKind};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -73,6 +76,13 @@ struct Cli {
     /// The cgroup pod sandboxes are placed under (default /netlet-pods).
     #[arg(long)]
     cgroup_parent: Option<String>,
+    /// The service proxy's dataplane in this network namespace: nftables, iptables or none
+    /// (off) [default: nftables].
+    #[arg(long)]
+    proxy_backend: Option<BackendKind>,
+    /// Where Prometheus metrics (agent and proxy) are served [default: 127.0.0.1:10249].
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -94,13 +104,17 @@ impl Cli {
             cluster_cidr,
             heartbeat_interval_secs,
             pod_log_dir,
-            cgroup_parent
+            cgroup_parent,
+            proxy_backend
         );
         if self.kubeconfig.is_some() {
             c.kubeconfig = self.kubeconfig;
         }
         if self.node_ip.is_some() {
             c.node_ip = self.node_ip;
+        }
+        if self.metrics_addr.is_some() {
+            c.metrics_addr = self.metrics_addr;
         }
         c.network_only |= self.network_only;
         c.manage_routes &= !self.no_routes;
@@ -168,13 +182,33 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Some(ip) => ip,
         None => address::detect_node_ip(&netlink, cfg.cluster_cidr).await?,
     };
-    tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, "netlet-agent starting");
+    tracing::info!(node = %cfg.node_name, %node_ip, network_only = cfg.network_only, routes = cfg.manage_routes, proxy = %cfg.proxy_backend, "netlet-agent starting");
 
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state dir {}", cfg.state_dir.display()))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let (cni_ready_tx, cni_ready) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let proxy = service_proxy::new_syncer(&cfg, node_ip)
+        .with_context(|| format!("creating the {} service proxy backend", cfg.proxy_backend))?;
+    let metrics = AgentMetrics {
+        node_name: cfg.node_name.clone(),
+        network_only: cfg.network_only,
+        managed_pods: Arc::default(),
+        proxy: proxy.as_ref().map(|p| p.metrics()),
+    };
+    if let Some(addr) = cfg.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        let render = metrics.clone();
+        let render: metrics_http::Render = Arc::new(move || render.render());
+        // Not in `tasks`: it ends only on cancellation and must not stop the node loops.
+        tokio::spawn(metrics_http::serve(listener, render, cancel.clone()));
+    }
+    if let Some(syncer) = proxy {
+        tasks.spawn(service_proxy::run(client.clone(), syncer, cancel.clone()));
+    }
     tasks.spawn(cni_config::run(
         nodes.clone(),
         cfg.node_name.clone(),
@@ -223,6 +257,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods_config.node_ip = Some(node_ip.into());
         pods_config.pod_log_dir = cfg.pod_log_dir.clone();
         pods_config.cgroup_parent = cfg.cgroup_parent.clone();
+        pods_config.managed_pods = metrics.managed_pods.clone();
         let (client, cancel) = (client.clone(), cancel.clone());
         tasks.spawn(async move {
             if let Err(e) = pods::run(client, cri, pods_config, cancel).await {
@@ -272,8 +307,14 @@ mod tests {
             "--cluster-cidr",
             "10.8.0.0/16",
             "--no-routes",
+            "--proxy-backend",
+            "none",
+            "--metrics-addr",
+            "127.0.0.1:9999",
         ])
         .unwrap();
+        assert_eq!(c.proxy_backend, BackendKind::None);
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
         assert_eq!(c.kubeconfig, Some(PathBuf::from("/k")));
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.node_ip, Some(Ipv4Addr::new(192, 0, 2, 4)));
@@ -302,5 +343,7 @@ mod tests {
         assert!(parse(&[]).unwrap_err().to_string().contains("node name"));
         assert!(parse(&["--node-name", "n", "--state-dir", "rel"]).is_err());
         assert!(parse(&["--node-name", "n", "--cluster-cidr", "nope"]).is_err());
+        assert!(parse(&["--node-name", "n", "--proxy-backend", "ipvs"]).is_err());
+        assert!(parse(&["--node-name", "n", "--proxy-backend", "ebpf"]).is_err());
     }
 }

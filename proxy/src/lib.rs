@@ -18,16 +18,22 @@
 //!   changed keys (meant to be shared by other controllers).
 //! - [`sync_loop`]: the proxy's use of it: stores → [`ServiceTable`] → full or partial sync;
 //!   [`sync_loop::SyncMetrics`] for the binary's metrics endpoint.
+//! - [`setup`]: backend and syncer construction from node settings, shared by the
+//!   `netlet-proxy` binary and `netlet-agent` (which runs the proxy in-process).
+//! - [`metrics_http`]: the tiny Prometheus text endpoint both binaries serve.
 //! - [`error`]: the crate's [`Error`].
 //!
-//! The `netlet-proxy` binary (`src/main.rs`) only parses arguments and calls these.
+//! The `netlet-proxy` binary (`src/main.rs`) only parses arguments and calls these;
+//! `netlet-agent` calls the same [`setup`] and [`sync_loop::run`].
 
 pub mod backend;
 pub mod config;
 pub mod error;
 pub mod exec;
 pub mod hash;
+pub mod metrics_http;
 pub mod model;
+pub mod setup;
 pub mod sync_loop;
 pub mod watch;
 

@@ -4,16 +4,14 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use netlet_proxy::backend::{EbpfOptions, IptablesMode};
-use netlet_proxy::model::IpFamily;
-use netlet_proxy::sync_loop::{self, ProxySyncer, SyncMetrics};
+use netlet_proxy::backend::{BackendConfig, EbpfOptions};
+use netlet_proxy::sync_loop;
 use netlet_proxy::watch::WatchConfig;
-use netlet_proxy::{new_backend, BackendConfig, BackendKind, ProxyConfig};
+use netlet_proxy::{metrics_http, new_backend, setup, BackendKind, ProxyConfig};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -123,15 +121,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn backend_config(kind: BackendArg, ebpf: EbpfArgs) -> BackendConfig {
-    BackendConfig {
-        kind: kind.into(),
-        iptables_mode: IptablesMode::Auto,
-        ebpf: EbpfOptions {
+    setup::backend_config(
+        kind.into(),
+        EbpfOptions {
             state_dir: ebpf.ebpf_state_dir,
             interfaces: ebpf.ebpf_interfaces,
         },
-        ..BackendConfig::default()
-    }
+    )
 }
 
 fn cleanup(kind: BackendArg, ebpf: EbpfArgs) -> anyhow::Result<()> {
@@ -177,23 +173,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     proxy.node_ips = args.node_ips;
     proxy.cluster_cidrs = args.cluster_cidrs;
     proxy.masquerade_all = args.masquerade_all;
-    // Dual-stack when told about IPv6 node addresses or pod networks.
-    if proxy.node_ips.iter().any(IpAddr::is_ipv6)
-        || proxy.cluster_cidrs.iter().any(IpNetwork::is_ipv6)
-    {
-        proxy.families = vec![IpFamily::V4, IpFamily::V6];
-    }
     let backend_cfg = backend_config(args.backend, args.ebpf);
-    let backend = new_backend(&backend_cfg, &proxy)
+    let syncer = setup::new_syncer(&backend_cfg, proxy)
         .with_context(|| format!("creating the {} backend", backend_cfg.kind))?;
     let client = client(args.kubeconfig).await?;
-    let syncer = ProxySyncer::new(backend, proxy);
     let cancel = CancellationToken::new();
     if let Some(addr) = args.metrics_bind {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-        tokio::spawn(serve_metrics(listener, syncer.metrics(), cancel.clone()));
+        let metrics = syncer.metrics();
+        let render: metrics_http::Render = Arc::new(move || metrics.render_prometheus());
+        tokio::spawn(metrics_http::serve(listener, render, cancel.clone()));
     }
     tokio::spawn(cancel_on_signal(cancel.clone()));
     let watch = WatchConfig {
@@ -224,39 +215,4 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     }
     tracing::info!("signal received, shutting down");
     cancel.cancel();
-}
-
-/// A minimal HTTP/1 endpoint: every request gets the metrics text.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<SyncMetrics>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let mut stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let body = metrics.render_prometheus();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            // Read the request head (ignored: there is only one resource).
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
 }

@@ -44,6 +44,7 @@ pub mod worker;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,9 @@ pub struct PodManagerConfig {
     pub orphan_sweep_interval: Duration,
     /// CrashLoopBackOff delays.
     pub backoff: BackoffPolicy,
+    /// Set to the number of pods with a worker (bound here, not yet torn down) as the manager
+    /// runs; the caller keeps a clone to export it (the agent's metrics endpoint).
+    pub managed_pods: Arc<AtomicUsize>,
 }
 
 impl PodManagerConfig {
@@ -104,6 +108,7 @@ impl PodManagerConfig {
             resync_interval: Duration::from_secs(1),
             orphan_sweep_interval: Duration::from_secs(30),
             backoff: BackoffPolicy::default(),
+            managed_pods: Arc::default(),
         }
     }
 }
@@ -223,6 +228,9 @@ pub async fn run(
     let mut sweep = tokio::time::interval(ctx.config.orphan_sweep_interval);
     tracing::info!(node = %ctx.config.node_name, "pod manager running");
     loop {
+        ctx.config
+            .managed_pods
+            .store(manager.workers.len(), Ordering::Relaxed);
         tokio::select! {
             () = cancel.cancelled() => break,
             Some((uid, generation)) = done_rx.recv() => {

@@ -1,12 +1,15 @@
-//! Helpers of the node-side tests (registration, routes, the agent binary).
+//! Helpers of the node-side tests (registration, routes, the agent binary in a namespace).
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+use integration::{ChildGuard, NetNs};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 use std::future::Future;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing with `what` and `context()`
@@ -114,4 +117,71 @@ pub fn routes(ns: &integration::NetNs, selector: &[&str]) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Relays TCP connections made to 127.0.0.1:`port` inside `ns` to 127.0.0.1:`port` of the
+/// test's namespace, until the runtime ends.
+pub fn forward_into(ns: &NetNs, port: u16) {
+    let listener = in_netns(&ns.path(), || {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+    })
+    .unwrap_or_else(|e| panic!("listening on 127.0.0.1:{port} in {}: {e}", ns.name()));
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Connected from a runtime thread, which is in the test's namespace.
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+}
+
+/// The port of the kubeconfig's server URL.
+pub fn apiserver_port(kubeconfig: &Path) -> u16 {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let server = kc.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    server
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in server URL {server}"))
+}
+
+/// Starts `netlet-agent args` inside `ns`, its stderr to `log`.
+pub fn start_agent(ns: &NetNs, args: &[&std::ffi::OsStr], log: &Path) -> ChildGuard {
+    ChildGuard::new(
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(env!("CARGO_BIN_EXE_netlet-agent"))
+            .args(args)
+            .env("RUST_LOG", "info,netlet_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("starting netlet-agent under nsenter"),
+    )
+}
+
+/// Gives `ns` a NIC on the nodes' subnet with address `ip`/24.
+pub fn add_nic(ns: &NetNs, ip: &str) {
+    let cidr = format!("{ip}/24");
+    for cmd in [
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"][..],
+        &["addr", "add", &cidr, "dev", "d0"],
+        &["link", "set", "d1", "up"],
+        &["link", "set", "d0", "up"],
+    ] {
+        ns.run_ok("ip", cmd);
+    }
 }

@@ -77,8 +77,10 @@ pub trait Backend: Send {
     fn cleanup(&mut self) -> Result<SyncStats>;
 }
 
-/// The dataplanes `netlet-proxy` can be configured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The dataplanes `netlet-proxy` can be configured with (also a `netlet-agent` config key, so
+/// it is (de)serialized in the config spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// iptables rules through `iptables-restore` (nft or legacy variant).
     #[default]
