@@ -269,6 +269,29 @@ pub async fn delete(
     options: &DeleteOptions,
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
+    // A concurrent write (a controller's status update) between the read and the delete is
+    // retried on the new version, as the apiserver's GuaranteedUpdate does; a failed
+    // precondition is checked again on each read and stays a 409.
+    let mut attempts = 1;
+    loop {
+        match delete_once(storage, t, name, options, dry_run).await {
+            Err(ApiError::Conflict { .. }) if attempts < MAX_ATTEMPTS => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// How often a DELETE is tried against concurrent writes before it answers 409.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// One read-decide-write round of [`delete`].
+async fn delete_once(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    options: &DeleteOptions,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
     let r = t.resource;
     let (kv, current) = get_object(storage, t, name).await?;
     if let Some(uid) = &options.uid {

@@ -63,9 +63,10 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--bind", "127.0.0.1", "--port", "0"])
-            // These tests exercise the API alone; the in-process scheduler's writes (pod
-            // conditions, events, Leases) would race their exact expectations.
-            .arg("--disable-scheduler")
+            // These tests exercise the API alone; the in-process scheduler's and controllers'
+            // writes (pod conditions, events, Leases, workload status) would race their exact
+            // expectations.
+            .args(["--disable-scheduler", "--disable-controllers"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
