@@ -1,6 +1,7 @@
 //! `netlet-ebpf`: eBPF programs written in C and their loader on `aya`.
 //!
-//! This first slice is the service NAT datapath, the proxy's future third backend: IPv4 TCP/UDP
+//! This first slice is the service NAT datapath, the proxy's third backend
+//! (`netlet-proxy --backend ebpf`, `proxy/src/backend/ebpf.rs`): IPv4 TCP/UDP
 //! DNAT of service VIPs to backends in tc programs, with O(1) map updates per changed backend.
 //!
 //! # Layout
@@ -47,15 +48,30 @@
 //! before the bridge and whose tc egress runs on every frame the bridge sends to the pod, so
 //! per-veth attachment sees both directions; it is also what the CNI plugin can do at ADD time.
 //!
+//! # How the proxy uses it
+//! The proxy's ebpf backend attaches to the interfaces its config names
+//! (`--ebpf-interface`, `prefix*` allowed; default `veth*`): the node ends of pod veths, per the
+//! reasoning above, and no bridge device. It does not attach to the node's uplink: traffic
+//! from off-cluster clients (to a cluster IP or to node ports / external IPs) must be
+//! masqueraded so replies come back through this node, and the datapath has no SNAT yet; a
+//! DNAT-only uplink hook would make replies bypass the reverse translation. The backend
+//! therefore refuses node ports, external and load-balancer IPs, ClientIP affinity, SCTP,
+//! IPv6 and masquerade-all with an error naming the service port.
+//!
+//! Restart: the backend keeps the maps pinned in [`BpfFs`] under its state dir (kept mounted
+//! across processes); a new process [`ServiceNat::load_pinned`]s them, rebuilds the mirror and
+//! [`ServiceNat::attach`] replaces the programs in place (fixed tc priority/handle), so
+//! established flows keep their conntrack entries. Its cleanup detaches every filter and
+//! unmounts the bpffs ([`bpffs::unmount_under`]).
+//!
 //! # Not yet
-//! - Restart: [`ServiceNat::load_pinned`] reuses pinned maps and [`ServiceNat::attach`]
-//!   replaces the programs in place (fixed tc priority/handle), so a restarted agent takes
-//!   over without a gap; wiring that into the agent (state dir, keeping the mount) is not done.
 //! - Conntrack timeouts/GC: `conntrack` and `affinity` are LRU maps without TCP state or
 //!   expiry, so a client reusing a source port towards a former backend directly could have
 //!   its replies SNATed to the VIP until the entry is evicted.
 //! - Fragments after the first are not translated; first fragments are.
-//! - Reject (`SVC_F_REJECT`), IPv6, NodePort/external traffic, session affinity by client IP.
+//! - Reject (`SVC_F_REJECT`: services without endpoints drop), SNAT (hairpin, off-cluster
+//!   clients), IPv6, NodePort/external traffic, session affinity by client IP (the `affinity`
+//!   map pins 5-tuples, not clients).
 
 pub mod bpffs;
 pub mod error;

@@ -91,3 +91,46 @@ fn harness() -> Harness {
 }
 
 conformance_suite!(harness());
+
+/// eBPF-specific: a new backend object (as after a proxy restart) re-adopts the pinned maps:
+/// its first sync of the same table rewrites no service entry, only replaces the programs in
+/// place, and a connection established before keeps working (its conntrack entry survived).
+#[test]
+fn restart_readopts_pinned_maps_and_keeps_flows() {
+    use conformance::topology::{in_ns, tcp_connect, tcp_hellos, Topology, NODE};
+    use conformance::{service, slice, table};
+    use std::collections::BTreeSet;
+
+    let topo = Topology::new();
+    let cfg = topo.config();
+    let web = service("web", "10.96.0.10", serde_json::json!({}));
+    let t = table(
+        &cfg,
+        &[web],
+        &[slice("web", &[(0, NODE), (1, NODE), (2, "node-b")])],
+    );
+    let vip = "10.96.0.10:80".parse().unwrap();
+    let mut first = make(&topo.node, &cfg);
+    let stats = first.sync(&t).expect("first sync");
+    assert_eq!(stats.chains_written, 2, "http and dns entries: {stats:?}");
+    let mut conn = in_ns(&topo.client, || tcp_connect(vip)).expect("connect");
+    drop(first);
+
+    let mut second = make(&topo.node, &cfg);
+    let stats = second.sync(&t).expect("sync after restart");
+    assert_eq!(
+        (stats.chains_written, stats.chains_deleted),
+        (0, 0),
+        "maps re-adopted as they were: {stats:?}"
+    );
+    assert_eq!(
+        stats.hooks_changed, 4,
+        "programs replaced on vp0-2 and vc0: {stats:?}"
+    );
+    conn.echo("after restart")
+        .expect("established flow survives the restart");
+    let hellos = tcp_hellos(&topo.client, vip, 30);
+    let pods: BTreeSet<_> = hellos.iter().map(|h| h.pod.as_str()).collect();
+    assert_eq!(pods.len(), 3, "{hellos:?}");
+    assert!(second.sync(&t).expect("again").is_noop());
+}

@@ -123,8 +123,10 @@ impl EbpfBackend {
 
     /// Attaches to every configured interface not attached by this process yet.
     fn attach_all(&mut self) -> Result<usize> {
-        let wanted: Vec<String> = self
-            .interfaces()?
+        let present = self.interfaces()?;
+        // An interface that went away (a deleted pod) is attached anew if its name returns.
+        self.attached.retain(|i| present.contains(i));
+        let wanted: Vec<String> = present
             .into_iter()
             .filter(|i| !self.attached.contains(i))
             .collect();

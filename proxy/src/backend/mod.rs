@@ -171,6 +171,15 @@ mod tests {
         ));
         // nftables and ebpf are built too, but they touch the kernel: tested in namespaces
         // (tests/nftables_kernel.rs, tests/ebpf_traffic.rs).
+        // ebpf touches nothing until its first sync (tests/ebpf_traffic.rs).
+        let ebpf = BackendConfig {
+            kind: BackendKind::Ebpf,
+            ..Default::default()
+        };
+        assert_eq!(
+            new_backend(&ebpf, &ProxyConfig::new("n")).unwrap().name(),
+            "ebpf"
+        );
         let none = BackendConfig {
             kind: BackendKind::None,
             ..Default::default()
