@@ -4,9 +4,9 @@
 
 use crate::config::AgentConfig;
 use ipnetwork::IpNetwork;
+use netlet_proxy::backend::EbpfOptions;
 use netlet_proxy::sync_loop::{self, ProxySyncer};
 use netlet_proxy::watch::WatchConfig;
-use netlet_proxy::backend::EbpfOptions;
 use netlet_proxy::{setup, BackendKind, ProxyConfig};
 use std::net::Ipv4Addr;
 use tokio_util::sync::CancellationToken;
