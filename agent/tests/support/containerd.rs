@@ -8,14 +8,13 @@
 //! `nsenter --net` (rather than `ip netns exec`) keeps the host mount namespace, so runc still
 //! sees `/sys/fs/cgroup` and the test can inspect and unmount what containerd mounted.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration::containerd::ContainerdLayout;
 use integration::{ChildGuard, NetNs};
 use netlet_agent::cri::{api, unready_conditions, CriClient};
-use sha2::{Digest, Sha256};
 
 /// The workspace root (`agent/` is one level below it).
 pub fn workspace_root() -> PathBuf {
@@ -107,40 +106,29 @@ impl Containerd {
             cgroup_parent,
         };
 
-        let bin_dir = root.join("cni/bin");
-        let conf_dir = root.join("cni/net.d");
-        std::fs::create_dir_all(&bin_dir).unwrap();
-        std::fs::create_dir_all(&conf_dir).unwrap();
-        std::os::unix::fs::symlink(netlet_cni_binary(), bin_dir.join("netlet")).unwrap();
-        for plugin in ["portmap", "loopback"] {
-            std::os::unix::fs::symlink(
-                Path::new("/usr/lib/cni").join(plugin),
-                bin_dir.join(plugin),
-            )
-            .unwrap();
-        }
+        let layout = ContainerdLayout::new(&root);
+        layout
+            .prepare(&netlet_cni_binary(), PAUSE_IMAGE)
+            .expect("preparing containerd's dirs and config");
         let conf = conflist(&root);
         std::fs::write(
-            conf_dir.join("10-netlet.conflist"),
+            layout.cni_conf_dir().join("10-netlet.conflist"),
             serde_json::to_vec_pretty(&conf).unwrap(),
         )
         .unwrap();
-        std::fs::write(root.join("config.toml"), config_toml(&root)).unwrap();
-
-        let log = std::fs::File::create(root.join("containerd.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", me.node.path().display()))
-            .arg("containerd")
-            .arg("--config")
-            .arg(root.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+        let child = layout
+            .command(&me.node.path())
+            .expect("opening containerd's log")
             .spawn()
             .expect("starting containerd under nsenter");
         me.process = Some(ChildGuard::new(child));
         me.wait_ready().await;
         me
+    }
+
+    /// containerd's layout in the temp dir.
+    fn layout(&self) -> ContainerdLayout {
+        ContainerdLayout::new(self.dir())
     }
 
     /// The temp dir everything lives in.
@@ -231,14 +219,14 @@ impl Containerd {
 
     /// Mount points under our temp dir that are still mounted (pod netns, rootfs binds).
     pub fn leftover_mounts(&self) -> Vec<String> {
-        mounts_under(self.dir())
+        self.layout().leftover_mounts()
     }
 
     /// The socket of the shim serving sandbox `id`. containerd 1.6 does not let us move
     /// these: they live in `/run/containerd/s/`, named by a hash of our socket path, the
     /// namespace and the id, so they are ours alone and can be checked for and removed.
     pub fn shim_socket(&self, sandbox_id: &str) -> PathBuf {
-        shim_socket(&self.socket(), sandbox_id)
+        self.layout().shim_socket(sandbox_id)
     }
 
     /// Tears everything down; the happy path calls it to assert on the result, `Drop` calls it
@@ -261,36 +249,9 @@ impl Containerd {
         }
         // 2. Stop containerd itself.
         drop(self.process.take());
-        // 3. Containers runc still knows about (shims outlive containerd).
-        let runc_root = root.join("runc/k8s.io");
-        for id in runc_containers(&runc_root) {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force", &id])
-                .output();
-            forced.push(format!("runc container {id}"));
-            let shim = shim_socket(&root.join("containerd.sock"), &id);
-            if std::fs::remove_file(&shim).is_ok() {
-                forced.push(format!("shim socket {}", shim.display()));
-            }
-        }
-        // 4. Shims, found by our unique socket path on their command line, killed by PID.
-        for pid in processes_mentioning(&root.join("containerd.sock").to_string_lossy()) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .output();
-            forced.push(format!("shim pid {pid}"));
-        }
-        // 5. Mounts (pod netns, rootfs binds), deepest first.
-        let mut mounts = mounts_under(&root);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-R", "-l", &m]).output();
-            forced.push(format!("mount {m}"));
-        }
-        // 6. Our cgroup parent in every v1 hierarchy (runc removes the leaves).
-        remove_cgroup_parent(&self.cgroup_parent);
+        // 3-6. Containers runc still knows about (shims outlive containerd), the shims, the
+        //      mounts and our cgroup parent.
+        forced.extend(ContainerdLayout::new(&root).force_cleanup(Some(&self.cgroup_parent)));
         if let Err(e) = dir.close() {
             forced.push(format!("removing {}: {e}", root.display()));
         }
@@ -306,52 +267,6 @@ impl Drop for Containerd {
         }
         // `node` drops after this, deleting the namespace and the bridge in it.
     }
-}
-
-/// containerd's config: every path in `root`, native snapshotter, our CNI dirs.
-fn config_toml(root: &Path) -> String {
-    let r = root.display();
-    format!(
-        r#"version = 2
-root = "{r}/root"
-state = "{r}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{r}/containerd.sock"
-
-[ttrpc]
-  address = "{r}/containerd.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{r}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  # Never ask for an OOM score below containerd's own: lowering it needs CAP_SYS_RESOURCE,
-  # which CI sandboxes may drop (runc then fails with "can't get final child's PID").
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{r}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{r}/cni/bin"
-    conf_dir = "{r}/cni/net.d"
-    max_conf_num = 1
-"#
-    )
 }
 
 /// Stops and removes every sandbox of the containerd on `socket`; returns their ids.
@@ -377,77 +292,5 @@ fn remove_all_sandboxes(socket: &Path) -> Vec<String> {
     })
 }
 
-/// containerd 1.6's shim socket for `id` in namespace `k8s.io` (`runtime/v2/shim`'s
-/// `SocketAddress`: sha256 of `<grpc address>/<namespace>/<id>` under `/run/containerd/s`).
-fn shim_socket(grpc_socket: &Path, id: &str) -> PathBuf {
-    let hash = Sha256::digest(grpc_socket.join("k8s.io").join(id).as_os_str().as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new("/run/containerd/s").join(hex)
-}
-
-/// Container ids in a runc state root.
-fn runc_containers(runc_root: &Path) -> Vec<String> {
-    std::fs::read_dir(runc_root)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Mount points at or below `dir`, from this process's mount table.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// PIDs of processes whose command line contains `needle`, except this one.
-pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Removes `parent` from every cgroup v1 hierarchy (and the v2 tree), once it is empty.
-fn remove_cgroup_parent(parent: &str) {
-    let rel = parent.trim_start_matches('/');
-    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(rel)];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        dirs.extend(rd.filter_map(Result::ok).map(|e| e.path().join(rel)));
-    }
-    for d in dirs {
-        if d.is_dir() {
-            let _ = std::fs::remove_dir(&d);
-        }
-    }
-}
-
-/// Cgroup directories of `parent` that still exist, for the final assertion.
-pub fn leftover_cgroups(parent: &str) -> Vec<PathBuf> {
-    let rel = parent.trim_start_matches('/');
-    std::fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path().join(rel))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use integration::containerd::{leftover_cgroups, processes_mentioning};
