@@ -46,7 +46,9 @@ async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
     let ns = &containerd.node;
     add_nic(ns, "192.0.2.1");
 
-    let server = integration::TestApiserver::start();
+    let server = integration::TestApiserver::start_with(&["--disable-controllers"]);
+    // The test plays the control plane's node IPAM (it sets podCIDRs itself); serve's own
+    // controllers would assign one first.
     let client = server.client().await;
     forward_into(ns, apiserver_port(&server.kubeconfig()));
 
@@ -187,7 +189,9 @@ async fn agent_registers_renews_lease_writes_cni_config_and_routes() {
 async fn network_only_agent_leaves_the_node_alone_but_configures_networking() {
     let ns = NetNs::new("netonly");
     add_nic(&ns, "192.0.2.1");
-    let server = integration::TestApiserver::start();
+    let server = integration::TestApiserver::start_with(&["--disable-controllers"]);
+    // The test plays the control plane's node IPAM (it sets podCIDRs itself); serve's own
+    // controllers would assign one first.
     let client = server.client().await;
     forward_into(&ns, apiserver_port(&server.kubeconfig()));
     let nodes: Api<Node> = Api::all(client.clone());

@@ -23,7 +23,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
-    let server = integration::TestApiserver::start();
+    let server = integration::TestApiserver::start_with(&["--disable-controllers"]);
+    // The test plays the control plane's node IPAM (it sets podCIDRs itself); serve's own
+    // controllers would assign one first.
     let client = server.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
@@ -192,7 +194,9 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
 /// status is not rewritten every heartbeat: the Lease alone shows liveness.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_an_existing_node_and_writes_status_only_on_change() {
-    let server = integration::TestApiserver::start();
+    let server = integration::TestApiserver::start_with(&["--disable-controllers"]);
+    // The test plays the control plane's node IPAM (it sets podCIDRs itself); serve's own
+    // controllers would assign one first.
     let client = server.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);

@@ -35,7 +35,9 @@ async fn routes_follow_nodes_and_leave_foreign_routes_alone() {
     assert_eq!(ROUTE_PROTOCOL, 78);
     let ours = || routes(&ns, &["proto", "78"]);
 
-    let server = integration::TestApiserver::start();
+    let server = integration::TestApiserver::start_with(&["--disable-controllers"]);
+    // The test plays the control plane's node IPAM (it sets podCIDRs itself); serve's own
+    // controllers would assign one first.
     let client = server.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     put_node(&nodes, "me", Some("10.244.0.0/24"), "192.0.2.1").await;
