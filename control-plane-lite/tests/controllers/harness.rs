@@ -30,7 +30,9 @@ impl Harness {
             .try_init();
         // `serve` runs its own controllers by default; the tests run theirs (with their
         // config, stoppable), so the server's are disabled to avoid two sets acting at once.
-        let server = TestApiserver::start_with(&["--disable-controllers"]);
+        let server = TestApiserver::start_with(&["--disable-controllers", "--disable-scheduler"]);
+        // The simulated kubelet binds pods itself; serve's scheduler would race it with
+        // FailedScheduling status writes (there are no Node objects to schedule onto).
         let client = server.client().await;
         let cancel = CancellationToken::new();
         let mut h = Self {

@@ -91,7 +91,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             &format!("https://127.0.0.1:{NODE_API_PORT}"),
         ),
     )?;
-    let mut fwd = Command::new(std::env::current_exe().context("locating xtask")?);
+    let mut fwd = Command::new(xtask_exe()?);
     fwd.arg("forward")
         .arg("--to")
         .arg(format!("127.0.0.1:{port}"))
@@ -138,6 +138,22 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// This program's path, for the forwarder. `cargo xtask test` rebuilds xtask while it runs
+/// (clippy and `cargo test` build the whole workspace), after which `/proc/self/exe` names the
+/// unlinked old file; the new build at the same path is the same program.
+fn xtask_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let rebuilt = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+    if rebuilt.exists() {
+        Ok(rebuilt)
+    } else {
+        bail!("the xtask binary {} is gone", exe.display())
+    }
 }
 
 fn step(n: usize, total: usize, what: &str) {
