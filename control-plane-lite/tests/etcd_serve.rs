@@ -68,7 +68,7 @@ impl Etcd {
                 "etcd at {} never became healthy",
                 etcd.url
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // polling the etcd we started: it offers no readiness event
         }
     }
 

@@ -138,7 +138,7 @@ fn watch_from_a_compacted_revision_is_410() {
         if body["type"] == "ERROR" || std::time::Instant::now() > deadline {
             break (code, body);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // polling for compaction to expire the watch: no event to wait on
     };
     assert_eq!(code, 200);
     assert_eq!(body["type"], "ERROR", "{body}");

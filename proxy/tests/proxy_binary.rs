@@ -43,7 +43,7 @@ impl Cluster {
                 "apiserver not serving within 20s; log:\n{}",
                 cluster.read("server.log")
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // polling the spawned apiserver: no readiness event
         }
         cluster
     }
@@ -109,7 +109,7 @@ impl Cluster {
                 "no {what} within 20s:\n{saved}\nproxy log:\n{}",
                 self.read("proxy.log")
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // polling kernel rules the proxy process writes: no event to wait on
         }
     }
 }
@@ -246,6 +246,6 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
             let _ = child.wait();
             panic!("process {} did not exit within {within:?}", child.id());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling a child's exit with a deadline (std has no wait-with-timeout)
     }
 }

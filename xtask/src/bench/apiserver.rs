@@ -457,7 +457,7 @@ impl Server {
                     log_tail(dir.path())
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // polling for the kubeconfig the server writes
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -474,7 +474,7 @@ impl Server {
             if Instant::now() > deadline {
                 bail!("/readyz not ready after 30 s; see {}", log_tail(dir.path()));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // polling /readyz of the spawned server
         }
         Ok(Self {
             guard,
@@ -554,7 +554,7 @@ impl Etcd {
             if Instant::now() > deadline {
                 bail!("etcd at {} not healthy after 30 s", etcd.url);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // polling the spawned etcd's health
         }
     }
 }

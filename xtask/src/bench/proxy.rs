@@ -434,7 +434,7 @@ fn run_timed(
         } else if interrupt::check().is_err() {
             None
         } else {
-            std::thread::sleep(Duration::from_micros(100));
+            std::thread::sleep(Duration::from_micros(100)); // busy-ish poll so the measured latency is not rounded up by the wait
             continue;
         };
         let _ = child.kill();
