@@ -43,14 +43,39 @@ pub fn cluster_dir() -> PathBuf {
 
 /// The cgroup node `k`'s pods live under (removed by `down`).
 pub fn cgroup_parent(k: u8) -> String {
-    format!("/{NS_PREFIX}node-{k}")
+    format!("/{}node-{k}", ns_prefix())
 }
 
 /// The most nodes `up` starts (node IPs are `10.200.0.11` upwards on a /24).
 pub const MAX_NODES: u8 = 20;
 
-/// The prefix of every namespace the cluster creates.
-pub const NS_PREFIX: &str = "nlt-up-";
+/// The environment variable that renames the cluster's namespaces (`nlt-<word>-`), so that two
+/// checkouts (or a developer's cluster and a CI run) can each run a cluster on one machine.
+pub const NS_PREFIX_ENV: &str = "NETLET_UP_PREFIX";
+/// The default prefix of every namespace the cluster creates.
+pub const DEFAULT_NS_PREFIX: &str = "nlt-up-";
+
+/// The prefix of every namespace (and cgroup) the cluster creates: `$NETLET_UP_PREFIX` if it is
+/// a valid `nlt-<letters/digits>-`, else the default. One word between the dashes so that one
+/// cluster's prefix is never a prefix of another's.
+pub fn ns_prefix() -> String {
+    std::env::var(NS_PREFIX_ENV)
+        .ok()
+        .filter(|p| valid_prefix(p))
+        .unwrap_or_else(|| DEFAULT_NS_PREFIX.to_string())
+}
+
+/// Whether `p` is `nlt-<word>-` with a non-empty alphanumeric lowercase word.
+fn valid_prefix(p: &str) -> bool {
+    p.strip_prefix("nlt-")
+        .and_then(|r| r.strip_suffix('-'))
+        .is_some_and(|w| {
+            !w.is_empty()
+                && w.len() <= 8
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
 /// The port the forwarder listens on inside each node namespace (127.0.0.1).
 pub const NODE_API_PORT: u16 = 6443;
 
@@ -62,4 +87,20 @@ pub fn pid_of(role: &str) -> Option<u32> {
         .iter()
         .find(|p| p.role == role && state::is_ours(p.pid, &p.marker))
         .map(|p| p.pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_prefix;
+
+    #[test]
+    fn prefix_must_be_one_nlt_word() {
+        assert!(valid_prefix("nlt-up-"));
+        assert!(valid_prefix("nlt-ci2-"));
+        assert!(!valid_prefix("nlt-up-a-"), "would overlap nlt-up-");
+        assert!(!valid_prefix("nlt--"));
+        assert!(!valid_prefix("up-"));
+        assert!(!valid_prefix("nlt-UP-"));
+        assert!(!valid_prefix("nlt-up"));
+    }
 }

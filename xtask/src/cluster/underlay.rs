@@ -6,22 +6,22 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use super::NS_PREFIX;
+use super::ns_prefix;
 use crate::util;
 
 /// The LAN namespace.
 pub fn lan_ns() -> String {
-    format!("{NS_PREFIX}lan")
+    format!("{}lan", ns_prefix())
 }
 
 /// The namespace of node `k` (1-based).
 pub fn node_ns(k: u8) -> String {
-    format!("{NS_PREFIX}node-{k}")
+    format!("{}node-{k}", ns_prefix())
 }
 
 /// The namespace of the host outside the cluster.
 pub fn outside_ns() -> String {
-    format!("{NS_PREFIX}outside")
+    format!("{}outside", ns_prefix())
 }
 
 /// Node `k`'s address on the LAN.
@@ -86,12 +86,13 @@ pub fn create(nodes: u8) -> Result<()> {
 
 /// Every namespace whose name starts with our prefix (also ones a crashed `up` left).
 pub fn existing() -> Vec<String> {
+    let prefix = ns_prefix();
     let out = Command::new("ip").args(["netns", "list"]).output();
     let Ok(out) = out else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(NS_PREFIX))
+        .filter(|n| n.starts_with(&prefix))
         .map(str::to_string)
         .collect()
 }
