@@ -308,14 +308,14 @@ mod tests {
     #[test]
     fn config_keeps_every_path_under_the_root() {
         let layout = ContainerdLayout::new("/tmp/nlt-x");
-        let toml = layout.config_toml("docker.io/netlet/pause:v1");
+        let toml = layout.config_toml("localhost/netlet-pause:1");
         for line in toml.lines().filter(|l| l.contains("= \"/")) {
             assert!(
                 line.contains("\"/tmp/nlt-x/"),
                 "path outside the root: {line}"
             );
         }
-        assert!(toml.contains("sandbox_image = \"docker.io/netlet/pause:v1\""));
+        assert!(toml.contains("sandbox_image = \"localhost/netlet-pause:1\""));
         assert_eq!(layout.socket(), Path::new("/tmp/nlt-x/containerd.sock"));
     }
 

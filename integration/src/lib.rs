@@ -10,9 +10,11 @@
 //! - [`process`]: the child-process guard.
 //! - [`containerd`]: a containerd confined to one directory, and its forced teardown.
 //! - [`apiserver`]: our apiserver in a temporary directory, for API-driven tests.
+//! - [`images`]: the names of the images `cargo xtask images` builds.
 
 pub mod apiserver;
 pub mod containerd;
+pub mod images;
 pub mod netns;
 pub mod process;
 

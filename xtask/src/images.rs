@@ -30,14 +30,7 @@ const ECHO_RS: &str = include_str!("images/echo.rs");
 /// Where Debian's busybox-static installs its binary.
 const BUSYBOX: &str = "/bin/busybox";
 
-/// The sandbox image's name as containerd stores it (CRI normalises `netlet/pause:v1` to this).
-pub const PAUSE_IMAGE: &str = "docker.io/netlet/pause:v1";
-
-/// The test app image: `/echo` (HTTP 8080, TCP echo 9000, UDP echo 9001) plus busybox.
-pub const ECHO_IMAGE: &str = "localhost/netlet-echo:1";
-
-/// The busybox test image's name as containerd stores it.
-pub const TESTAPP_IMAGE: &str = "docker.io/netlet/testapp:v1";
+pub use integration::images::{ECHO_IMAGE, PAUSE_IMAGE, TESTAPP_IMAGE};
 
 /// Options of `cargo xtask images`.
 #[derive(Debug, clap::Args)]

@@ -92,7 +92,7 @@ mod tests {
         pod.spec = Some(PodSpec::default());
         let c = Container {
             name: "app".into(),
-            image: Some("docker.io/netlet/testapp:v1".into()),
+            image: Some("localhost/netlet-testapp:1".into()),
             command: Some(vec!["/bin/sh".into(), "-c".into()]),
             args: Some(vec!["echo $(GREETING)".into()]),
             working_dir: Some("/tmp".into()),
