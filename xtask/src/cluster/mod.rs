@@ -14,6 +14,7 @@
 
 mod down;
 pub mod forward;
+pub mod restart;
 mod state;
 pub mod underlay;
 mod up;

@@ -15,6 +15,13 @@ pub struct Process {
     pub pid: u32,
     /// A string its `/proc/PID/cmdline` contains (a path under the cluster dir).
     pub marker: String,
+    /// Its command line, so `restart` can start it again the same way (empty in states
+    /// written before restarts existed).
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// The file its output goes to, if `up` redirected it.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 /// What `up` has started so far, in start order.

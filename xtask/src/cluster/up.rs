@@ -199,6 +199,18 @@ fn spawn(
     mut cmd: Command,
     log: &Path,
 ) -> Result<u32> {
+    redirect(&mut cmd, log)?;
+    let pid = record(state, state_path, role, marker, cmd)?;
+    if let Some(p) = state.processes.last_mut() {
+        p.log = Some(log.display().to_string());
+    }
+    state.save(state_path)?;
+    Ok(pid)
+}
+
+/// Sends `cmd`'s output to `log` (appending, so a restarted process continues the same log)
+/// and detaches its stdin.
+pub(super) fn redirect(cmd: &mut Command, log: &Path) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -208,7 +220,7 @@ fn spawn(
         .stdout(file.try_clone()?)
         .stderr(file)
         .process_group(0);
-    record(state, state_path, role, marker, cmd)
+    Ok(())
 }
 
 /// Spawns an already configured `cmd` and records it.
@@ -226,10 +238,16 @@ fn record(
     let pid = child.id();
     // Not waited for: the process outlives `up`; init reaps it once this process exits.
     std::mem::forget(child);
+    let argv = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     state.processes.push(Process {
         role: role.to_string(),
         pid,
         marker: marker.display().to_string(),
+        argv,
+        log: None,
     });
     state.save(state_path)?;
     Ok(pid)

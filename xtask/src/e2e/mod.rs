@@ -3,6 +3,7 @@
 //! left behind.
 
 mod kubectl;
+mod pod_lifecycle;
 mod scenarios;
 
 use anyhow::Result;

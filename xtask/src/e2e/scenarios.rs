@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use super::kubectl::Kubectl;
+use super::pod_lifecycle;
 use crate::cluster::underlay;
 use crate::images::ECHO_IMAGE;
 
@@ -47,11 +48,27 @@ pub const SCENARIOS: &[Scenario] = &[
         service_cluster_ip_reaches_pods,
     ),
     ("kubectl logs shows container output", kubectl_logs),
+    (
+        "liveness failure restarts the container",
+        pod_lifecycle::liveness_failure_restarts,
+    ),
+    (
+        "readiness failure leaves the service endpoints",
+        pod_lifecycle::readiness_failure_leaves_endpoints,
+    ),
+    (
+        "agent kill -9 keeps its pods running",
+        pod_lifecycle::agent_crash_keeps_pods,
+    ),
+    (
+        "unreachable node's pods move to other nodes",
+        pod_lifecycle::unreachable_node_pods_move,
+    ),
     ("deleted pods go away", deleted_pods_go_away),
 ];
 
-const NS: &str = "e2e";
-const POD_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const NS: &str = "e2e";
+pub(super) const POD_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn nodes_have_distinct_pod_cidrs(ctx: &Ctx) -> Result<()> {
     let cidrs = ctx.kubectl.wait_for(
@@ -255,7 +272,7 @@ fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
 }
 
 /// Runs a busybox script in a pod pinned to `node` and requires it to exit 0.
-fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> Result<()> {
+pub(super) fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> Result<()> {
     ctx.kubectl.apply(&json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod, "namespace": NS, "labels": {"role": "client"}},
@@ -303,7 +320,7 @@ fn running_pods(ctx: &Ctx, selector: &str, count: usize) -> Result<Vec<Value>> {
     )
 }
 
-fn is_ready(pod: &Value) -> bool {
+pub(super) fn is_ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -311,11 +328,11 @@ fn is_ready(pod: &Value) -> bool {
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-fn items(list: &Value) -> Vec<Value> {
+pub(super) fn items(list: &Value) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
-fn name(o: &Value) -> &str {
+pub(super) fn name(o: &Value) -> &str {
     o["metadata"]["name"].as_str().unwrap_or("?")
 }
 
