@@ -289,6 +289,23 @@ impl Cache {
         self.nodes.values().filter(|n| n.node.is_some())
     }
 
+    /// The nodes that exist, in name order starting at `start` and wrapping around.
+    pub fn nodes_from<'a>(&'a self, start: Option<&'a str>) -> impl Iterator<Item = &'a NodeInfo> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start = start.unwrap_or("");
+        self.nodes
+            .range::<str, _>((Included(start), Unbounded))
+            .chain(self.nodes.range::<str, _>((Unbounded, Excluded(start))))
+            .map(|(_, n)| n)
+            .filter(|n| n.node.is_some())
+    }
+
+    /// How many node entries the cache holds: the nodes that exist plus, rarely, deleted ones
+    /// whose pods are still accounted. Sizes the search; not a count to report.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Names of the nodes that exist.
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
         self.nodes().map(NodeInfo::name)

@@ -89,6 +89,8 @@ struct Scheduler {
     client: Client,
     config: SchedulerConfig,
     cache: Cache,
+    /// Where the next decision's node search starts.
+    cursor: schedule::NodeCursor,
     queue: SchedulingQueue,
     recorder: Recorder,
     in_flight: usize,
@@ -114,6 +116,7 @@ pub async fn run(
         client,
         config,
         cache: Cache::default(),
+        cursor: schedule::NodeCursor::default(),
         queue: SchedulingQueue::default(),
         in_flight: 0,
         done_tx,
@@ -259,7 +262,7 @@ impl Scheduler {
                 break;
             };
             let key = pod_key(&pod);
-            match schedule::find_node(&pod, &self.cache, &mut rng) {
+            match schedule::find_node(&pod, &self.cache, &mut self.cursor, &mut rng) {
                 Ok(node) => {
                     tracing::debug!(pod = %key, %node, "assumed");
                     self.cache.assume(&pod, &node);

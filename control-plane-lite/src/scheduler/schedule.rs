@@ -1,5 +1,11 @@
-//! One scheduling decision: filter every cached node, score the ones that fit, pick the best
-//! (ties at random), or explain per node why none fits in upstream's words.
+//! One scheduling decision: filter cached nodes until enough fit, score the ones that fit, pick
+//! the best (ties at random), or explain per node why none fits in upstream's words.
+//!
+//! Like upstream's `percentageOfNodesToScore`, a big cluster is not filtered in full for every
+//! pod: the search stops once [`feasible_nodes_to_find`] nodes fit, and the next pod's search
+//! starts where this one stopped ([`NodeCursor`]), so over many pods every node is considered.
+//! At 5,000 nodes that is 10 % per pod instead of all of them; the placements stay good
+//! because the scores of a random-enough 500 feasible nodes differ little from the best of all.
 
 use super::cache::Cache;
 use super::filters::{run_filters, PodFacts};
@@ -40,13 +46,47 @@ impl fmt::Display for FitError {
     }
 }
 
-/// Picks a node for `pod` from `cache`.
-pub fn find_node(pod: &Pod, cache: &Cache, rng: &mut impl Rng) -> Result<String, FitError> {
+/// Clusters up to this many nodes are filtered in full (upstream's `minFeasibleNodesToFind`).
+const MIN_FEASIBLE_NODES: usize = 100;
+/// The smallest share of a big cluster that is searched (upstream's
+/// `minFeasibleNodesPercentageToFind`).
+const MIN_PERCENT: usize = 5;
+
+/// How many fitting nodes the search looks for in a cluster of `num_nodes`: all of a small one,
+/// else upstream's adaptive default of `50 % − nodes/125` (at least 5 %, at least 100 nodes).
+pub fn feasible_nodes_to_find(num_nodes: usize) -> usize {
+    if num_nodes <= MIN_FEASIBLE_NODES {
+        return num_nodes;
+    }
+    let percent = 50usize.saturating_sub(num_nodes / 125).max(MIN_PERCENT);
+    (num_nodes * percent / 100).max(MIN_FEASIBLE_NODES)
+}
+
+/// Where the next search starts: the node after the last one the previous search examined.
+#[derive(Debug, Default, Clone)]
+pub struct NodeCursor {
+    next: Option<String>,
+}
+
+/// Picks a node for `pod` from `cache`, searching from `cursor` and moving it on.
+pub fn find_node(
+    pod: &Pod,
+    cache: &Cache,
+    cursor: &mut NodeCursor,
+    rng: &mut impl Rng,
+) -> Result<String, FitError> {
     let facts = PodFacts::new(pod);
+    let want = feasible_nodes_to_find(cache.node_count());
     let mut feasible = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut num_nodes = 0;
-    for info in cache.nodes() {
+    let mut next = None;
+    let start = cursor.next.take();
+    for info in cache.nodes_from(start.as_deref()) {
+        if feasible.len() >= want {
+            next = Some(info.name().to_string());
+            break;
+        }
         num_nodes += 1;
         let failed = run_filters(&facts, info);
         if failed.is_empty() {
@@ -56,6 +96,7 @@ pub fn find_node(pod: &Pod, cache: &Cache, rng: &mut impl Rng) -> Result<String,
             *reasons.entry(r.to_string()).or_default() += 1;
         }
     }
+    cursor.next = next;
     if feasible.is_empty() {
         return Err(FitError { num_nodes, reasons });
     }
@@ -105,13 +146,25 @@ mod tests {
         cache.upsert_node(node("a", "1", true));
         cache.upsert_node(node("b", "1", false));
         cache.upsert_node(node("c", "1", false));
-        let err = find_node(&pod("2"), &cache, &mut rand::rng()).unwrap_err();
+        let err = find_node(
+            &pod("2"),
+            &cache,
+            &mut NodeCursor::default(),
+            &mut rand::rng(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 Insufficient cpu."
         );
         let empty = Cache::default();
-        let err = find_node(&pod("2"), &empty, &mut rand::rng()).unwrap_err();
+        let err = find_node(
+            &pod("2"),
+            &empty,
+            &mut NodeCursor::default(),
+            &mut rand::rng(),
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "no nodes available to schedule pods");
     }
 
@@ -123,7 +176,13 @@ mod tests {
         // The big node leaves more free: always chosen.
         for _ in 0..20 {
             assert_eq!(
-                find_node(&pod("500m"), &cache, &mut rand::rng()).unwrap(),
+                find_node(
+                    &pod("500m"),
+                    &cache,
+                    &mut NodeCursor::default(),
+                    &mut rand::rng()
+                )
+                .unwrap(),
                 "big"
             );
         }
@@ -132,8 +191,47 @@ mod tests {
             cache.upsert_node(node(n, "4", false));
         }
         let picked: HashSet<String> = (0..200)
-            .map(|_| find_node(&pod("1"), &cache, &mut rand::rng()).unwrap())
+            .map(|_| {
+                find_node(
+                    &pod("1"),
+                    &cache,
+                    &mut NodeCursor::default(),
+                    &mut rand::rng(),
+                )
+                .unwrap()
+            })
             .collect();
         assert_eq!(picked.len(), 3, "{picked:?}");
+    }
+
+    #[test]
+    fn feasible_share_shrinks_with_cluster_size() {
+        assert_eq!(feasible_nodes_to_find(3), 3);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(150), 100, "at least 100 nodes");
+        assert_eq!(feasible_nodes_to_find(1000), 420, "50 % - 8 %");
+        assert_eq!(feasible_nodes_to_find(5000), 500, "50 % - 40 % = 10 %");
+        assert_eq!(feasible_nodes_to_find(20000), 1000, "never below 5 %");
+    }
+
+    #[test]
+    fn big_clusters_are_searched_in_turns_covering_every_node() {
+        let mut cache = Cache::default();
+        for i in 0..1000 {
+            cache.upsert_node(node(&format!("n{i:04}"), "4", false));
+        }
+        let mut cursor = NodeCursor::default();
+        let mut seen = HashSet::new();
+        for _ in 0..3 {
+            seen.insert(find_node(&pod("1"), &cache, &mut cursor, &mut rand::rng()).unwrap());
+        }
+        // 420 nodes per search: the third search wraps around, and the picks come from
+        // different windows.
+        assert!(seen.len() >= 2, "{seen:?}");
+        assert!(cursor.next.is_some());
+
+        // A pod that fits nowhere still scans every node and counts them all.
+        let err = find_node(&pod("64"), &cache, &mut cursor, &mut rand::rng()).unwrap_err();
+        assert_eq!(err.num_nodes, 1000);
     }
 }
