@@ -97,6 +97,17 @@ enum Command {
         #[command(flatten)]
         config: ControllersConfig,
     },
+    /// Time the scheduling algorithm alone in memory and print the result as JSON (used by
+    /// `cargo xtask bench scheduler`, so it measures this build).
+    #[command(hide = true)]
+    BenchSchedulerAlgorithm {
+        /// Nodes in the cache.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Pods to decide.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,6 +168,11 @@ fn main() -> anyhow::Result<()> {
             let client = client_from(&kubeconfig).await?;
             run_controllers(client, config, leader_elect, cancel_on_signal()?).await
         }),
+        Command::BenchSchedulerAlgorithm { nodes, pods } => {
+            let result = netlet_control_plane::scheduler::algorithm_bench::run(nodes, pods);
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! - this file: the loop that ties watch events, decisions and bind results together.
 
 pub mod affinity;
+pub mod algorithm_bench;
 pub mod binder;
 pub mod cache;
 pub mod error;

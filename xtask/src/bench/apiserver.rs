@@ -26,6 +26,7 @@ use integration::ChildGuard;
 use serde_json::{json, Value};
 
 use super::api_client::{rss_mb, Api, Conn};
+use super::server::Server;
 use super::stats::{self, Summary};
 use crate::{interrupt, util};
 
@@ -414,84 +415,6 @@ fn pod(i: usize) -> Value {
         "metadata": {"name": pod_name(i), "labels": {"app": "bench"}},
         "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
     })
-}
-
-/// A running `netlet-control-plane serve` in a temp dir, killed by PID on drop.
-struct Server {
-    /// The server process (dropped before the dir, as fields drop in order).
-    guard: ChildGuard,
-    /// Its data dir (kubeconfig, PKI, embedded storage, log).
-    _dir: tempfile::TempDir,
-    /// How to reach it.
-    api: Api,
-}
-
-impl Server {
-    /// Starts the server with `extra` flags and waits for `/readyz`.
-    fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("nlt-bench-apiserver-")
-            .tempdir()
-            .context("creating a temp dir")?;
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(bin)
-            .args(["serve", "--data-dir"])
-            .arg(dir.path())
-            .args(["--bind", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let guard = ChildGuard::new(child);
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let api = loop {
-            interrupt::check()?;
-            if let Ok(text) = std::fs::read_to_string(&kubeconfig) {
-                break Api::from_kubeconfig(&text)?;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no admin.kubeconfig after 30 s; see {}",
-                    log_tail(dir.path())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50)); // polling for the kubeconfig the server writes
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        loop {
-            interrupt::check()?;
-            let ready = runtime.block_on(async {
-                let mut conn = api.connect().await?;
-                conn.call(Method::GET, "/readyz", "text/plain", None).await
-            });
-            if ready.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("/readyz not ready after 30 s; see {}", log_tail(dir.path()));
-            }
-            std::thread::sleep(Duration::from_millis(50)); // polling /readyz of the spawned server
-        }
-        Ok(Self {
-            guard,
-            _dir: dir,
-            api,
-        })
-    }
-}
-
-/// The last lines of the server's log, for an error message.
-fn log_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "server log:\n{}",
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    )
 }
 
 /// A free 127.0.0.1 port (bound and released; etcd binds it right after).

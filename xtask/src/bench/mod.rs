@@ -6,6 +6,8 @@ mod apiserver;
 mod cni;
 mod podstart;
 mod proxy;
+mod scheduler;
+mod server;
 mod stats;
 
 use anyhow::Result;
@@ -26,6 +28,9 @@ pub enum Bench {
     /// 100 pods created at once on a one-node `xtask up` cluster: create → Ready p50/p99 and
     /// the agent's RSS. Needs root.
     Podstart(podstart::Args),
+    /// upstream scheduler_perf's SchedulingBasic (5,000 nodes, 10,000 pods) through the
+    /// apiserver, scaling a Deployment to 1,000, and the algorithm alone in memory.
+    Scheduler(scheduler::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -35,5 +40,6 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Proxy(args) => proxy::run(&args),
         Bench::Apiserver(args) => apiserver::run(&args),
         Bench::Podstart(args) => podstart::run(&args),
+        Bench::Scheduler(args) => scheduler::run(&args),
     }
 }
