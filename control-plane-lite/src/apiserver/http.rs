@@ -111,21 +111,24 @@ pub fn content_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// Parses the object body of a create or update: JSON, or protobuf for the few kinds
-/// `protobuf.rs` knows. YAML bodies are a 415.
+/// Parses the object body of a create or update: JSON, YAML (as `curl --data-binary @x.yaml
+/// -H 'Content-Type: application/yaml'` sends it; one document), or protobuf for the few kinds
+/// `protobuf.rs` knows.
 pub fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    match content_type(headers).as_str() {
-        "" | "application/json" | "*/*" => {}
+    let value: Value = match content_type(headers).as_str() {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding the request body: {e}")))?,
+        "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!("error decoding the YAML request body: {e}"))
+        })?,
         super::protobuf::MEDIA_TYPE => return super::protobuf::decode(body),
         other => {
             tracing::debug!(content_type = other, "unsupported body media type");
             return Err(ApiError::UnsupportedMediaType {
-                accepted: "application/json",
+                accepted: "application/json, application/yaml",
             });
         }
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("error decoding the request body: {e}")))?;
+    };
     if !value.is_object() {
         return Err(ApiError::BadRequest(
             "the request body must be a JSON object".into(),
@@ -267,5 +270,35 @@ mod tests {
         assert_eq!(q.number("limit").unwrap(), Some(5));
         assert_eq!(q.get("labelSelector"), Some("a=b"));
         assert_eq!(q.get("x"), None);
+    }
+
+    #[test]
+    fn bodies_may_be_json_or_yaml() {
+        let headers = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, ct.parse().unwrap());
+            h
+        };
+        let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  n: \"3\"\n";
+        let v = json_body(&headers("application/yaml"), yaml).unwrap();
+        assert_eq!(v["metadata"]["name"], "c");
+        assert_eq!(v["data"]["n"], "3");
+        let json = br#"{"kind":"ConfigMap","metadata":{"name":"c"}}"#;
+        assert_eq!(
+            json_body(&headers("application/json"), json).unwrap()["kind"],
+            "ConfigMap"
+        );
+        assert!(matches!(
+            json_body(&headers("application/yaml"), b"metadata: [unclosed"),
+            Err(ApiError::BadRequest(m)) if m.contains("YAML")
+        ));
+        assert!(matches!(
+            json_body(&headers("application/yaml"), b"- a list\n"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            json_body(&headers("text/plain"), b"x"),
+            Err(ApiError::UnsupportedMediaType { .. })
+        ));
     }
 }

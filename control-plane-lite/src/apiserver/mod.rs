@@ -33,7 +33,7 @@
 //!   HTTPS accept loop and periodic compaction.
 //!
 //! Not done yet: `/openapi/v2` (404, so kubectl 1.28 and older need `--validate=false`),
-//! patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, YAML bodies, protobuf bodies beyond what kubectl's
+//! patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` on DELETE of a collection (it is honoured on single
 //! DELETEs), IPv6 and dual-stack
