@@ -20,6 +20,23 @@ fn echo_container(healthy_for: u32) -> Value {
     })
 }
 
+/// A node's Ready condition status (`""` if absent) and whether it has the unreachable taint.
+fn node_state(node: &Value) -> (&str, bool) {
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("");
+    let tainted = node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["key"] == "node.kubernetes.io/unreachable");
+    (ready, tainted)
+}
+
 /// The container status of `pod`'s first container.
 fn first_status(pod: &Value) -> &Value {
     &pod["status"]["containerStatuses"][0]
@@ -210,19 +227,7 @@ pub fn unreachable_node_pods_move(ctx: &Ctx) -> Result<()> {
         "node-3 to turn Ready=Unknown with the unreachable taint",
         &["node", "node-3"],
         limit,
-        |n| {
-            let unknown = n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "Unknown");
-            let tainted = n["spec"]["taints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|t| t["key"] == "node.kubernetes.io/unreachable");
-            (unknown && tainted).then_some(())
-        },
+        |n| (node_state(n) == ("Unknown", true)).then_some(()),
     )?;
     let replacement = ctx.kubectl.wait_for(
         "a replacement mover pod Ready on another node",
@@ -249,19 +254,7 @@ pub fn unreachable_node_pods_move(ctx: &Ctx) -> Result<()> {
         "node-3 Ready again without the unreachable taint",
         &["node", "node-3"],
         limit,
-        |n| {
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            let tainted = n["spec"]["taints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|t| t["key"] == "node.kubernetes.io/unreachable");
-            (ready && !tainted).then_some(())
-        },
+        |n| (node_state(n) == ("True", false)).then_some(()),
     )?;
     ctx.kubectl.wait_for(
         &format!("the evicted pod {first} to be removed once node-3's agent is back"),
