@@ -210,6 +210,12 @@ async fn acknowledged_creates_survive_kill_9() {
         "{} objects without an ack survived, more than were in flight: {unacked:?}",
         unacked.len()
     );
+    println!(
+        "killed pid {pid} after {} acknowledged creates ({failed} failed); all acknowledged \
+         present after restart, {} unacknowledged in-flight creates also stored",
+        acked.len(),
+        unacked.len()
+    );
     for name in unacked {
         let index: usize = name[3..].parse().expect("index in name");
         assert_eq!(present[name].data, Some(data(index)), "{name} is torn");
