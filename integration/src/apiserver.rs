@@ -89,7 +89,20 @@ impl TestApiserver {
         self.guard = Some(ChildGuard::new(child));
     }
 
-    /// Kills the server and starts it again on the same data directory (on a new port).
+    /// The server process's PID (0 after [`Self::kill`]).
+    pub fn pid(&self) -> u32 {
+        self.guard.as_ref().map_or(0, ChildGuard::id)
+    }
+
+    /// Kills the server with SIGKILL by its PID, as `kill -9` does (no shutdown, nothing
+    /// flushed), and reaps it: crash tests then check what storage kept across
+    /// [`Self::restart`].
+    pub fn kill(&mut self) {
+        self.guard = None; // ChildGuard's drop sends SIGKILL and waits
+    }
+
+    /// Kills the server (SIGKILL, if still running) and starts it again on the same data
+    /// directory (on a new port; [`Self::client`] waits for the new kubeconfig).
     pub fn restart(&mut self) {
         self.guard = None; // kills and reaps the old process
         let _ = std::fs::remove_file(self.kubeconfig());

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the one entry point for netlet developers and CI.
 //!
 //! # Layout
-//! - [`deps`]: installs the Debian packages the project needs.
+//! - [`deps`]: installs the Debian packages the project needs and the Python client's venv.
 //! - [`test`]: fmt, clippy, the workspace tests and the e2e suites, with one pass/fail tally.
 //! - [`bench`]: benchmarks (`bench cni`: our plugin against the reference bridge plugin).
 //! - [`demo`]: two containers on one node wired by netlet-cni, pinging each other.
@@ -37,7 +37,8 @@ struct Cli {
 /// The tasks `cargo xtask` knows.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Installs the Debian packages the project needs (idempotent; root only if something is missing).
+    /// Installs the Debian packages the project needs (idempotent; root only if something is
+    /// missing) and creates `target/py-venv` with the pinned Python Kubernetes client.
     Deps,
     /// Runs everything CI runs: fmt check, clippy, workspace tests, e2e suites. Needs root.
     Test,

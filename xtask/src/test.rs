@@ -50,9 +50,7 @@ pub const SUITES: &[Suite] = &[Suite {
 /// `cargo xtask test`; `Ok(false)` when anything failed.
 pub fn run() -> Result<bool> {
     util::require_root("cargo xtask test")?;
-    if !deps::missing().is_empty() {
-        deps::ensure()?;
-    }
+    deps::ensure()?;
     let mut total = Tally::default();
     let mut failed_steps: Vec<String> = Vec::new();
 
