@@ -35,6 +35,11 @@ mod nft {
     }
 
     conformance_suite!(harness());
+
+    #[test]
+    fn udp_flow_moves_off_a_removed_endpoint() {
+        crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+    }
 }
 
 mod legacy {
@@ -49,4 +54,9 @@ mod legacy {
     }
 
     conformance_suite!(harness());
+
+    #[test]
+    fn udp_flow_moves_off_a_removed_endpoint() {
+        crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+    }
 }

@@ -43,6 +43,11 @@ fn harness() -> Harness {
 
 conformance_suite!(harness());
 
+#[test]
+fn udp_flow_moves_off_a_removed_endpoint() {
+    conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+}
+
 /// nftables-specific: a client remembered for an endpoint that leaves the Service is balanced
 /// anew (the remembered choice is deleted), and sticks again.
 #[test]
