@@ -15,6 +15,8 @@
 //! - [`conntrack`]: which UDP conntrack entries a table change makes stale (pure) and their
 //!   deletion over ctnetlink (`conntrack/ctnetlink.rs`).
 //! - [`exec`]: running kernel tools in the current or a given network namespace.
+//! - [`health_check`]: the healthCheckNodePort HTTP server of `externalTrafficPolicy: Local`
+//!   LoadBalancer Services (backend-independent, run by the sync loop).
 //! - [`hash`]: stable short names for kernel objects.
 //! - [`watch`]: generic kube-rs watch of two kinds into stores, debounced, calling back with the
 //!   changed keys (meant to be shared by other controllers).
@@ -34,6 +36,7 @@ pub mod conntrack;
 pub mod error;
 pub mod exec;
 pub mod hash;
+pub mod health_check;
 pub mod metrics_http;
 pub mod model;
 pub mod setup;

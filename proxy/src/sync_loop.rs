@@ -11,6 +11,7 @@ use crate::backend::{Backend, SyncStats};
 use crate::config::ProxyConfig;
 use crate::conntrack::{self, ConntrackTable};
 use crate::error::Result;
+use crate::health_check::HealthCheckServer;
 use crate::model::{ServiceKey, ServiceTable, SERVICE_NAME_LABEL};
 use crate::watch::{watch_pair, Change, WatchConfig, WatchError};
 use k8s_openapi::api::core::v1::Service;
@@ -139,6 +140,7 @@ pub struct ProxySyncer {
     needs_full: bool,
     metrics: Arc<SyncMetrics>,
     conntrack: Option<Box<dyn ConntrackTable>>,
+    health_check: Option<HealthCheckServer>,
     /// The table of the last successful sync: what the dataplane did before the next one.
     last: Option<ServiceTable>,
 }
@@ -152,6 +154,7 @@ impl ProxySyncer {
             needs_full: true,
             metrics: Arc::default(),
             conntrack: None,
+            health_check: None,
             last: None,
         }
     }
@@ -204,6 +207,10 @@ impl ProxySyncer {
                 m.service_ports.store(table.len() as u64, Ordering::Relaxed);
                 m.endpoints.store(endpoints as u64, Ordering::Relaxed);
                 self.clean_conntrack(&table);
+                if let Some(hc) = self.health_check.as_mut() {
+                    // Logged by the server; a busy port must not fail the service rules.
+                    let _ = hc.sync(&table);
+                }
                 tracing::info!(
                     backend = self.backend.name(),
                     full,
@@ -219,6 +226,12 @@ impl ProxySyncer {
             }
         }
         result
+    }
+
+    /// Serves the health check node ports of each synced table through `server`.
+    pub fn with_health_check(mut self, server: HealthCheckServer) -> Self {
+        self.health_check = Some(server);
+        self
     }
 
     /// Runs the conntrack cleanup for the change from the last synced table to `table`. A

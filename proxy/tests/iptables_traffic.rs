@@ -40,6 +40,11 @@ mod nft {
     fn udp_flow_moves_off_a_removed_endpoint() {
         crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
     }
+
+    #[test]
+    fn health_check_node_port_reports_local_endpoints() {
+        crate::conformance::health_check::health_check_node_port_reports_local_endpoints(&harness());
+    }
 }
 
 mod legacy {
@@ -58,5 +63,10 @@ mod legacy {
     #[test]
     fn udp_flow_moves_off_a_removed_endpoint() {
         crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+    }
+
+    #[test]
+    fn health_check_node_port_reports_local_endpoints() {
+        crate::conformance::health_check::health_check_node_port_reports_local_endpoints(&harness());
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod conntrack;
+pub mod health_check;
 pub mod topology;
 
 use integration::NetNs;
