@@ -86,6 +86,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A health check node port could not be opened (usually: something else listens there).
+    #[error("listening on health check node port {port} of service {service}: {source}")]
+    HealthCheckListen {
+        /// The port.
+        port: u16,
+        /// The Service it belongs to.
+        service: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The configured backend exists in the design but not in the code yet.
     #[error("proxy backend {0} is not implemented yet")]
     NotImplemented(BackendKind),

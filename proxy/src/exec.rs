@@ -22,6 +22,38 @@ pub enum NetnsExec {
 }
 
 impl NetnsExec {
+    /// The namespace file to enter, `None` for the current namespace.
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            Self::Current => None,
+            Self::Named(name) => Some(PathBuf::from("/run/netns").join(name)),
+            Self::Path(p) => Some(p.clone()),
+        }
+    }
+
+    /// Runs `f` in this namespace: on a short-lived thread that enters it (the current thread
+    /// for [`NetnsExec::Current`]). Sockets `f` opens keep operating on that namespace from
+    /// any thread, which is how the netlink backends program a namespace they do not run in.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let Some(path) = self.path() else {
+            return f();
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let netns_err = |source: std::io::Error| Error::Netns {
+                    path: path.clone(),
+                    source,
+                };
+                let file = std::fs::File::open(&path).map_err(netns_err)?;
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| netns_err(e.into()))?;
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        })
+    }
+
     /// A command running `program` in this namespace.
     pub fn command(&self, program: &str) -> Command {
         match self {

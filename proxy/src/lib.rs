@@ -3,7 +3,7 @@
 //! It turns Services and EndpointSlices into a desired service table (pure code) and programs
 //! it through one [`backend::Backend`] trait, with one implementation per dataplane, chosen by
 //! config. [`sync_loop`] keeps a backend in step with the apiserver through the generic
-//! [`watch`] helper; conntrack cleanup comes in a later slice.
+//! [`watch`] helper, and after each sync deletes stale UDP conntrack entries ([`conntrack`]).
 //!
 //! # Layout
 //! - [`model`]: the [`ServiceTable`] and its construction from Kubernetes objects (pure).
@@ -12,7 +12,11 @@
 //!   [`backend::iptables`] (render in `render.rs`, kernel edge in `cli.rs`),
 //!   [`backend::nftables`] (pure elements in `render.rs`, fixed rules in `base.rs`, netlink in
 //!   `netlink.rs`/`expr.rs`, diffing in `apply.rs`), [`backend::none`].
+//! - [`conntrack`]: which UDP conntrack entries a table change makes stale (pure) and their
+//!   deletion over ctnetlink (`conntrack/ctnetlink.rs`).
 //! - [`exec`]: running kernel tools in the current or a given network namespace.
+//! - [`health_check`]: the healthCheckNodePort HTTP server of `externalTrafficPolicy: Local`
+//!   LoadBalancer Services (backend-independent, run by the sync loop).
 //! - [`hash`]: stable short names for kernel objects.
 //! - [`watch`]: generic kube-rs watch of two kinds into stores, debounced, calling back with the
 //!   changed keys (meant to be shared by other controllers).
@@ -28,9 +32,11 @@
 
 pub mod backend;
 pub mod config;
+pub mod conntrack;
 pub mod error;
 pub mod exec;
 pub mod hash;
+pub mod health_check;
 pub mod metrics_http;
 pub mod model;
 pub mod setup;

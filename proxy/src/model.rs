@@ -304,6 +304,9 @@ fn select<'a>(eps: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoi
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     ports: BTreeMap<ServicePortName, ServicePort>,
+    /// `spec.healthCheckNodePort` of LoadBalancer Services with `externalTrafficPolicy:
+    /// Local`: a per-Service fact, not a port's (see [`crate::health_check`]).
+    health_check_node_ports: BTreeMap<ServiceKey, u16>,
 }
 
 impl ServiceTable {
@@ -311,7 +314,18 @@ impl ServiceTable {
     pub fn from_ports(ports: impl IntoIterator<Item = ServicePort>) -> Self {
         Self {
             ports: ports.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            health_check_node_ports: BTreeMap::new(),
         }
+    }
+
+    /// The Services that have a health check node port, and that port.
+    pub fn health_check_node_ports(&self) -> &BTreeMap<ServiceKey, u16> {
+        &self.health_check_node_ports
+    }
+
+    /// Sets `key`'s health check node port (the table is built without any).
+    pub fn set_health_check_node_port(&mut self, key: ServiceKey, port: u16) {
+        self.health_check_node_ports.insert(key, port);
     }
 
     /// All service ports, in order.
@@ -356,7 +370,10 @@ impl ServiceTable {
     /// The table one family's backend programs: addresses and endpoints of that family only,
     /// ports without a cluster IP in it dropped.
     pub fn for_family(&self, family: IpFamily) -> ServiceTable {
-        Self::from_ports(self.ports().filter_map(|p| p.for_family(family)))
+        Self {
+            health_check_node_ports: self.health_check_node_ports.clone(),
+            ..Self::from_ports(self.ports().filter_map(|p| p.for_family(family)))
+        }
     }
 }
 

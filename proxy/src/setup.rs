@@ -4,7 +4,9 @@
 
 use crate::backend::{new_backend, BackendConfig, BackendKind, EbpfOptions, IptablesMode};
 use crate::config::ProxyConfig;
+use crate::conntrack::NetlinkConntrack;
 use crate::error::Result;
+use crate::health_check::HealthCheckServer;
 use crate::model::IpFamily;
 use crate::sync_loop::ProxySyncer;
 
@@ -33,11 +35,27 @@ pub fn with_families_from_addresses(mut proxy: ProxyConfig) -> ProxyConfig {
 }
 
 /// Builds the backend `cfg` describes for `proxy` (families derived from its addresses) and
-/// the syncer that drives it; run it with [`crate::sync_loop::run`].
+/// the syncer that drives it (with UDP conntrack cleanup in the backend's namespace for the
+/// backends that NAT through conntrack, and the health check node port server when called
+/// inside a tokio runtime); run it with [`crate::sync_loop::run`].
 pub fn new_syncer(cfg: &BackendConfig, proxy: ProxyConfig) -> Result<ProxySyncer> {
     let proxy = with_families_from_addresses(proxy);
     let backend = new_backend(cfg, &proxy)?;
-    Ok(ProxySyncer::new(backend, proxy))
+    let mut syncer = ProxySyncer::new(backend, proxy);
+    // Daemons build the syncer inside their runtime, which then serves the health checks.
+    if let (Ok(runtime), false) = (
+        tokio::runtime::Handle::try_current(),
+        cfg.kind == BackendKind::None,
+    ) {
+        syncer = syncer.with_health_check(HealthCheckServer::new(cfg.netns.clone(), runtime));
+    }
+    Ok(match cfg.kind {
+        // These NAT through the kernel's conntrack, whose UDP entries outlive endpoints.
+        BackendKind::Iptables | BackendKind::Nftables => {
+            syncer.with_conntrack(Box::new(NetlinkConntrack::new(cfg.netns.clone())))
+        }
+        BackendKind::Ebpf | BackendKind::None => syncer,
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 
 use crate::backend::{Backend, SyncStats};
 use crate::config::ProxyConfig;
+use crate::conntrack::{self, ConntrackTable};
 use crate::error::Result;
+use crate::health_check::HealthCheckServer;
 use crate::model::{ServiceKey, ServiceTable, SERVICE_NAME_LABEL};
 use crate::watch::{watch_pair, Change, WatchConfig, WatchError};
 use k8s_openapi::api::core::v1::Service;
@@ -48,6 +50,8 @@ pub struct SyncMetrics {
     services: AtomicU64,
     service_ports: AtomicU64,
     endpoints: AtomicU64,
+    conntrack_deleted: AtomicU64,
+    conntrack_failures: AtomicU64,
 }
 
 impl SyncMetrics {
@@ -113,6 +117,18 @@ impl SyncMetrics {
             "Endpoints (per service port) in the last table synced.",
             &[("", get(&self.endpoints).to_string())],
         );
+        metric(
+            "netlet_proxy_conntrack_entries_deleted_total",
+            "counter",
+            "Stale UDP conntrack entries deleted after syncs.",
+            &[("", get(&self.conntrack_deleted).to_string())],
+        );
+        metric(
+            "netlet_proxy_conntrack_cleanup_failures_total",
+            "counter",
+            "Conntrack cleanups that failed (the entries then expire on their own).",
+            &[("", get(&self.conntrack_failures).to_string())],
+        );
         out
     }
 }
@@ -123,6 +139,10 @@ pub struct ProxySyncer {
     config: ProxyConfig,
     needs_full: bool,
     metrics: Arc<SyncMetrics>,
+    conntrack: Option<Box<dyn ConntrackTable>>,
+    health_check: Option<HealthCheckServer>,
+    /// The table of the last successful sync: what the dataplane did before the next one.
+    last: Option<ServiceTable>,
 }
 
 impl ProxySyncer {
@@ -133,7 +153,17 @@ impl ProxySyncer {
             config,
             needs_full: true,
             metrics: Arc::default(),
+            conntrack: None,
+            health_check: None,
+            last: None,
         }
+    }
+
+    /// Deletes stale UDP conntrack entries in `table` after every successful sync
+    /// ([`conntrack::cleanup`]); without it (tests, dry runs) nothing is deleted.
+    pub fn with_conntrack(mut self, table: Box<dyn ConntrackTable>) -> Self {
+        self.conntrack = Some(table);
+        self
     }
 
     /// The counters this syncer updates.
@@ -176,6 +206,11 @@ impl ProxySyncer {
                     .store(table.services().len() as u64, Ordering::Relaxed);
                 m.service_ports.store(table.len() as u64, Ordering::Relaxed);
                 m.endpoints.store(endpoints as u64, Ordering::Relaxed);
+                self.clean_conntrack(&table);
+                if let Some(hc) = self.health_check.as_mut() {
+                    // Logged by the server; a busy port must not fail the service rules.
+                    let _ = hc.sync(&table);
+                }
                 tracing::info!(
                     backend = self.backend.name(),
                     full,
@@ -191,6 +226,35 @@ impl ProxySyncer {
             }
         }
         result
+    }
+
+    /// Serves the health check node ports of each synced table through `server`.
+    pub fn with_health_check(mut self, server: HealthCheckServer) -> Self {
+        self.health_check = Some(server);
+        self
+    }
+
+    /// Runs the conntrack cleanup for the change from the last synced table to `table`. A
+    /// failure is logged and counted, not returned: the rules are in place, and the stale
+    /// entries only delay clients until they expire.
+    fn clean_conntrack(&mut self, table: &ServiceTable) {
+        let previous = self.last.replace(table.clone());
+        let (Some(ct), Some(previous)) = (self.conntrack.as_deref_mut(), previous) else {
+            return;
+        };
+        match conntrack::cleanup(ct, &previous, table) {
+            Ok(n) => {
+                self.metrics
+                    .conntrack_deleted
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics
+                    .conntrack_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "deleting stale UDP conntrack entries");
+            }
+        }
     }
 
     fn apply_stores(
@@ -321,5 +385,69 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
+    }
+
+    /// Records each cleanup's filters.
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<Vec<String>>>>);
+
+    impl ConntrackTable for Recorder {
+        fn delete_matching(&mut self, filters: &[conntrack::Filter]) -> Result<usize> {
+            let text = filters.iter().map(ToString::to_string).collect();
+            self.0.lock().unwrap().push(text);
+            Ok(filters.len())
+        }
+    }
+
+    #[test]
+    fn conntrack_cleanup_follows_successful_syncs_only() {
+        let fake = Fake::default();
+        let ct = Recorder::default();
+        let mut syncer = ProxySyncer::new(Box::new(fake.clone()), ProxyConfig::new("n"))
+            .with_conntrack(Box::new(ct.clone()));
+        let svcs = [service("kube-system", "dns")];
+        let slice = |ips: &[&str]| -> EndpointSlice {
+            let eps: Vec<_> = ips
+                .iter()
+                .map(|ip| serde_json::json!({"addresses": [ip]}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "kube-system", "name": "dns-1",
+                             "labels": {"kubernetes.io/service-name": "dns"}},
+                "addressType": "IPv4", "endpoints": eps,
+                "ports": [{"port": 5353, "protocol": "UDP"}],
+            }))
+            .unwrap()
+        };
+        let key = Change::Keys(BTreeSet::from([ServiceKey::new("kube-system", "dns")]));
+        // The first sync has no previous table to compare with.
+        syncer
+            .apply(&svcs, &[slice(&["10.244.1.10", "10.244.1.11"])], &key)
+            .unwrap();
+        // A failed sync deletes nothing: the old rules may still be in place.
+        fake.fail.store(true, Ordering::SeqCst);
+        syncer
+            .apply(&svcs, &[slice(&["10.244.1.11"])], &key)
+            .unwrap_err();
+        fake.fail.store(false, Ordering::SeqCst);
+        assert!(ct.0.lock().unwrap().is_empty());
+        // The next successful sync compares with the last successful one.
+        syncer
+            .apply(&svcs, &[slice(&["10.244.1.11"])], &key)
+            .unwrap();
+        syncer
+            .apply(&svcs, &[slice(&["10.244.1.11"])], &key)
+            .unwrap();
+        assert_eq!(
+            *ct.0.lock().unwrap(),
+            [vec![
+                "udp dst=10.96.0.9:53 reply-src=10.244.1.10:5353".to_string()
+            ]]
+        );
+        let text = syncer.metrics().render_prometheus();
+        assert!(
+            text.contains("netlet_proxy_conntrack_entries_deleted_total 1\n"),
+            "{text}"
+        );
     }
 }

@@ -35,6 +35,16 @@ mod nft {
     }
 
     conformance_suite!(harness());
+
+    #[test]
+    fn udp_flow_moves_off_a_removed_endpoint() {
+        crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+    }
+
+    #[test]
+    fn health_check_node_port_reports_local_endpoints() {
+        crate::conformance::health_check::health_check_node_port_reports_local_endpoints(&harness());
+    }
 }
 
 mod legacy {
@@ -49,4 +59,14 @@ mod legacy {
     }
 
     conformance_suite!(harness());
+
+    #[test]
+    fn udp_flow_moves_off_a_removed_endpoint() {
+        crate::conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+    }
+
+    #[test]
+    fn health_check_node_port_reports_local_endpoints() {
+        crate::conformance::health_check::health_check_node_port_reports_local_endpoints(&harness());
+    }
 }

@@ -43,6 +43,16 @@ fn harness() -> Harness {
 
 conformance_suite!(harness());
 
+#[test]
+fn udp_flow_moves_off_a_removed_endpoint() {
+    conformance::conntrack::udp_flow_moves_off_a_removed_endpoint(&harness());
+}
+
+#[test]
+fn health_check_node_port_reports_local_endpoints() {
+    conformance::health_check::health_check_node_port_reports_local_endpoints(&harness());
+}
+
 /// nftables-specific: a client remembered for an endpoint that leaves the Service is balanced
 /// anew (the remembered choice is deleted), and sticks again.
 #[test]

@@ -41,6 +41,7 @@ impl ServiceTable {
             v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
         let mut ports = Vec::new();
+        let mut health_checks = Vec::new();
         for svc in services {
             let (Some(ns), Some(name), Some(spec)) = (
                 svc.metadata.namespace.as_deref(),
@@ -51,10 +52,33 @@ impl ServiceTable {
             };
             let key = ServiceKey::new(ns, name);
             let svc_slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(port) = health_check_node_port(spec) {
+                health_checks.push((key.clone(), port));
+            }
             ports.extend(service_ports(key, svc, spec, svc_slices, cfg));
         }
-        Self::from_ports(ports)
+        let mut table = Self::from_ports(ports);
+        for (key, port) in health_checks {
+            table.set_health_check_node_port(key, port);
+        }
+        table
     }
+}
+
+/// `spec.healthCheckNodePort`, which only LoadBalancer Services with `externalTrafficPolicy:
+/// Local` have (the apiserver allocates it; load balancers probe it to find nodes with local
+/// endpoints).
+fn health_check_node_port(spec: &ServiceSpec) -> Option<u16> {
+    let lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let has_cluster_ip = spec
+        .cluster_ip
+        .as_deref()
+        .is_some_and(|ip| ip.parse::<IpAddr>().is_ok());
+    spec.health_check_node_port
+        .filter(|_| lb && local && has_cluster_ip)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
 }
 
 fn parse_ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
@@ -300,5 +324,33 @@ mod tests {
             assert_eq!(p.endpoints.len(), 1);
             assert!(p.endpoints[0].ready);
         }
+    }
+    #[test]
+    fn health_check_node_port_only_for_local_load_balancers() {
+        let lb = |policy: &str, kind: &str| {
+            svc(json!({
+                "metadata": {"namespace": "default", "name": format!("{kind}-{policy}")},
+                "spec": {"type": kind, "clusterIP": "10.96.0.10", "externalTrafficPolicy": policy,
+                         "healthCheckNodePort": 32000, "ports": [{"port": 80, "nodePort": 30080}]}
+            }))
+        };
+        let t = ServiceTable::build(
+            &[
+                lb("Local", "LoadBalancer"),
+                lb("Cluster", "LoadBalancer"),
+                lb("Local", "NodePort"),
+            ],
+            &[],
+            &ProxyConfig::new("n"),
+        );
+        let ports: Vec<_> = t.health_check_node_ports().iter().collect();
+        assert_eq!(
+            ports,
+            [(&ServiceKey::new("default", "LoadBalancer-Local"), &32000)]
+        );
+        assert_eq!(
+            t.for_family(IpFamily::V4).health_check_node_ports().len(),
+            1
+        );
     }
 }

@@ -9,6 +9,8 @@
 #![allow(dead_code)] // Each backend's test binary uses its own subset of the helpers.
 
 pub mod cases;
+pub mod conntrack;
+pub mod health_check;
 pub mod topology;
 
 use integration::NetNs;
@@ -134,4 +136,17 @@ pub fn table(cfg: &ProxyConfig, services: &[Value], slices: &[Value]) -> Service
         .map(|s| serde_json::from_value(s.clone()).unwrap())
         .collect();
     ServiceTable::build(&services, &slices, cfg)
+}
+
+/// The Kubernetes objects of JSON Services and EndpointSlices, as the sync loop gets them.
+pub fn objects(services: &[Value], slices: &[Value]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let services = services
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).unwrap())
+        .collect();
+    let slices = slices
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).unwrap())
+        .collect();
+    (services, slices)
 }

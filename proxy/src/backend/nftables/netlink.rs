@@ -6,16 +6,15 @@
 
 use crate::error::{Error, Result};
 use crate::exec::NetnsExec;
-use std::path::PathBuf;
 
 /// `NETLINK_NETFILTER`.
-const NETLINK_NETFILTER: isize = 12;
+pub(crate) const NETLINK_NETFILTER: isize = 12;
 /// `NFNL_SUBSYS_NFTABLES`.
 const SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 /// Receive buffer: more than the kernel's largest dump datagram (32 KiB) or error message.
 const RECV_BUFFER: usize = 128 * 1024;
@@ -242,14 +241,17 @@ pub fn find<'a>(attrs: &[Attr<'a>], ty: u16) -> Option<&'a [u8]> {
 
 /// A netlink message as received.
 #[derive(Debug)]
-struct Received {
-    ty: u16,
-    seq: u32,
+pub(crate) struct Received {
+    /// `nlmsg_type`.
+    pub ty: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
     /// Everything after `nlmsghdr`.
-    payload: Vec<u8>,
+    pub payload: Vec<u8>,
 }
 
-fn split_messages(mut b: &[u8]) -> Vec<Received> {
+/// Splits a datagram into its netlink messages (stops at the first malformed one).
+pub(crate) fn split_messages(mut b: &[u8]) -> Vec<Received> {
     let mut out = Vec::new();
     while b.len() >= 16 {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -267,7 +269,7 @@ fn split_messages(mut b: &[u8]) -> Vec<Received> {
 }
 
 /// The errno of an `NLMSG_ERROR` payload (0 is an acknowledgement).
-fn error_code(payload: &[u8]) -> i32 {
+pub(crate) fn error_code(payload: &[u8]) -> i32 {
     payload
         .get(..4)
         .map(|b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
@@ -320,31 +322,7 @@ impl NftSocket {
     /// Opens the socket in `netns`: a thread enters the namespace, creates the socket and
     /// ends; the socket keeps operating on that namespace from any thread.
     pub fn open(netns: &NetnsExec) -> Result<Self> {
-        let path = match netns {
-            NetnsExec::Current => None,
-            NetnsExec::Named(name) => Some(PathBuf::from("/run/netns").join(name)),
-            NetnsExec::Path(p) => Some(p.clone()),
-        };
-        let sock = match path {
-            None => open_here()?,
-            Some(path) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = std::fs::File::open(&path).map_err(|source| Error::Netns {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        Error::Netns {
-                            path: path.clone(),
-                            source: e.into(),
-                        }
-                    })?;
-                    open_here()
-                })
-                .join()
-                .expect("netns thread panicked")
-            })?,
-        };
+        let sock = netns.enter(open_here)?;
         Ok(Self { sock, seq: 1 })
     }
 
