@@ -113,6 +113,7 @@ async fn containers_share_volumes_see_configmap_updates_and_volumes_go_with_the_
                 { "name": "cfg", "mountPath": "/etc/color", "subPath": "color" },
                 { "name": "creds", "mountPath": "/etc/creds" },
                 { "name": "info", "mountPath": "/etc/info" },
+            { "name": "all-in-one", "mountPath": "/etc/all" },
                 { "name": "host", "mountPath": "/host" },
                 { "name": "host", "mountPath": "/host-ro", "readOnly": true },
             ])
@@ -139,6 +140,11 @@ async fn containers_share_volumes_see_configmap_updates_and_volumes_go_with_the_
             { "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } },
         ] } },
         { "name": "host", "hostPath": { "path": host_dir, "type": "DirectoryOrCreate" } },
+        { "name": "all-in-one", "projected": { "defaultMode": 0o440, "sources": [
+            { "configMap": { "name": "settings", "items": [{ "key": "color", "path": "cfg/color" }] } },
+            { "secret": { "name": "creds" } },
+            { "downwardAPI": { "items": [{ "path": "ns", "fieldRef": { "fieldPath": "metadata.namespace" } }] } },
+        ] } },
     ]);
     let mut spec = pod("vols", containers, volumes);
     // The init container writes into the emptyDir before the app containers start.
@@ -228,6 +234,21 @@ async fn containers_share_volumes_see_configmap_updates_and_volumes_go_with_the_
     assert_eq!(
         exec(&node.cri, &app, "cat /etc/info/labels").await,
         "app=\"vols\"\ntier=\"test\""
+    );
+
+    // projected: the three sources in one directory, with the volume's defaultMode.
+    assert_eq!(
+        exec(
+            &node.cri,
+            &app,
+            "cat /etc/all/cfg/color; echo; cat /etc/all/password; echo; cat /etc/all/ns"
+        )
+        .await,
+        "blue\ns3cret\ndefault"
+    );
+    assert_eq!(
+        exec(&node.cri, &app, "stat -L -c %a /etc/all/password").await,
+        "440"
     );
 
     // hostPath DirectoryOrCreate: created on the node, shared with it; readOnly holds.

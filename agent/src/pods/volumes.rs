@@ -5,8 +5,9 @@
 //! Volumes live under `<pods dir>/<pod uid>/volumes/<plugin>/<volume>` (the kubelet's layout,
 //! e.g. `kubernetes.io~empty-dir`), bind-mounted into containers by the runtime. Supported:
 //! `emptyDir` ([`empty_dir`]), `hostPath` with its type checks ([`host_path`]), `configMap`,
-//! `secret` and `downwardAPI` ([`projection`], written by [`atomic`]). Other kinds fail the
-//! container with a message naming the kind.
+//! `secret`, `downwardAPI` and `projected` volumes of those three ([`projection`], written by
+//! [`atomic`]). Other kinds (and projected service account tokens) fail the container with a
+//! message naming the kind.
 //!
 //! # Limits
 //! Secret volumes are on disk, not tmpfs as with the kubelet. `mountPropagation` is ignored
@@ -21,7 +22,10 @@ pub mod projection;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeSource, ProjectedVolumeSource, Secret, Volume,
+    VolumeMount,
+};
 use kube::{Api, Client};
 
 use super::env::PodFacts;
@@ -38,6 +42,8 @@ pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
 pub const SECRET: &str = "kubernetes.io~secret";
 /// The directory of the downwardAPI plugin below a pod's `volumes` dir.
 pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+/// The directory of the projected plugin below a pod's `volumes` dir.
+pub const PROJECTED: &str = "kubernetes.io~projected";
 
 /// Why a container's volumes could not be set up or mounted.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +311,63 @@ async fn payload(
     if let Some(d) = &v.downward_api {
         return Some(projection::downward_payload(facts, d, name).map(|p| (DOWNWARD_API, p)));
     }
+    if let Some(pr) = &v.projected {
+        return Some(
+            projected(reader, facts, pr, name)
+                .await
+                .map(|p| (PROJECTED, p)),
+        );
+    }
     None
+}
+
+/// The payload of a projected volume: its configMap, secret and downwardAPI sources merged
+/// (later sources win on the same path). Other sources (service account tokens, trust
+/// bundles) are not supported.
+async fn projected(
+    reader: &Reader<'_>,
+    facts: PodFacts<'_>,
+    pr: &ProjectedVolumeSource,
+    volume: &str,
+) -> Result<Payload, VolumeError> {
+    let mut out = Payload::new();
+    let mode = pr.default_mode;
+    for src in pr.sources.iter().flatten() {
+        if let Some(c) = &src.config_map {
+            let optional = c.optional.unwrap_or(false);
+            let data = reader.data("ConfigMap", &c.name, optional, volume).await?;
+            let items = c.items.as_deref();
+            let p = projection::key_payload(
+                "ConfigMap",
+                &c.name,
+                data.as_ref(),
+                items,
+                mode,
+                optional,
+            )?;
+            out.extend(p);
+        } else if let Some(s) = &src.secret {
+            let optional = s.optional.unwrap_or(false);
+            let data = reader.data("Secret", &s.name, optional, volume).await?;
+            let items = s.items.as_deref();
+            let p =
+                projection::key_payload("Secret", &s.name, data.as_ref(), items, mode, optional)?;
+            out.extend(p);
+        } else if let Some(d) = &src.downward_api {
+            let source = DownwardAPIVolumeSource {
+                items: d.items.clone(),
+                default_mode: mode,
+                ..Default::default()
+            };
+            out.extend(projection::downward_payload(facts, &source, volume)?);
+        } else {
+            return Err(VolumeError::Unsupported {
+                volume: volume.into(),
+                kind: "projected serviceAccountToken/clusterTrustBundle/podCertificate source in",
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Sets up volume `v` of the pod (idempotent) and returns its directory on the node.
@@ -356,9 +418,8 @@ async fn set_up(
 
 /// The kind of a volume, for messages.
 fn kind(v: &Volume) -> &'static str {
-    let kinds: [(&'static str, bool); 8] = [
+    let kinds: [(&'static str, bool); 7] = [
         ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
-        ("projected", v.projected.is_some()),
         ("nfs", v.nfs.is_some()),
         ("csi", v.csi.is_some()),
         ("ephemeral", v.ephemeral.is_some()),
@@ -410,7 +471,10 @@ pub async fn container_mounts(
             }
         };
         // Files the kubelet writes are always mounted read-only.
-        let projected = v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some();
+        let projected = v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+            || v.projected.is_some();
         mounts.push(api::Mount {
             container_path: vm.mount_path.clone(),
             host_path: mount_source(&dir, vm)?.to_string_lossy().into_owned(),
@@ -462,9 +526,9 @@ pub fn mount_source(dir: &Path, vm: &VolumeMount) -> Result<PathBuf, VolumeError
     Ok(real)
 }
 
-/// Rewrites the files of the pod's configMap, secret and downwardAPI volumes that are set up
-/// (a no-op for unchanged ones), so running containers see updates. Returns the names of the
-/// volumes it changed; a volume that fails keeps its old files.
+/// Rewrites the files of the pod's configMap, secret, downwardAPI and projected volumes that
+/// are set up (a no-op for unchanged ones), so running containers see updates. Returns the
+/// names of the volumes it changed; a volume that fails keeps its old files.
 pub async fn refresh(
     client: &Client,
     pods_dir: &Path,
@@ -484,6 +548,8 @@ pub async fn refresh(
             SECRET
         } else if v.downward_api.is_some() {
             DOWNWARD_API
+        } else if v.projected.is_some() {
+            PROJECTED
         } else {
             continue;
         };
