@@ -257,6 +257,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods_config.node_ip = Some(node_ip.into());
         pods_config.pod_log_dir = cfg.pod_log_dir.clone();
         pods_config.cgroup_parent = cfg.cgroup_parent.clone();
+        pods_config.pods_dir = cfg.state_dir.join("pods");
         pods_config.managed_pods = metrics.managed_pods.clone();
         let (client, cancel) = (client.clone(), cancel.clone());
         tasks.spawn(async move {

@@ -16,6 +16,8 @@
 //!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
 //! - [`probe`]: startup, liveness and readiness probes.
+//! - [`volumes`]: emptyDir, hostPath, configMap, secret and downwardAPI volumes and the
+//!   container mounts of `volumeMounts`.
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
 //!   creates, starts and restarts containers). [`teardown`]: stopping
 //!   pods and sweeping orphans.
@@ -23,7 +25,8 @@
 //! # Limits
 //! Images are never pulled: a container whose image is not in the runtime waits with
 //! `ErrImageNeverPull` / `ErrImagePull`. HTTP and TCP probes connect from the agent's network
-//! namespace (see [`probe`]); gRPC probes are unsupported. Volumes are not mounted. Sandboxes
+//! namespace (see [`probe`]); gRPC probes are unsupported. Volume kinds beyond those of
+//! [`volumes`] fail the container that mounts them. Sandboxes
 //! get the configured cgroup parent directly (no per-pod cgroup level).
 
 pub mod backoff;
@@ -39,6 +42,7 @@ pub mod resources;
 pub mod sandbox;
 pub mod status;
 pub mod teardown;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +77,12 @@ pub struct PodManagerConfig {
     pub pod_log_dir: PathBuf,
     /// The cgroup parent of every sandbox.
     pub cgroup_parent: String,
+    /// Where pod volumes live (`<dir>/<pod uid>/volumes/<plugin>/<volume>`), the kubelet's
+    /// `/var/lib/kubelet/pods`.
+    pub pods_dir: PathBuf,
+    /// How often running pods' configMap, secret and downwardAPI volume files are compared with
+    /// the API and rewritten when they changed (the kubelet takes up to about a minute).
+    pub volume_refresh_interval: Duration,
     /// Cluster DNS addresses for `ClusterFirst` pods (empty: use the node's resolver).
     pub cluster_dns: Vec<IpAddr>,
     /// The cluster domain for DNS search paths.
@@ -101,6 +111,8 @@ impl PodManagerConfig {
             node_ip: None,
             pod_log_dir: PathBuf::from("/var/log/pods"),
             cgroup_parent: "/netlet-pods".into(),
+            pods_dir: PathBuf::from("/var/lib/netlet/pods"),
+            volume_refresh_interval: Duration::from_secs(10),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),

@@ -53,8 +53,8 @@ pub async fn kill_sandbox(
     Ok(())
 }
 
-/// Stops and removes the sandboxes this agent manages whose pod uid is not in `live`.
-/// Returns the ids removed.
+/// Stops and removes the sandboxes this agent manages whose pod uid is not in `live`, and the
+/// volume directories of such pods. Returns the sandbox ids removed.
 pub async fn sweep_orphans(
     ctx: &Context,
     live: &HashSet<String>,
@@ -80,6 +80,10 @@ pub async fn sweep_orphans(
         tracing::info!(sandbox = %s.id, pod = ?pod.metadata.name, "removing orphaned sandbox");
         kill_sandbox(ctx, &pod, &s.id, MIN_GRACE, true).await?;
         removed.push(s.id);
+    }
+    let dirs = super::volumes::sweep_pod_dirs(&ctx.config.pods_dir, live);
+    if !dirs.is_empty() {
+        tracing::info!(pods = ?dirs, "removed volumes of pods no longer in the API");
     }
     Ok(removed)
 }

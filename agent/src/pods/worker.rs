@@ -32,6 +32,7 @@ use super::{Context, SyncError};
 use crate::cri::api;
 
 mod start;
+mod volume_refresh;
 
 /// What the manager wants for a pod.
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ struct Worker {
     /// Failed sandbox creations in a row, and when to try again.
     sandbox_failures: u32,
     sandbox_retry_at: Option<Instant>,
+    /// When the pod's configMap/secret/downwardAPI volume files were last refreshed.
+    volumes_refreshed_at: Option<Instant>,
 }
 
 /// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
@@ -88,6 +91,7 @@ pub async fn run_worker(
         dirty: false,
         sandbox_failures: 0,
         sandbox_retry_at: None,
+        volumes_refreshed_at: None,
         ctx,
         cache: StatusCache::default(),
         sandbox: None,
@@ -201,6 +205,7 @@ impl Worker {
         };
         let mut changed = self.converge(pod, &sandbox, &observed).await;
         changed |= self.probe(pod, &sandbox, &observed).await;
+        self.refresh_volumes(pod, &sandbox).await;
         let observed = if changed {
             self.cache.observe(&ctx.cri, &sandbox.id).await?
         } else {
@@ -430,6 +435,7 @@ impl Worker {
             kill_sandbox(&self.ctx, pod, &s.id, grace, true).await?;
         }
         self.sandbox = None;
+        self.remove_volumes(pod);
         Ok(())
     }
 

@@ -90,6 +90,7 @@ impl Node {
         config.node_ip = Some(NODE_IP.parse().unwrap());
         config.pod_log_dir = self.ctrd.dir().join("pod-logs");
         config.cgroup_parent = self.ctrd.cgroup_parent.clone();
+        config.pods_dir = self.ctrd.dir().join("pods");
         config
     }
 

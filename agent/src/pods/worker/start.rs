@@ -11,6 +11,7 @@ use super::super::events::EventType::{Normal, Warning};
 use super::super::observed::{Instance, Observed};
 use super::super::sandbox::log_directory;
 use super::super::status::Waiting;
+use super::super::volumes::container_mounts;
 use super::{key, Sandbox, Worker};
 
 impl Worker {
@@ -143,7 +144,7 @@ impl Worker {
             Ok(env) => container_config(pod, c, attempt, &env).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let config = match config {
+        let mut config = match config {
             Ok(cfg) => cfg,
             Err(msg) => {
                 self.wait(pod, c, "CreateContainerConfigError", "Failed", msg, attempt)
@@ -151,6 +152,15 @@ impl Worker {
                 return false;
             }
         };
+        match container_mounts(&ctx.client, &ctx.config.pods_dir, facts, c).await {
+            Ok(mounts) => config.mounts = mounts,
+            Err(e) => {
+                let reason = e.waiting_reason();
+                self.wait(pod, c, reason, "FailedMount", e.to_string(), attempt)
+                    .await;
+                return false;
+            }
+        }
         self.touch();
         let log_dir = log_directory(&ctx.config, pod).join(name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
