@@ -15,6 +15,8 @@
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
+//! - `workload.rs`: what the workload controllers share: identity, selector query, listing owned
+//!   children, pods from templates, pod deletion, status patches.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
@@ -30,6 +32,7 @@ mod pods;
 pub mod replicaset;
 mod rollout;
 mod selector;
+mod workload;
 
 use std::time::Duration;
 
