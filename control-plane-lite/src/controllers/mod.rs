@@ -10,6 +10,8 @@
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
 //! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
 //! - [`daemonset`]: one pod per eligible node, pinned by node affinity.
+//! - [`statefulset`]: pods with stable names and ordinals, OrderedReady or Parallel, rolling
+//!   updates with a partition; `statefulset_plan.rs` holds its pure decisions.
 //! - [`garbage_collector`]: deletes objects whose owners are gone; Foreground and Orphan
 //!   deletions.
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
@@ -32,6 +34,8 @@ mod pods;
 pub mod replicaset;
 mod rollout;
 mod selector;
+pub mod statefulset;
+mod statefulset_plan;
 mod workload;
 
 use std::time::Duration;
@@ -226,6 +230,7 @@ pub async fn run(
             deployment::run(client.clone()),
             job::run(client.clone()),
             daemonset::run(client.clone()),
+            statefulset::run(client.clone()),
             node_lifecycle::run(client.clone(), config.clone()),
             // Boxed: its future is large in debug builds and the join sits on one stack.
             Box::pin(garbage_collector::run(client.clone())),
