@@ -18,7 +18,7 @@
 //!   its Layout section maps its files.
 //! - [`controllers`]: kube-controller-manager's core loops as ordinary API clients (kube-rs
 //!   `Controller`s): node IPAM and lifecycle, EndpointSlices/Endpoints, ReplicaSet, Deployment,
-//!   Job, DaemonSet; [`controllers::run`] runs them all until cancelled.
+//!   Job, DaemonSet, StatefulSet; [`controllers::run`] runs them all until cancelled.
 //! - [`leader`]: Lease-based leader election that runs a task only while leading.
 
 pub mod apiserver;

@@ -16,5 +16,7 @@ mod harness;
 mod namespaces;
 #[path = "controllers/nodes.rs"]
 mod nodes;
+#[path = "controllers/statefulsets.rs"]
+mod statefulsets;
 #[path = "controllers/workloads.rs"]
 mod workloads;

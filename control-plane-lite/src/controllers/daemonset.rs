@@ -10,21 +10,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::workload::{self, Workload};
+use super::{owner, pods, ControllerError};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Taint, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use serde_json::json;
-
-use super::{owner, pods, selector, ControllerError};
 
 /// Tolerations upstream adds to every daemon pod, so node conditions do not evict or block it.
 fn default_tolerations() -> Vec<Toleration> {
@@ -128,47 +126,17 @@ struct Ctx {
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
-    let object = format!("daemonset {}", super::key(ds.as_ref()));
-    let missing = |field| ControllerError::MissingField {
-        object: object.clone(),
-        field,
-    };
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let ns = ds
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| missing("metadata.namespace"))?;
-    let name = ds
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| missing("metadata.name"))?;
-    let uid = ds
-        .metadata
-        .uid
-        .clone()
-        .ok_or_else(|| missing("metadata.uid"))?;
+    let w = Workload::of("daemonset", ds.as_ref())?;
     let spec = ds.spec.clone();
-    let query = selector::to_query(&spec.selector)
-        .and_then(|q| {
-            if q.is_empty() {
-                Err("empty selector".into())
-            } else {
-                Ok(q)
-            }
-        })
-        .map_err(|reason| ControllerError::InvalidSelector {
-            object: object.clone(),
-            reason,
-        })?;
+    let query = w.selector_query(&spec.selector)?;
     let template = spec.template.clone();
     let pod_spec = template
         .spec
         .clone()
-        .ok_or_else(|| missing("spec.template.spec"))?;
+        .ok_or_else(|| w.missing("spec.template.spec"))?;
     let mut tolerations = pod_spec.tolerations.clone().unwrap_or_default();
     for t in default_tolerations() {
         if !tolerations.contains(&t) {
@@ -179,17 +147,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(ControllerError::kube("list nodes for", object.clone()))?
+        .map_err(ControllerError::kube("list nodes for", w.object.clone()))?
         .items;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<Pod> = api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::kube("list pods of", object.clone()))?
-        .items
-        .into_iter()
-        .filter(|p| owner::is_controlled_by(&p.metadata, &uid))
-        .collect();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
+    let owned = w.list_owned(&api, &query, "list pods of").await?;
     let mut by_node: HashMap<String, Vec<&Pod>> = HashMap::new();
     for pod in owned.iter().filter(|p| !pods::is_terminating(p)) {
         if let Some(n) = target_node(pod) {
@@ -228,45 +189,26 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let misscheduled = by_node.values().map(Vec::len).sum::<usize>() as i32;
     delete.extend(by_node.into_values().flatten());
     for node_name in &create {
-        let tmeta = template.metadata.clone().unwrap_or_default();
+        let mut pod = workload::pod_from_template(ds.as_ref(), &template)
+            .ok_or_else(|| w.missing("metadata.uid"))?;
         let mut spec = pod_spec.clone();
         spec.affinity
             .get_or_insert_with(Default::default)
             .node_affinity = node_affinity(node_name).node_affinity;
         spec.tolerations = Some(tolerations.clone());
-        let pod = Pod {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}-")),
-                namespace: Some(ns.clone()),
-                labels: tmeta.labels,
-                annotations: tmeta.annotations,
-                owner_references: owner::controller_ref(ds.as_ref()).map(|r| vec![r]),
-                ..Default::default()
-            },
-            spec: Some(spec),
-            status: None,
-        };
-        tracing::info!(daemonset = %object, node = %node_name, "creating daemon pod");
+        pod.spec = Some(spec);
+        tracing::info!(daemonset = %w.object, node = %node_name, "creating daemon pod");
         api.create(&PostParams::default(), &pod)
             .await
             .map_err(ControllerError::kube(
                 "create daemon pod for",
-                format!("{object} on node {node_name}"),
+                format!("{} on node {node_name}", w.object),
             ))?;
     }
     for pod in delete {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        tracing::info!(daemonset = %object, pod = %pod_name, "deleting daemon pod");
-        match api.delete(&pod_name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if super::is_not_found(&e) => {}
-            Err(e) => {
-                return Err(ControllerError::kube(
-                    "delete daemon pod",
-                    format!("{ns}/{pod_name}"),
-                )(e))
-            }
-        }
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        tracing::info!(daemonset = %w.object, pod = %pod_name, "deleting daemon pod");
+        workload::delete_pod(&api, &w.ns, pod_name).await?;
     }
     let status = DaemonSetStatus {
         desired_number_scheduled: desired,
@@ -280,14 +222,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
         ..ds.status.clone().unwrap_or_default()
     };
     if ds.status.as_ref() != Some(&status) {
-        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(ControllerError::kube("update status of", object))?;
+        w.patch_status(
+            &Api::<DaemonSet>::namespaced(ctx.client.clone(), &w.ns),
+            &status,
+        )
+        .await?;
     }
     if min_ready > 0 && ready != available {
         return Ok(Action::requeue(std::time::Duration::from_secs(
@@ -329,6 +268,7 @@ pub async fn run(client: Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(labels: serde_json::Value, taints: serde_json::Value) -> Node {
         serde_json::from_value(

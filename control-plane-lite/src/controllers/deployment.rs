@@ -15,14 +15,15 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use serde_json::json;
 
 use super::rollout::{self, RsCounts};
-use super::{owner, selector, ControllerError};
+use super::workload::Workload;
+use super::{owner, ControllerError};
 
 /// Revision of a ReplicaSet (and of its Deployment, the newest one's).
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -157,51 +158,14 @@ impl Rollout<'_> {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
-    let object = format!("deployment {}", super::key(d.as_ref()));
-    let missing = |field| ControllerError::MissingField {
-        object: object.clone(),
-        field,
-    };
-    let ns = d
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| missing("metadata.namespace"))?;
-    let name = d
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| missing("metadata.name"))?;
-    let uid = d
-        .metadata
-        .uid
-        .clone()
-        .ok_or_else(|| missing("metadata.uid"))?;
-    let query = selector::to_query(&d.spec.selector)
-        .and_then(|q| {
-            if q.is_empty() {
-                Err("empty selector".into())
-            } else {
-                Ok(q)
-            }
-        })
-        .map_err(|reason| ControllerError::InvalidSelector {
-            object: object.clone(),
-            reason,
-        })?;
-    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::kube("list replicasets of", object.clone()))?
-        .items
-        .into_iter()
-        .filter(|rs| owner::is_controlled_by(&rs.metadata, &uid))
-        .collect();
+    let w = Workload::of("deployment", d.as_ref())?;
+    let query = w.selector_query(&d.spec.selector)?;
+    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &w.ns);
+    let mut owned = w.list_owned(&rs_api, &query, "list replicasets of").await?;
     owned.sort_by_key(revision);
     let ro = Rollout {
         d: &d,
-        object: object.clone(),
+        object: w.object.clone(),
         rs_api: rs_api.clone(),
     };
     let replicas = d.spec.replicas.unwrap_or(1);
@@ -311,14 +275,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     sync_revision_annotation(&ctx.client, &d, new_rs.as_ref()).await?;
     let status = compute_status(&d, new_rs.as_ref(), &old, max_unavailable, created);
     if d.status.as_ref() != Some(&status) {
-        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(ControllerError::kube("update status of", object))?;
+        w.patch_status(
+            &Api::<Deployment>::namespaced(ctx.client.clone(), &w.ns),
+            &status,
+        )
+        .await?;
     }
     Ok(Action::await_change())
 }

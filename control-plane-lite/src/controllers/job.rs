@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use serde_json::json;
 
-use super::{owner, pods, selector, ControllerError};
+use super::workload::{self, Workload};
+use super::{owner, pods, ControllerError};
 
 /// What the Job's pods say, and what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,55 +80,18 @@ struct Ctx {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
-    let object = format!("job {}", super::key(job.as_ref()));
-    let missing = |field| ControllerError::MissingField {
-        object: object.clone(),
-        field,
-    };
     if finished(&job) || job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let ns = job
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| missing("metadata.namespace"))?;
-    let name = job
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| missing("metadata.name"))?;
-    let uid = job
-        .metadata
-        .uid
-        .clone()
-        .ok_or_else(|| missing("metadata.uid"))?;
-    let spec = job.spec.clone().ok_or_else(|| missing("spec"))?;
+    let w = Workload::of("job", job.as_ref())?;
+    let spec = job.spec.clone().ok_or_else(|| w.missing("spec"))?;
     let sel = spec
         .selector
         .clone()
-        .ok_or_else(|| missing("spec.selector"))?;
-    let query = selector::to_query(&sel)
-        .and_then(|q| {
-            if q.is_empty() {
-                Err("empty selector".into())
-            } else {
-                Ok(q)
-            }
-        })
-        .map_err(|reason| ControllerError::InvalidSelector {
-            object: object.clone(),
-            reason,
-        })?;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<Pod> = api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::kube("list pods of", object.clone()))?
-        .items
-        .into_iter()
-        .filter(|p| owner::is_controlled_by(&p.metadata, &uid))
-        .collect();
+        .ok_or_else(|| w.missing("spec.selector"))?;
+    let query = w.selector_query(&sel)?;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
+    let owned = w.list_owned(&api, &query, "list pods of").await?;
     let count = |phase: &str| owned.iter().filter(|p| pods::phase(p) == phase).count() as i32;
     let (succeeded, failed) = (count("Succeeded"), count("Failed"));
     let mut active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
@@ -148,39 +111,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     );
     let n_active = active.len() as i32;
     if n_active < p.want_active {
-        let template = spec.template.clone();
-        let tmeta = template.metadata.clone().unwrap_or_default();
-        let pod = Pod {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}-")),
-                namespace: Some(ns.clone()),
-                labels: tmeta.labels,
-                annotations: tmeta.annotations,
-                owner_references: owner::controller_ref(job.as_ref()).map(|r| vec![r]),
-                ..Default::default()
-            },
-            spec: template.spec,
-            status: None,
-        };
+        let pod = workload::pod_from_template(job.as_ref(), &spec.template)
+            .ok_or_else(|| w.missing("metadata.uid"))?;
         let pp = PostParams::default();
         let creates = (n_active..p.want_active).map(|_| api.create(&pp, &pod));
         futures::future::try_join_all(creates)
             .await
-            .map_err(ControllerError::kube("create pod for", object.clone()))?;
+            .map_err(ControllerError::kube("create pod for", w.object.clone()))?;
     } else if n_active > p.want_active {
         active.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
         for pod in active.iter().take((n_active - p.want_active) as usize) {
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match api.delete(&pod_name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(e) if super::is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(ControllerError::kube(
-                        "delete pod",
-                        format!("{ns}/{pod_name}"),
-                    )(e))
-                }
-            }
+            let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+            workload::delete_pod(&api, &w.ns, pod_name).await?;
         }
     }
     let now = Time(Timestamp::now());
@@ -217,7 +159,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         if kind == "Complete" {
             completion_time = Some(now.clone());
         }
-        tracing::info!(job = %object, kind, succeeded, failed, "job finished");
+        tracing::info!(job = %w.object, kind, succeeded, failed, "job finished");
     }
     let status = JobStatus {
         active: Some(if p.finished.is_some() { 0 } else { n_active }),
@@ -230,14 +172,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         ..old.clone()
     };
     if status != old {
-        Api::<Job>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(ControllerError::kube("update status of", object))?;
+        w.patch_status(&Api::<Job>::namespaced(ctx.client.clone(), &w.ns), &status)
+            .await?;
     }
     Ok(Action::await_change())
 }

@@ -10,11 +10,15 @@
 //! - [`deployment`]: rolls Deployments out through ReplicaSets (RollingUpdate and Recreate).
 //! - [`job`]: runs a Job's pods to completion (completions, parallelism, backoffLimit).
 //! - [`daemonset`]: one pod per eligible node, pinned by node affinity.
+//! - [`statefulset`]: pods with stable names and ordinals, OrderedReady or Parallel, rolling
+//!   updates with a partition; `statefulset_plan.rs` holds its pure decisions.
 //! - [`garbage_collector`]: deletes objects whose owners are gone; Foreground and Orphan
 //!   deletions.
 //! - `rollout.rs`: the rollout arithmetic (surge/unavailable, template hash), pure.
 //! - `selector.rs`, `pods.rs`, `owner.rs`: label selectors, pod state and owner references the
 //!   controllers share.
+//! - `workload.rs`: what the workload controllers share: identity, selector query, listing owned
+//!   children, pods from templates, pod deletion, status patches.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
@@ -30,6 +34,9 @@ mod pods;
 pub mod replicaset;
 mod rollout;
 mod selector;
+pub mod statefulset;
+mod statefulset_plan;
+mod workload;
 
 use std::time::Duration;
 
@@ -223,6 +230,7 @@ pub async fn run(
             deployment::run(client.clone()),
             job::run(client.clone()),
             daemonset::run(client.clone()),
+            statefulset::run(client.clone()),
             node_lifecycle::run(client.clone(), config.clone()),
             // Boxed: its future is large in debug builds and the join sits on one stack.
             Box::pin(garbage_collector::run(client.clone())),

@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::workload::{self, Workload};
 use super::{owner, pods, selector, ControllerError};
 
 /// Most pods created or deleted in one reconcile (upstream's burst limit).
@@ -52,20 +52,7 @@ pub(crate) fn pick_victims(mut active: Vec<&Pod>, want: usize) -> Vec<&Pod> {
 
 /// A new pod from the ReplicaSet's template.
 fn pod_from_template(rs: &ReplicaSet) -> Option<Pod> {
-    let template = rs.spec.template.clone()?;
-    let tmeta = template.metadata.unwrap_or_default();
-    Some(Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.metadata.name.as_deref()?)),
-            namespace: rs.metadata.namespace.clone(),
-            labels: tmeta.labels,
-            annotations: tmeta.annotations,
-            owner_references: Some(vec![owner::controller_ref(rs)?]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    })
+    workload::pod_from_template(rs, rs.spec.template.as_ref()?)
 }
 
 /// The status `owned` pods give the ReplicaSet.
@@ -100,50 +87,16 @@ struct Ctx {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
-    let object = format!("replicaset {}", super::key(rs.as_ref()));
-    let missing = |field| ControllerError::MissingField {
-        object: object.clone(),
-        field,
-    };
-    let ns = rs
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| missing("metadata.namespace"))?;
-    let name = rs
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| missing("metadata.name"))?;
-    let uid = rs
-        .metadata
-        .uid
-        .clone()
-        .ok_or_else(|| missing("metadata.uid"))?;
+    let w = Workload::of("replicaset", rs.as_ref())?;
     let spec = rs.spec.clone();
-    let query = selector::to_query(&spec.selector)
-        .and_then(|q| {
-            if q.is_empty() {
-                Err("empty selector".into())
-            } else {
-                Ok(q)
-            }
-        })
-        .map_err(|reason| ControllerError::InvalidSelector {
-            object: object.clone(),
-            reason,
-        })?;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let listed = api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::kube("list pods of", object.clone()))?
-        .items;
+    let query = w.selector_query(&spec.selector)?;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
+    let listed = w.list(&api, &query, "list pods of").await?;
     let deleting = rs.metadata.deletion_timestamp.is_some();
     let mut owned = Vec::new();
     for pod in listed {
         match owner::controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid => owned.push(pod),
+            Some(r) if r.uid == w.uid => owned.push(pod),
             Some(_) => {}
             None if !deleting && !pods::is_terminating(&pod) => {
                 owned.push(adopt(&api, &rs, pod).await?)
@@ -157,41 +110,29 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
         let want = spec.replicas.unwrap_or(1).max(0) as usize;
         let active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
         if active.len() < want {
-            let pod = pod_from_template(&rs).ok_or_else(|| missing("spec.template"))?;
+            let pod = pod_from_template(&rs).ok_or_else(|| w.missing("spec.template"))?;
             let n = (want - active.len()).min(BURST);
-            tracing::info!(replicaset = %object, count = n, "creating pods");
+            tracing::info!(replicaset = %w.object, count = n, "creating pods");
             let pp = PostParams::default();
             let creates = (0..n).map(|_| api.create(&pp, &pod));
             futures::future::try_join_all(creates)
                 .await
-                .map_err(ControllerError::kube("create pod for", object.clone()))?;
+                .map_err(ControllerError::kube("create pod for", w.object.clone()))?;
         } else if active.len() > want {
             let victims = pick_victims(active, want);
-            tracing::info!(replicaset = %object, count = victims.len(), "deleting pods");
+            tracing::info!(replicaset = %w.object, count = victims.len(), "deleting pods");
             for pod in victims {
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                match api.delete(&pod_name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(e) if super::is_not_found(&e) => {}
-                    Err(e) => {
-                        return Err(ControllerError::kube(
-                            "delete pod",
-                            format!("{ns}/{pod_name}"),
-                        )(e))
-                    }
-                }
+                let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+                workload::delete_pod(&api, &w.ns, pod_name).await?;
             }
         }
     }
     if rs.status.as_ref() != Some(&status) {
-        Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(ControllerError::kube("update status of", object.clone()))?;
+        w.patch_status(
+            &Api::<ReplicaSet>::namespaced(ctx.client.clone(), &w.ns),
+            &status,
+        )
+        .await?;
     }
     // Pods that are ready but not yet for minReadySeconds become available without an event.
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
