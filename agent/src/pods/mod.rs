@@ -15,7 +15,8 @@
 //! - [`poller`]: one runtime listing per interval for all pods. [`observed`]: the runtime's
 //!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
-//! - [`probe`]: startup, liveness and readiness probes.
+//! - [`probe`]: startup, liveness and readiness probes. [`hooks`]: postStart and preStop
+//!   hooks, and killing a container (preStop, then stop with the rest of the grace).
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
 //!   creates, starts and restarts containers). [`teardown`]: stopping
 //!   pods and sweeping orphans.
@@ -31,6 +32,7 @@ pub mod container;
 pub mod dns;
 pub mod env;
 pub mod events;
+pub mod hooks;
 pub mod labels;
 pub mod observed;
 pub mod poller;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::events::EventType::{Normal, Warning};
+use super::hooks::kill_container;
 use super::labels::uid_selector;
 use super::observed::{Observed, StatusCache};
 use super::poller::Snapshot;
@@ -362,11 +363,7 @@ impl Worker {
                     .await;
                 self.touch();
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-                match ctx
-                    .cri
-                    .stop_container(&i.id, secs(grace).max(MIN_GRACE))
-                    .await
-                {
+                match kill_container(&ctx, pod, &c.name, &i.id, secs(grace).max(MIN_GRACE)).await {
                     Ok(()) => killed = true,
                     Err(e) => {
                         tracing::warn!(pod = %key(pod), container = %c.name, "{why}: stopping: {e}")
