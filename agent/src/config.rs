@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub proxy_backend: BackendKind,
     /// Address of the Prometheus endpoint (proxy and agent metrics); `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// A directory of static pod manifests (kubelet's `--pod-manifest-path`): pods that run
+    /// on this node from files, even without the apiserver. `None`: no static pods.
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -91,6 +94,7 @@ impl Default for AgentConfig {
             cgroup_parent: "/netlet-pods".into(),
             proxy_backend: BackendKind::Nftables,
             metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("valid default address")),
+            pod_manifest_path: None,
         }
     }
 }
@@ -178,6 +182,12 @@ impl AgentConfig {
                     path: path.clone(),
                 });
             }
+        }
+        if let Some(path) = self.pod_manifest_path.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::RelativePath {
+                field: "pod manifest path",
+                path: path.clone(),
+            });
         }
         if self.cluster_cidr.network() != self.cluster_cidr.ip() {
             return Err(ConfigError::ClusterCidrHostBits(self.cluster_cidr));
@@ -274,7 +284,8 @@ mod tests {
     fn json_keys_are_camel_case_and_unknown_keys_are_refused() {
         let c: AgentConfig = serde_json::from_str(
             r#"{"nodeName": "n1", "nodeIp": "192.0.2.7", "clusterCidr": "10.9.0.0/16",
-                "networkOnly": true, "proxyBackend": "iptables", "metricsAddr": null}"#,
+                "networkOnly": true, "proxyBackend": "iptables", "metricsAddr": null,
+                "podManifestPath": "/etc/kubernetes/manifests"}"#,
         )
         .unwrap();
         assert_eq!(c.node_name, "n1");
@@ -283,6 +294,10 @@ mod tests {
         assert!(c.network_only);
         assert_eq!(c.proxy_backend, BackendKind::Iptables);
         assert_eq!(c.metrics_addr, None);
+        assert_eq!(
+            c.pod_manifest_path.as_deref(),
+            Some(Path::new("/etc/kubernetes/manifests"))
+        );
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert!(serde_json::from_str::<AgentConfig>(r#"{"nodename": "n1"}"#).is_err());
     }
@@ -331,6 +346,13 @@ mod tests {
         assert!(matches!(
             check(|c| c.proxy_backend = BackendKind::Ebpf),
             ConfigError::UnsupportedProxyBackend(BackendKind::Ebpf)
+        ));
+        assert!(matches!(
+            check(|c| c.pod_manifest_path = Some("manifests".into())),
+            ConfigError::RelativePath {
+                field: "pod manifest path",
+                ..
+            }
         ));
         assert!(matches!(
             check(|c| c.heartbeat_interval_secs = 0),

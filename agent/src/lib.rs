@@ -11,8 +11,9 @@
 //! - [`cri`]: the only module that speaks CRI — a `runtime.v1` client over containerd's unix
 //!   socket; errors name the operation and the pod, container or image.
 //! - [`pods`]: the pod manager ([`pods::run`]): watches the pods bound to this node, runs them
-//!   (sandbox, init and app containers, restarts with back-off, graceful deletion) and writes
-//!   their status and events.
+//!   (sandbox, init and app containers, lifecycle hooks, restarts with back-off, graceful
+//!   deletion), runs static pods from manifest files with mirror pods, and writes their status
+//!   and events.
 //! - [`server`]: the node API (`/containerLogs`, `/healthz`) on a unix socket, for `kubectl logs`.
 //! - [`service_proxy`]: `netlet-proxy`'s sync loop run in-process, in the node's namespace.
 //! - [`metrics`]: the Prometheus text of the agent and its proxy (`metricsAddr`).
@@ -24,7 +25,9 @@
 //! - `tests/node_agent.rs`: the `netlet-agent` binary inside an `nlt-` namespace against our
 //!   apiserver: registration, Lease, CNI config, routes.
 //! - `tests/agent_proxy.rs`: the binary's in-process proxy programs Services in its namespace.
-//! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver.
+//! - `tests/pods.rs`: the pod manager on such a containerd against our apiserver;
+//!   `tests/hooks.rs`: postStart/preStop hooks; `tests/static_pods.rs`: static pods from a
+//!   manifest directory and their mirror pods.
 //! - `tests/log_server.rs`: the node API on its unix socket over a temp dir of CRI log files;
 //!   `tests/kubectl_logs.rs`: the stock `kubectl logs` through our apiserver to that socket.
 

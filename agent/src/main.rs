@@ -83,6 +83,10 @@ struct Cli {
     /// Where Prometheus metrics (agent and proxy) are served [default: 127.0.0.1:10249].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// A directory of static pod manifests (YAML or JSON Pods) run on this node without the
+    /// apiserver, with mirror pods in the API [default: none].
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
 }
 
 impl Cli {
@@ -115,6 +119,9 @@ impl Cli {
         }
         if self.metrics_addr.is_some() {
             c.metrics_addr = self.metrics_addr;
+        }
+        if self.pod_manifest_path.is_some() {
+            c.pod_manifest_path = self.pod_manifest_path;
         }
         c.network_only |= self.network_only;
         c.manage_routes &= !self.no_routes;
@@ -258,6 +265,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods_config.pod_log_dir = cfg.pod_log_dir.clone();
         pods_config.cgroup_parent = cfg.cgroup_parent.clone();
         pods_config.pods_dir = cfg.state_dir.join("pods");
+        pods_config.pod_manifest_path = cfg.pod_manifest_path.clone();
         pods_config.managed_pods = metrics.managed_pods.clone();
         let (client, cancel) = (client.clone(), cancel.clone());
         tasks.spawn(async move {

@@ -15,12 +15,15 @@
 //! - [`poller`]: one runtime listing per interval for all pods. [`observed`]: the runtime's
 //!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
-//! - [`probe`]: startup, liveness and readiness probes.
+//! - [`probe`]: startup, liveness and readiness probes. [`hooks`]: postStart and preStop
+//!   hooks, and killing a container (preStop, then stop with the rest of the grace).
 //! - [`volumes`]: emptyDir, hostPath, configMap, secret and downwardAPI volumes and the
 //!   container mounts of `volumeMounts`.
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
 //!   creates, starts and restarts containers). [`teardown`]: stopping
 //!   pods and sweeping orphans.
+//! - [`static_pods`]: pods from manifest files (`--pod-manifest-path`); `static_sync`: the
+//!   manager's checks of them; [`mirror`]: their mirror pods in the API.
 //!
 //! # Limits
 //! Images are never pulled: a container whose image is not in the runtime waits with
@@ -34,12 +37,16 @@ pub mod container;
 pub mod dns;
 pub mod env;
 pub mod events;
+pub mod hooks;
 pub mod labels;
+pub mod mirror;
 pub mod observed;
 pub mod poller;
 pub mod probe;
 pub mod resources;
 pub mod sandbox;
+pub mod static_pods;
+mod static_sync;
 pub mod status;
 pub mod teardown;
 pub mod volumes;
@@ -64,6 +71,8 @@ use crate::cri::{CriClient, CriError};
 use backoff::BackoffPolicy;
 use dns::ClusterDns;
 use events::Recorder;
+use static_pods::ManifestDir;
+use static_sync::StaticPods;
 use worker::Desired;
 
 /// What the pod manager needs to know about its node.
@@ -98,6 +107,10 @@ pub struct PodManagerConfig {
     pub orphan_sweep_interval: Duration,
     /// CrashLoopBackOff delays.
     pub backoff: BackoffPolicy,
+    /// A directory of static pod manifests, run without the API (`None`: no static pods).
+    pub pod_manifest_path: Option<PathBuf>,
+    /// How often the manifests are re-read and the mirror pods checked.
+    pub manifest_check_interval: Duration,
     /// Set to the number of pods with a worker (bound here, not yet torn down) as the manager
     /// runs; the caller keeps a clone to export it (the agent's metrics endpoint).
     pub managed_pods: Arc<AtomicUsize>,
@@ -120,6 +133,8 @@ impl PodManagerConfig {
             resync_interval: Duration::from_secs(1),
             orphan_sweep_interval: Duration::from_secs(30),
             backoff: BackoffPolicy::default(),
+            pod_manifest_path: None,
+            manifest_check_interval: Duration::from_secs(5),
             managed_pods: Arc::default(),
         }
     }
@@ -235,6 +250,17 @@ pub async fn run(
         snapshot_tx,
         manager.cancel.clone(),
     ));
+    let mut statics = ctx
+        .config
+        .pod_manifest_path
+        .clone()
+        .map(|dir| StaticPods::new(ManifestDir::new(dir, &ctx.config.node_name)));
+    // Before the first orphan sweep, so a restarted agent keeps its static pods' sandboxes.
+    if let Some(s) = statics.as_mut() {
+        manager.sync_static(s).await;
+    }
+    let mut manifest_check = tokio::time::interval(ctx.config.manifest_check_interval);
+    manifest_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut listing: Option<HashSet<String>> = None;
     let mut synced = false;
     let mut sweep = tokio::time::interval(ctx.config.orphan_sweep_interval);
@@ -251,6 +277,11 @@ pub async fn run(
                 }
             }
             _ = sweep.tick(), if synced => manager.sweep().await,
+            _ = manifest_check.tick(), if statics.is_some() => {
+                if let Some(s) = statics.as_mut() {
+                    manager.sync_static(s).await;
+                }
+            }
             event = stream.next() => match event {
                 Some(Ok(watcher::Event::Apply(pod))) => manager.apply(pod),
                 Some(Ok(watcher::Event::InitApply(pod))) => {
@@ -272,6 +303,7 @@ pub async fn run(
                         .workers
                         .keys()
                         .filter(|uid| !seen.contains(*uid))
+                        .filter(|uid| !statics.as_ref().is_some_and(|s| s.contains(uid)))
                         .cloned()
                         .collect();
                     for uid in vanished {
@@ -312,6 +344,10 @@ impl Manager {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        // A mirror pod is only the API's view of a static pod, which runs from its file.
+        if static_pods::is_mirror(&pod) {
+            return;
+        }
         let pod = Arc::new(pod);
         if let Some(h) = self.workers.get(&uid) {
             h.desired.send_replace(Desired::Present(pod));

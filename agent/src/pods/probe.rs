@@ -250,7 +250,7 @@ async fn run(
 }
 
 /// A probe port: a number, or the name of one of the container's ports.
-fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
+pub(super) fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
     let n = match port {
         IntOrString::Int(n) => *n,
         IntOrString::String(name) => c
@@ -266,7 +266,7 @@ fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 /// A plain HTTP/1.1 GET; returns the status code.
-async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
+pub(super) async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
     let mut s = TcpStream::connect((host, port)).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/netlet\r\nAccept: */*\r\nConnection: close\r\n\r\n"

@@ -8,6 +8,7 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::events::EventType::Normal;
+use super::hooks::kill_container;
 use super::labels::{managed_selector, CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID};
 use super::{Context, SyncError};
 use crate::cri::{api, CriError};
@@ -15,8 +16,8 @@ use crate::cri::{api, CriError};
 /// The shortest grace a container gets (the kubelet's minimum).
 pub const MIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Stops the running containers of sandbox `id` with `grace` (posting Killing events), then the
-/// sandbox; removes it too when `remove`. Already-gone objects count as done.
+/// Stops the running containers of sandbox `id` with `grace` (posting Killing events, running
+/// their preStop hooks), then the sandbox; removes it too when `remove`. Already-gone objects count as done.
 pub async fn kill_sandbox(
     ctx: &Context,
     pod: &Pod,
@@ -40,7 +41,7 @@ pub async fn kill_sandbox(
         ctx.recorder
             .emit(pod, Some(&name), Normal, "Killing", &msg)
             .await;
-        ignore_not_found(ctx.cri.stop_container(&c.id, grace).await)
+        ignore_not_found(kill_container(ctx, pod, &name, &c.id, grace).await)
     });
     for r in join_all(stops).await {
         r?;

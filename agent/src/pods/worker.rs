@@ -21,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::events::EventType::{Normal, Warning};
+use super::hooks::kill_container;
 use super::labels::uid_selector;
 use super::observed::{Observed, StatusCache};
 use super::poller::Snapshot;
 use super::probe::Prober;
 use super::sandbox::sandbox_config;
+use super::static_pods::is_static;
 use super::status::{is_terminal, pod_status, StatusInput, Waiting};
 use super::teardown::{kill_sandbox, MIN_GRACE};
 use super::{Context, SyncError};
@@ -104,8 +106,16 @@ pub async fn run_worker(
         reported: HashSet::new(),
         last_written: None,
     };
+    let mut last_pod: Option<Arc<Pod>> = None;
     loop {
         let want = desired.borrow_and_update().clone();
+        if let Desired::Present(pod) = &want {
+            // A static pod handed over again has a new mirror pod, without our status.
+            if is_static(pod) && last_pod.as_ref().is_some_and(|p| !Arc::ptr_eq(p, pod)) {
+                w.last_written = None;
+            }
+            last_pod = Some(pod.clone());
+        }
         let (pod, result) = match want {
             Desired::Present(pod) => {
                 let r = w.sync(&pod).await;
@@ -367,11 +377,7 @@ impl Worker {
                     .await;
                 self.touch();
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-                match ctx
-                    .cri
-                    .stop_container(&i.id, secs(grace).max(MIN_GRACE))
-                    .await
-                {
+                match kill_container(&ctx, pod, &c.name, &i.id, secs(grace).max(MIN_GRACE)).await {
                     Ok(()) => killed = true,
                     Err(e) => {
                         tracing::warn!(pod = %key(pod), container = %c.name, "{why}: stopping: {e}")
@@ -408,13 +414,21 @@ impl Worker {
         let (ns, name) = ns_name(pod);
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let patch = serde_json::json!({ "status": status });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| SyncError::Api {
-                op: "patching the status of",
-                pod: key(pod),
-                source: Box::new(source),
-            })?;
+        let written = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        if let Err(kube::Error::Api(e)) = &written {
+            if e.code == 404 && is_static(pod) {
+                // No mirror pod (yet): the manager creates one and hands the pod over again.
+                tracing::debug!(pod = %key(pod), "no mirror pod to write the status to");
+                return Ok(());
+            }
+        }
+        written.map_err(|source| SyncError::Api {
+            op: "patching the status of",
+            pod: key(pod),
+            source: Box::new(source),
+        })?;
         tracing::debug!(pod = %key(pod), phase = ?status.phase, "status written");
         self.last_written = Some(status);
         Ok(())

@@ -1,5 +1,5 @@
-//! Starting a pod's containers: image check, environment, create and start, restarts with
-//! back-off, and recording why a container waits when it cannot start.
+//! Starting a pod's containers: image check, environment, create and start, the postStart
+//! hook, restarts with back-off, and recording why a container waits when it cannot start.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,11 +8,12 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use super::super::container::container_config;
 use super::super::env::{container_env, PodFacts};
 use super::super::events::EventType::{Normal, Warning};
+use super::super::hooks::{handler, kill_container, run_handler, Hook, POST_START_TIMEOUT};
 use super::super::observed::{Instance, Observed};
 use super::super::sandbox::log_directory;
 use super::super::status::Waiting;
 use super::super::volumes::container_mounts;
-use super::{key, Sandbox, Worker};
+use super::{key, secs, Sandbox, Worker};
 
 impl Worker {
     /// Restarts exited instance `i` of `c` unless it is in back-off.
@@ -210,7 +211,57 @@ impl Worker {
             .emit(pod, Some(name), Normal, "Started", &msg)
             .await;
         self.waiting.remove(name);
+        self.post_start(pod, c, &id, &sb.ip).await;
         true
+    }
+
+    /// Runs `c`'s postStart hook in its just started instance `id`, holding the sync (and so
+    /// the Running status) until it returns. On failure: a `FailedPostStartHook` event, the
+    /// instance is killed (preStop and grace included, as the kubelet does) and `c` waits with
+    /// `PostStartHookError` until the restart policy restarts it. Returns whether it passed.
+    pub(super) async fn post_start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        pod_ip: &str,
+    ) -> bool {
+        let Some(h) = handler(c, Hook::PostStart) else {
+            return true;
+        };
+        let ctx = self.ctx.clone();
+        let Err(msg) = run_handler(&ctx.cri, h, pod, c, id, pod_ip, POST_START_TIMEOUT).await
+        else {
+            return true;
+        };
+        tracing::warn!(pod = %key(pod), container = %c.name, "{msg}");
+        ctx.recorder
+            .emit(pod, Some(&c.name), Warning, "FailedPostStartHook", &msg)
+            .await;
+        let why = format!(
+            "Container {} failed its postStart hook, will be restarted",
+            c.name
+        );
+        ctx.recorder
+            .emit(pod, Some(&c.name), Normal, "Killing", &why)
+            .await;
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        self.touch();
+        if let Err(e) = kill_container(&ctx, pod, &c.name, id, secs(grace)).await {
+            tracing::warn!(pod = %key(pod), container = %c.name, "{why}: stopping: {e}");
+        }
+        self.waiting.insert(
+            c.name.clone(),
+            Waiting {
+                reason: "PostStartHookError".into(),
+                message: msg,
+            },
+        );
+        false
     }
 
     /// Records that `c` waits for `reason`, posting a Warning event `event` once per reason
