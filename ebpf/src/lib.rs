@@ -25,8 +25,11 @@
 //! L3/L4 checksum updates (pseudo-header aware; a zero UDP checksum stays zero), and records
 //! `conntrack[tuple after NAT] = {vip, port}`. `svc_nat_rev` looks up replies in `conntrack`
 //! (tuple turned around) and rewrites their source back to `vip:port`. A service with no
-//! backends (`count` 0) drops (`TC_ACT_SHOT`); the reserved `SVC_F_REJECT` flag is where an
-//! ICMP/RST reject will go. Everything else (non-IPv4, non-TCP/UDP, non-first fragments,
+//! backends (`count` 0) is rejected the way a closed port is: the packet is rewritten in place
+//! into a TCP RST (RST|ACK for a SYN) or an ICMP port unreachable quoting it, from the VIP,
+//! checksums computed with `bpf_csum_diff`, and `bpf_redirect`ed back out the interface it
+//! came in on (the client's veth), so the client fails at once instead of timing out. An RST
+//! is not answered; a UDP datagram with IP options is dropped. Everything else (non-IPv4, non-TCP/UDP, non-first fragments,
 //! non-service destinations) passes untouched with `TC_ACT_OK`.
 //!
 //! # Where to hook, and why tc on pod-facing veths
@@ -69,7 +72,7 @@
 //!   expiry, so a client reusing a source port towards a former backend directly could have
 //!   its replies SNATed to the VIP until the entry is evicted.
 //! - Fragments after the first are not translated; first fragments are.
-//! - Reject (`SVC_F_REJECT`: services without endpoints drop), SNAT (hairpin, off-cluster
+//! - SNAT (hairpin, off-cluster
 //!   clients), IPv6, NodePort/external traffic, session affinity by client IP (the `affinity`
 //!   map pins 5-tuples, not clients).
 

@@ -65,6 +65,9 @@ pub mod verdict {
     pub const TC_ACT_OK: u32 = 0;
     /// `TC_ACT_SHOT`: drop.
     pub const TC_ACT_SHOT: u32 = 2;
+    /// `TC_ACT_REDIRECT`: sent elsewhere by `bpf_redirect()` (the reject path sends its reply
+    /// back out the interface the packet came in on).
+    pub const TC_ACT_REDIRECT: u32 = 7;
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.

@@ -98,17 +98,14 @@ impl SvcKey {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SvcValue {
-    /// Number of backends; slots `0..count` of `backends` are valid. 0 drops the packets.
+    /// Number of backends; slots `0..count` of `backends` are valid. 0 rejects: TCP gets a
+    /// reset, UDP an ICMP port unreachable, both from the VIP.
     pub count: u16,
-    /// `SVC_F_*` flags; see [`SVC_F_REJECT`].
+    /// Reserved, zero.
     pub flags: u16,
     /// Service id, the first half of a [`BackendKey`].
     pub service_id: u32,
 }
-
-/// Reserved flag: reject (ICMP unreachable / TCP RST) instead of dropping when `count` is 0.
-/// The C program does not implement it yet; such packets are dropped.
-pub const SVC_F_REJECT: u16 = 0x1;
 
 /// Key of `backends`: `struct backend_key { u32 service_id; u32 slot; }` (host order).
 #[repr(C)]

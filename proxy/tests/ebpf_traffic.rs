@@ -78,9 +78,9 @@ fn leftovers(ns: &NetNs) -> Vec<String> {
 
 fn harness() -> Harness {
     Harness {
-        // No reject, no affinity, no SNAT and no external frontends in the datapath yet.
+        // No affinity, no SNAT and no external frontends in the datapath yet.
         caps: Capabilities {
-            reject: false,
+            reject: true,
             session_affinity: false,
             masquerade: false,
             external_frontends: false,

@@ -22,8 +22,9 @@
 //! ports needing them are not programmed and the sync fails with [`Error::Unsupported`] naming
 //! each of them (the supported ports are programmed regardless): `nodePort`, `externalIPs`,
 //! load-balancer IPs, `sessionAffinity: ClientIP`, SCTP, IPv6, and `--masquerade-all`
-//! (refused when the backend is built). Not refusable per Service, and documented instead:
-//! a port without endpoints drops its packets (no TCP reset / ICMP yet), a pod reaching itself
+//! (refused when the backend is built). A port without endpoints is rejected by the datapath
+//! (TCP reset / ICMP port unreachable from the VIP). Not refusable per Service, and documented
+//! instead: a pod reaching itself
 //! through its Service is not masqueraded, and off-cluster clients reaching a cluster IP are
 //! not translated (no attachment on the uplink).
 //!
