@@ -11,7 +11,9 @@
 //! # Where it attaches
 //!
 //! On the node-side ends of pod veths ([`EbpfOptions::interfaces`]; a trailing `*` matches a
-//! name prefix, so `veth*` picks up pods created later at the next full sync), not on the pod
+//! name prefix). From the first sync on, a link watch (`links.rs`: rtnetlink notifications in
+//! the node namespace) attaches to matching veths the moment they appear, so a pod started
+//! after the proxy gets service NAT without waiting for a sync. Not on the pod
 //! bridge or the uplink: see the `netlet-ebpf` crate docs for why the bridge device misses
 //! replies switched between its ports. The uplink is not used because external traffic needs
 //! masquerading, which the datapath does not do (below).
@@ -34,11 +36,14 @@
 //! `hooks_changed`: interfaces attached; `transactions`: map entries touched (services plus
 //! their backend sets).
 
+mod links;
+
 use super::{Backend, SyncStats};
 use crate::config::ProxyConfig;
 use crate::error::{Error, Result};
 use crate::exec::NetnsExec;
 use crate::model::{IpFamily, Protocol, ServiceKey, ServicePort, ServiceTable};
+use links::{Datapath, LinkWatch, Shared};
 use netlet_ebpf::{Proto, ServiceNat};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -69,15 +74,23 @@ impl Default for EbpfOptions {
     }
 }
 
+impl EbpfOptions {
+    /// Whether the backend attaches to an interface named `name` (see
+    /// [`EbpfOptions::interfaces`]); lets callers check their naming against the patterns.
+    pub fn matches_interface(&self, name: &str) -> bool {
+        links::matches(&self.interfaces, name)
+    }
+}
+
 /// The eBPF [`Backend`].
 #[derive(Debug)]
 pub struct EbpfBackend {
     netns: NetnsExec,
     opts: EbpfOptions,
-    /// Loaded on the first sync (cleanup alone never loads).
-    nat: Option<ServiceNat>,
-    /// Interfaces this process attached to.
-    attached: BTreeSet<String>,
+    /// Loaded on the first sync (cleanup alone never loads); shared with the link watch.
+    dp: Option<Shared>,
+    /// Attaches to pod veths created between syncs; runs from the first full sync on.
+    watch: Option<LinkWatch>,
     /// Which service port each programmed frontend belongs to.
     names: BTreeMap<Frontend, String>,
     /// A full sync went through: partial syncs may trust the maps' mirror.
@@ -98,8 +111,8 @@ impl EbpfBackend {
         Ok(Self {
             netns,
             opts,
-            nat: None,
-            attached: BTreeSet::new(),
+            dp: None,
+            watch: None,
             names: BTreeMap::new(),
             synced: false,
         })
@@ -109,70 +122,32 @@ impl EbpfBackend {
         self.opts.state_dir.clone()
     }
 
-    fn loaded(&mut self) -> Result<&mut ServiceNat> {
-        if self.nat.is_none() {
+    fn loaded(&mut self) -> Result<Shared> {
+        if self.dp.is_none() {
             let fs = netlet_ebpf::BpfFs::mount_under(&self.bpffs_dir())
                 .map_err(|e| ebpf_err("mounting the private bpffs", e))?;
             let nat = ServiceNat::load_pinned(&fs)
                 .map_err(|e| ebpf_err("loading the service NAT programs", e))?;
             // Pins outlive this process: the next one re-adopts them; cleanup unmounts.
             fs.keep();
-            self.nat = Some(nat);
+            self.dp = Some(Datapath::new(nat));
         }
-        Ok(self.nat.as_mut().expect("loaded above"))
+        Ok(self.dp.clone().expect("loaded above"))
     }
 
-    /// Attaches to every configured interface not attached by this process yet.
+    /// Attaches to every configured interface not attached by this process yet, and starts
+    /// the link watch that does the same for interfaces created later.
     fn attach_all(&mut self) -> Result<usize> {
-        let present = self.interfaces()?;
-        // An interface that went away (a deleted pod) is attached anew if its name returns.
-        self.attached.retain(|i| present.contains(i));
-        let wanted: Vec<String> = present
-            .into_iter()
-            .filter(|i| !self.attached.contains(i))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(0);
-        }
+        let dp = self.loaded()?;
         let path = self.netns_path();
-        self.loaded()?;
-        let nat = self.nat.as_mut().expect("loaded");
-        in_netns(path.as_deref(), || {
-            for ifname in &wanted {
-                nat.attach(ifname)
-                    .map_err(|e| ebpf_err(&format!("attaching to {ifname}"), e))?;
-            }
-            Ok(())
+        let patterns = self.opts.interfaces.clone();
+        let count = in_netns(path.as_deref(), || {
+            links::attach_new(&mut links::lock(&dp), &patterns)
         })?;
-        self.attached.extend(wanted.iter().cloned());
-        Ok(wanted.len())
-    }
-
-    /// The configured interfaces present in the namespace.
-    fn interfaces(&self) -> Result<Vec<String>> {
-        let out = self.netns.run(
-            "listing interfaces for the eBPF backend",
-            "ip",
-            &["-o", "link", "show"],
-            None,
-        )?;
-        let present: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect();
-        Ok(present
-            .into_iter()
-            .filter(|name| {
-                self.opts
-                    .interfaces
-                    .iter()
-                    .any(|p| match p.strip_suffix('*') {
-                        Some(prefix) => name.starts_with(prefix),
-                        None => name == p,
-                    })
-            })
-            .collect())
+        if self.watch.is_none() {
+            self.watch = Some(LinkWatch::start(path, patterns, dp)?);
+        }
+        Ok(count)
     }
 
     fn netns_path(&self) -> Option<PathBuf> {
@@ -227,8 +202,9 @@ impl EbpfBackend {
         scope: Option<&BTreeSet<Frontend>>,
         stats: &mut SyncStats,
     ) -> Result<()> {
-        self.loaded()?;
-        let nat = self.nat.as_mut().expect("loaded");
+        let dp = self.loaded()?;
+        let mut dp = links::lock(&dp);
+        let nat = &mut dp.nat;
         let have: BTreeSet<Frontend> = nat.table().services().into_iter().collect();
         for fe in &have {
             let in_scope = scope.is_none_or(|s| s.contains(fe));
@@ -262,6 +238,7 @@ impl EbpfBackend {
             }
             self.names.insert(fe, name);
         }
+        drop(dp);
         self.write_names()
     }
 
@@ -397,9 +374,10 @@ impl Backend for EbpfBackend {
     fn cleanup(&mut self) -> Result<SyncStats> {
         let mut stats = SyncStats::default();
         self.synced = false;
-        self.nat = None;
+        // Stop attaching before detaching (the watch holds the datapath too).
+        self.watch = None;
+        self.dp = None;
         self.names.clear();
-        self.attached.clear();
         // Every interface of the namespace: filters of an earlier config count too.
         let all = self
             .netns
