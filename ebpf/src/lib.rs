@@ -21,7 +21,10 @@
 //! # Datapath
 //! `svc_nat_fwd` looks up `services[{vip, port, proto}]`; on a hit it picks
 //! `backends[{service id, bpf_get_prandom_u32() % count}]` (or the backend `affinity` already
-//! pinned the 5-tuple to, while that slot still holds it), rewrites daddr/dport with incremental
+//! pinned the 5-tuple to, while that slot still holds it; for `sessionAffinity: ClientIP`
+//! services the backend `client_affinity[{client, service id}]` chose for the client's last new
+//! flow, if that was within the service's `affinity_timeout` by `bpf_ktime_get_ns`), rewrites
+//! daddr/dport with incremental
 //! L3/L4 checksum updates (pseudo-header aware; a zero UDP checksum stays zero), and records
 //! `conntrack[tuple after NAT] = {vip, port}`. `svc_nat_rev` looks up replies in `conntrack`
 //! (tuple turned around) and rewrites their source back to `vip:port`. A service with no
@@ -58,7 +61,7 @@
 //! from off-cluster clients (to a cluster IP or to node ports / external IPs) must be
 //! masqueraded so replies come back through this node, and the datapath has no SNAT yet; a
 //! DNAT-only uplink hook would make replies bypass the reverse translation. The backend
-//! therefore refuses node ports, external and load-balancer IPs, ClientIP affinity, SCTP,
+//! therefore refuses node ports, external and load-balancer IPs, SCTP,
 //! IPv6 and masquerade-all with an error naming the service port.
 //!
 //! Restart: the backend keeps the maps pinned in [`BpfFs`] under its state dir (kept mounted
@@ -72,9 +75,7 @@
 //!   expiry, so a client reusing a source port towards a former backend directly could have
 //!   its replies SNATed to the VIP until the entry is evicted.
 //! - Fragments after the first are not translated; first fragments are.
-//! - SNAT (hairpin, off-cluster
-//!   clients), IPv6, NodePort/external traffic, session affinity by client IP (the `affinity`
-//!   map pins 5-tuples, not clients).
+//! - SNAT (hairpin, off-cluster clients), IPv6, NodePort/external traffic.
 
 pub mod bpffs;
 pub mod error;

@@ -432,3 +432,57 @@ fn report_ns_per_run() {
     );
     assert_eq!(pass.verdict, TC_ACT_OK);
 }
+
+#[test]
+fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let mut nat = load();
+    let timeout = Some(Duration::from_secs(60));
+    nat.set_service_with_affinity(VIP, 80, Proto::Tcp, &[B1, B2, B3], timeout)
+        .unwrap();
+    assert_eq!(nat.table().affinity_of(VIP, 80, Proto::Tcp), timeout);
+    let run = |nat: &ServiceNat, client: Ipv4Addr, sport: u16| {
+        let pkt = packet(Proto::Tcp, client, sport, VIP, 80, b"", false);
+        let out = nat.test_run(Direction::Forward, &pkt, 1).unwrap();
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_checksums(&out.packet, false);
+        backend_of(&out.packet)
+    };
+    let chosen: BTreeSet<_> = (0..30).map(|i| run(&nat, CLIENT, 41000 + i)).collect();
+    assert_eq!(
+        chosen.len(),
+        1,
+        "one backend for every new flow: {chosen:?}"
+    );
+    let sticky = *chosen.iter().next().unwrap();
+    let entry = nat
+        .client_affinity_get(CLIENT, VIP, 80, Proto::Tcp)
+        .unwrap()
+        .expect("client stamped");
+    assert_eq!(entry.backend(), sticky);
+    assert!(entry.last_seen_ns > 0);
+    // Other clients are balanced independently (30 clients cannot all land on one of three
+    // backends unless balancing is broken), each sticking to its own.
+    let firsts: BTreeSet<_> = (0..30u8)
+        .map(|c| {
+            let client = Ipv4Addr::new(10, 244, 5, c);
+            let first = run(&nat, client, 42000);
+            assert_eq!(run(&nat, client, 42001), first, "client {client} sticks");
+            first
+        })
+        .collect();
+    assert!(firsts.len() > 1, "{firsts:?}");
+    // The sticky backend leaving: the client's next flows go elsewhere, and stick again.
+    let rest: Vec<_> = [B1, B2, B3].into_iter().filter(|b| *b != sticky).collect();
+    nat.set_service_with_affinity(VIP, 80, Proto::Tcp, &rest, timeout)
+        .unwrap();
+    let moved: BTreeSet<_> = (0..10).map(|i| run(&nat, CLIENT, 43000 + i)).collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_ne!(moved.iter().next(), Some(&sticky));
+    // Affinity off: new flows spread again.
+    nat.set_service(VIP, 80, Proto::Tcp, &rest).unwrap();
+    assert_eq!(nat.table().affinity_of(VIP, 80, Proto::Tcp), None);
+    let spread: BTreeSet<_> = (0..30).map(|i| run(&nat, CLIENT, 44000 + i)).collect();
+    assert_eq!(spread.len(), 2, "{spread:?}");
+}

@@ -78,10 +78,10 @@ fn leftovers(ns: &NetNs) -> Vec<String> {
 
 fn harness() -> Harness {
     Harness {
-        // No affinity, no SNAT and no external frontends in the datapath yet.
+        // No SNAT and no external frontends in the datapath yet.
         caps: Capabilities {
             reject: true,
-            session_affinity: false,
+            session_affinity: true,
             masquerade: false,
             external_frontends: false,
         },

@@ -11,7 +11,10 @@
 //      count == 0 -> reject: the packet is rewritten in place into a TCP RST (for TCP) or an
 //      ICMP port unreachable (for UDP) from the VIP and bpf_redirect()ed back out the interface
 //      it came in on (see reject_tcp / reject_udp).
-//      slot = bpf_get_prandom_u32() % count, backend = `backends`[{service id, slot}].
+//      slot = bpf_get_prandom_u32() % count, backend = `backends`[{service id, slot}]; with
+//      sessionAffinity ClientIP (affinity_timeout != 0) a new flow of a client seen within the
+//      timeout reuses the slot in `client_affinity`[{client, service id}] if it still holds the
+//      same backend, and every new flow stamps the client with bpf_ktime_get_ns().
 //   4. record `affinity` (original tuple -> backend) and `conntrack` (tuple after NAT ->
 //      original vip/port), then rewrite daddr/dport with incremental checksum updates.
 // svc_nat_rev  (pod-facing veth egress = packets towards the pod):
@@ -61,6 +64,7 @@ struct svc_value {
 	__u16 count;
 	__u16 flags;
 	__u32 service_id;
+	__u32 affinity_timeout; /* sessionAffinity ClientIP timeout in seconds; 0: none */
 };
 
 struct backend_key {
@@ -100,6 +104,21 @@ struct affinity_value {
 	__u16 pad;
 };
 
+/* sessionAffinity ClientIP: which backend a client was last sent to in a service, and when. */
+struct client_key {
+	__u32 client;
+	__u32 service_id;
+};
+
+struct client_value {
+	__u32 slot;
+	__u32 ip;
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the client's last new flow */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -127,6 +146,13 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct affinity_value);
 } affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct client_key);
+	__type(value, struct client_value);
+} client_affinity SEC(".maps");
 
 struct pkt {
 	__u32 l3_off; /* offset of the IPv4 header */
@@ -356,6 +382,10 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	struct ct_key nat = {};
 	struct ct_value orig = {};
 	struct ct_value *ct;
+	struct client_key ck = {};
+	struct client_value *cv;
+	struct client_value new_cv = {};
+	__u64 now = 0;
 	__u32 ip;
 	__u16 port;
 
@@ -382,10 +412,35 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	}
 
 	bk.service_id = svc->service_id;
-	bk.slot = bpf_get_prandom_u32() % svc->count;
-	be = bpf_map_lookup_elem(&backends, &bk);
-	if (!be)
-		return TC_ACT_SHOT; /* table mid-update: count raised before its slot was written */
+	be = NULL;
+	if (svc->affinity_timeout) {
+		/* A new flow of a client seen within the timeout goes where its last one went,
+		 * while that backend still holds its slot; either way the client is (re)stamped. */
+		ck.client = p.tuple.saddr;
+		ck.service_id = svc->service_id;
+		now = bpf_ktime_get_ns();
+		cv = bpf_map_lookup_elem(&client_affinity, &ck);
+		if (cv && now - cv->last_seen_ns < (__u64)svc->affinity_timeout * 1000000000ULL &&
+		    cv->slot < svc->count) {
+			bk.slot = cv->slot;
+			be = bpf_map_lookup_elem(&backends, &bk);
+			if (be && (be->ip != cv->ip || be->port != cv->port))
+				be = NULL;
+		}
+	}
+	if (!be) {
+		bk.slot = bpf_get_prandom_u32() % svc->count;
+		be = bpf_map_lookup_elem(&backends, &bk);
+		if (!be)
+			return TC_ACT_SHOT; /* table mid-update: count raised before its slot was written */
+	}
+	if (svc->affinity_timeout) {
+		new_cv.slot = bk.slot;
+		new_cv.ip = be->ip;
+		new_cv.port = be->port;
+		new_cv.last_seen_ns = now;
+		bpf_map_update_elem(&client_affinity, &ck, &new_cv, BPF_ANY);
+	}
 	new_aff.service_id = bk.service_id;
 	new_aff.slot = bk.slot;
 	new_aff.ip = be->ip;

@@ -20,15 +20,20 @@
 //!
 //! # What it refuses
 //!
-//! The datapath has no SNAT, no client-IP affinity and no node-port/external frontends yet, so
-//! ports needing them are not programmed and the sync fails with [`Error::Unsupported`] naming
-//! each of them (the supported ports are programmed regardless): `nodePort`, `externalIPs`,
-//! load-balancer IPs, `sessionAffinity: ClientIP`, SCTP, IPv6, and `--masquerade-all`
-//! (refused when the backend is built). A port without endpoints is rejected by the datapath
-//! (TCP reset / ICMP port unreachable from the VIP). Not refusable per Service, and documented
-//! instead: a pod reaching itself
-//! through its Service is not masqueraded, and off-cluster clients reaching a cluster IP are
-//! not translated (no attachment on the uplink).
+//! The datapath has no SNAT and no node-port/external frontends yet, so ports needing them are
+//! not programmed and the sync fails with [`Error::Unsupported`] naming each of them (the
+//! supported ports are programmed regardless): `nodePort`, `externalIPs`, load-balancer IPs,
+//! SCTP, IPv6, and `--masquerade-all` (refused when the backend is built). Not refusable per
+//! Service, and documented instead: a pod reaching itself through its Service is not
+//! masqueraded, and off-cluster clients reaching a cluster IP are not translated (no
+//! attachment on the uplink).
+//!
+//! # What the datapath does besides DNAT
+//!
+//! A port without endpoints is rejected (TCP reset / ICMP port unreachable from the VIP).
+//! `sessionAffinity: ClientIP` is kept per client and service in the `client_affinity` LRU map
+//! (backend plus the monotonic time of the client's last new flow), expiring after the
+//! Service's `timeoutSeconds`.
 //!
 //! # Stats
 //!
@@ -48,9 +53,21 @@ use netlet_ebpf::{Proto, ServiceNat};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A datapath frontend: `vip:port/proto`.
 type Frontend = (Ipv4Addr, u16, Proto);
+
+/// What a frontend should be programmed with.
+#[derive(Debug, Clone)]
+struct Want {
+    /// The service port it belongs to (`namespace/name:port`).
+    name: String,
+    /// Reachable endpoints.
+    backends: Vec<(Ipv4Addr, u16)>,
+    /// `sessionAffinity: ClientIP` timeout.
+    affinity: Option<Duration>,
+}
 
 /// Name of the file under the state dir naming each programmed frontend's service port (the
 /// maps only hold addresses): `vip:port/proto namespace/name:port` per line.
@@ -162,7 +179,7 @@ impl EbpfBackend {
     fn desired<'a>(
         ports: impl Iterator<Item = &'a ServicePort>,
         refused: &mut Vec<(String, &'static str)>,
-    ) -> BTreeMap<Frontend, (String, Vec<(Ipv4Addr, u16)>)> {
+    ) -> BTreeMap<Frontend, Want> {
         let mut out = BTreeMap::new();
         for p in ports {
             if let Some(feature) = unsupported(p) {
@@ -186,7 +203,11 @@ impl EbpfBackend {
                 if let IpAddr::V4(vip) = vip {
                     out.insert(
                         (*vip, p.port, proto),
-                        (p.name.to_string(), backends.clone()),
+                        Want {
+                            name: p.name.to_string(),
+                            backends: backends.clone(),
+                            affinity: p.affinity_timeout.map(|s| Duration::from_secs(s.into())),
+                        },
                     );
                 }
             }
@@ -198,7 +219,7 @@ impl EbpfBackend {
     /// is in scope but not wanted.
     fn apply(
         &mut self,
-        want: BTreeMap<Frontend, (String, Vec<(Ipv4Addr, u16)>)>,
+        want: BTreeMap<Frontend, Want>,
         scope: Option<&BTreeSet<Frontend>>,
         stats: &mut SyncStats,
     ) -> Result<()> {
@@ -217,7 +238,12 @@ impl EbpfBackend {
                 self.names.remove(fe);
             }
         }
-        for (fe, (name, backends)) in want {
+        for (fe, w) in want {
+            let Want {
+                name,
+                backends,
+                affinity,
+            } = w;
             let (vip, port, proto) = fe;
             let mut now: Vec<_> = nat
                 .table()
@@ -228,10 +254,12 @@ impl EbpfBackend {
             now.sort();
             wanted.sort();
             wanted.dedup();
-            if !have.contains(&fe) || now != wanted {
-                nat.set_service(vip, port, proto, &backends).map_err(|e| {
-                    ebpf_err(&format!("programming {name} ({vip}:{port}/{proto:?})"), e)
-                })?;
+            let affinity_now = nat.table().affinity_of(vip, port, proto);
+            if !have.contains(&fe) || now != wanted || affinity_now != affinity {
+                nat.set_service_with_affinity(vip, port, proto, &backends, affinity)
+                    .map_err(|e| {
+                        ebpf_err(&format!("programming {name} ({vip}:{port}/{proto:?})"), e)
+                    })?;
                 stats.chains_written += 1;
                 stats.rules_written += wanted.len();
                 stats.transactions += 1;
@@ -287,8 +315,6 @@ fn unsupported(p: &ServicePort) -> Option<&'static str> {
         Some("externalIPs")
     } else if !p.load_balancer_ips.is_empty() {
         Some("load-balancer IPs")
-    } else if p.affinity_timeout.is_some() {
-        Some("sessionAffinity ClientIP")
     } else {
         None
     }
