@@ -140,9 +140,6 @@ pub enum ConfigError {
     /// The node IP cannot be a node's address.
     #[error("node IP {0} is loopback, unspecified, broadcast or multicast")]
     UnusableNodeIp(Ipv4Addr),
-    /// The proxy backend is named but not built yet.
-    #[error("proxy backend {0} is not implemented yet (use nftables, iptables or none)")]
-    UnsupportedProxyBackend(BackendKind),
     /// An interval of zero would spin.
     #[error("{0} must be at least 1 second")]
     ZeroInterval(&'static str),
@@ -196,9 +193,6 @@ impl AgentConfig {
             if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
                 return Err(ConfigError::UnusableNodeIp(ip));
             }
-        }
-        if self.proxy_backend == BackendKind::Ebpf {
-            return Err(ConfigError::UnsupportedProxyBackend(self.proxy_backend));
         }
         for (name, secs) in [
             ("heartbeatIntervalSecs", self.heartbeat_interval_secs),
@@ -316,6 +310,25 @@ mod tests {
     }
 
     #[test]
+    fn every_proxy_backend_validates() {
+        for b in [
+            BackendKind::Iptables,
+            BackendKind::Nftables,
+            BackendKind::Ebpf,
+            BackendKind::None,
+        ] {
+            let c = AgentConfig {
+                proxy_backend: b,
+                ..valid()
+            };
+            c.validate().unwrap_or_else(|e| panic!("{b}: {e}"));
+        }
+        let c: AgentConfig =
+            serde_json::from_str(r#"{"nodeName": "n1", "proxyBackend": "ebpf"}"#).unwrap();
+        assert_eq!(c.proxy_backend, BackendKind::Ebpf);
+    }
+
+    #[test]
     fn validation_rejects_bad_values() {
         let check = |f: fn(&mut AgentConfig)| {
             let mut c = valid();
@@ -342,10 +355,6 @@ mod tests {
         assert!(matches!(
             check(|c| c.node_ip = Some(Ipv4Addr::LOCALHOST)),
             ConfigError::UnusableNodeIp(_)
-        ));
-        assert!(matches!(
-            check(|c| c.proxy_backend = BackendKind::Ebpf),
-            ConfigError::UnsupportedProxyBackend(BackendKind::Ebpf)
         ));
         assert!(matches!(
             check(|c| c.pod_manifest_path = Some("manifests".into())),

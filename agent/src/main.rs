@@ -353,6 +353,7 @@ mod tests {
         assert!(parse(&["--node-name", "n", "--state-dir", "rel"]).is_err());
         assert!(parse(&["--node-name", "n", "--cluster-cidr", "nope"]).is_err());
         assert!(parse(&["--node-name", "n", "--proxy-backend", "ipvs"]).is_err());
-        assert!(parse(&["--node-name", "n", "--proxy-backend", "ebpf"]).is_err());
+        let c = parse(&["--node-name", "n", "--proxy-backend", "ebpf"]).unwrap();
+        assert_eq!(c.proxy_backend, BackendKind::Ebpf);
     }
 }

@@ -77,4 +77,12 @@ mod tests {
             .unwrap()
             .is_none());
     }
+
+    #[test]
+    fn ebpf_attaches_to_the_veths_netlet_cni_creates() {
+        let veth = netlet_cni::naming::host_veth("netlet", "0123abcd", "eth0");
+        let opts = EbpfOptions::default();
+        assert!(opts.matches_interface(&veth), "{veth} vs {opts:?}");
+        assert!(!opts.matches_interface("eth0"));
+    }
 }

@@ -21,12 +21,18 @@
 //! # Datapath
 //! `svc_nat_fwd` looks up `services[{vip, port, proto}]`; on a hit it picks
 //! `backends[{service id, bpf_get_prandom_u32() % count}]` (or the backend `affinity` already
-//! pinned the 5-tuple to, while that slot still holds it), rewrites daddr/dport with incremental
+//! pinned the 5-tuple to, while that slot still holds it; for `sessionAffinity: ClientIP`
+//! services the backend `client_affinity[{client, service id}]` chose for the client's last new
+//! flow, if that was within the service's `affinity_timeout` by `bpf_ktime_get_ns`), rewrites
+//! daddr/dport with incremental
 //! L3/L4 checksum updates (pseudo-header aware; a zero UDP checksum stays zero), and records
 //! `conntrack[tuple after NAT] = {vip, port}`. `svc_nat_rev` looks up replies in `conntrack`
 //! (tuple turned around) and rewrites their source back to `vip:port`. A service with no
-//! backends (`count` 0) drops (`TC_ACT_SHOT`); the reserved `SVC_F_REJECT` flag is where an
-//! ICMP/RST reject will go. Everything else (non-IPv4, non-TCP/UDP, non-first fragments,
+//! backends (`count` 0) is rejected the way a closed port is: the packet is rewritten in place
+//! into a TCP RST (RST|ACK for a SYN) or an ICMP port unreachable quoting it, from the VIP,
+//! checksums computed with `bpf_csum_diff`, and `bpf_redirect`ed back out the interface it
+//! came in on (the client's veth), so the client fails at once instead of timing out. An RST
+//! is not answered; a UDP datagram with IP options is dropped. Everything else (non-IPv4, non-TCP/UDP, non-first fragments,
 //! non-service destinations) passes untouched with `TC_ACT_OK`.
 //!
 //! # Where to hook, and why tc on pod-facing veths
@@ -55,7 +61,7 @@
 //! from off-cluster clients (to a cluster IP or to node ports / external IPs) must be
 //! masqueraded so replies come back through this node, and the datapath has no SNAT yet; a
 //! DNAT-only uplink hook would make replies bypass the reverse translation. The backend
-//! therefore refuses node ports, external and load-balancer IPs, ClientIP affinity, SCTP,
+//! therefore refuses node ports, external and load-balancer IPs, SCTP,
 //! IPv6 and masquerade-all with an error naming the service port.
 //!
 //! Restart: the backend keeps the maps pinned in [`BpfFs`] under its state dir (kept mounted
@@ -69,9 +75,7 @@
 //!   expiry, so a client reusing a source port towards a former backend directly could have
 //!   its replies SNATed to the VIP until the entry is evicted.
 //! - Fragments after the first are not translated; first fragments are.
-//! - Reject (`SVC_F_REJECT`: services without endpoints drop), SNAT (hairpin, off-cluster
-//!   clients), IPv6, NodePort/external traffic, session affinity by client IP (the `affinity`
-//!   map pins 5-tuples, not clients).
+//! - SNAT (hairpin, off-cluster clients), IPv6, NodePort/external traffic.
 
 pub mod bpffs;
 pub mod error;

@@ -2,7 +2,7 @@
 
 use crate::bpffs::BpfFs;
 use crate::error::{Error, Result};
-use crate::maps::{names, AffinityValue, CtKey, CtValue, Proto};
+use crate::maps::{names, AffinityValue, ClientKey, ClientValue, CtKey, CtValue, Proto};
 use crate::service_table::{Backend, ServiceTable};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::tc::{
@@ -25,12 +25,18 @@ pub const TC_PRIORITY: u16 = 0x100;
 pub const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// Every map of the object, by name.
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 5] = [
     names::SERVICES,
     names::BACKENDS,
     names::CONNTRACK,
     names::AFFINITY,
+    names::CLIENT_AFFINITY,
 ];
+
+/// Prefix of the pinned maps' names. Versioned: a map whose key/value layout changes needs a
+/// new name, or a new process would fail to re-adopt the old pin (v2: `svc_value` gained
+/// `affinity_timeout`, and `client_affinity` appeared).
+pub const PIN_PREFIX: &str = "service_nat_v2";
 
 /// The two classifiers of the service NAT object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +71,9 @@ pub mod verdict {
     pub const TC_ACT_OK: u32 = 0;
     /// `TC_ACT_SHOT`: drop.
     pub const TC_ACT_SHOT: u32 = 2;
+    /// `TC_ACT_REDIRECT`: sent elsewhere by `bpf_redirect()` (the reject path sends its reply
+    /// back out the interface the packet came in on).
+    pub const TC_ACT_REDIRECT: u32 = 7;
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.
@@ -89,6 +98,7 @@ pub struct ServiceNat {
     table: ServiceTable,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, CtKey, AffinityValue>,
+    client_affinity: HashMap<MapData, ClientKey, ClientValue>,
 }
 
 impl ServiceNat {
@@ -98,7 +108,7 @@ impl ServiceNat {
         Self::load_with(&mut EbpfLoader::new())
     }
 
-    /// Loads the object with its maps pinned in `bpffs` (as `service_nat_<map>`): maps already
+    /// Loads the object with its maps pinned in `bpffs` (as `<PIN_PREFIX>_<map>`): maps already
     /// pinned there by an earlier run are reused, services and conntrack included, and the
     /// service table's mirror is rebuilt from them ([`ServiceTable::recover`]).
     ///
@@ -107,7 +117,7 @@ impl ServiceNat {
     pub fn load_pinned(bpffs: &BpfFs) -> Result<Self> {
         let paths: Vec<(&'static str, PathBuf)> = MAPS
             .iter()
-            .map(|m| (*m, bpffs.path().join(format!("service_nat_{m}"))))
+            .map(|m| (*m, bpffs.path().join(format!("{PIN_PREFIX}_{m}"))))
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
@@ -132,11 +142,13 @@ impl ServiceNat {
         let backends = HashMap::try_from(take_map(&mut ebpf, names::BACKENDS)?)?;
         let conntrack = HashMap::try_from(take_map(&mut ebpf, names::CONNTRACK)?)?;
         let affinity = HashMap::try_from(take_map(&mut ebpf, names::AFFINITY)?)?;
+        let client_affinity = HashMap::try_from(take_map(&mut ebpf, names::CLIENT_AFFINITY)?)?;
         Ok(Self {
             ebpf,
             table: ServiceTable::new(services, backends),
             conntrack,
             affinity,
+            client_affinity,
         })
     }
 
@@ -173,6 +185,39 @@ impl ServiceNat {
     /// Looks up `affinity` for a connection before NAT (client -> VIP direction).
     pub fn affinity_get(&self, key: &CtKey) -> Result<Option<AffinityValue>> {
         match self.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates or updates a service with `sessionAffinity: ClientIP` when `affinity_timeout`
+    /// is set; see [`ServiceTable::set_service_with_affinity`].
+    pub fn set_service_with_affinity(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        backends: &[Backend],
+        affinity_timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.table
+            .set_service_with_affinity(vip, port, proto, backends, affinity_timeout)
+    }
+
+    /// Looks up `client_affinity`: where `client`'s last new flow to the service `vip:port`
+    /// went, and when (`None` also when the service is unknown).
+    pub fn client_affinity_get(
+        &self,
+        client: Ipv4Addr,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+    ) -> Result<Option<ClientValue>> {
+        let Some(id) = self.table.service_id(vip, port, proto) else {
+            return Ok(None);
+        };
+        match self.client_affinity.get(&ClientKey::new(client, id), 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),

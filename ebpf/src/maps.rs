@@ -20,6 +20,9 @@ pub mod names {
     pub const CONNTRACK: &str = "conntrack";
     /// `affinity` (LRU): [`super::CtKey`] before NAT -> [`super::AffinityValue`].
     pub const AFFINITY: &str = "affinity";
+    /// `client_affinity` (LRU): [`super::ClientKey`] -> [`super::ClientValue`], for
+    /// `sessionAffinity: ClientIP`.
+    pub const CLIENT_AFFINITY: &str = "client_affinity";
 }
 
 /// The L4 protocols the datapath translates.
@@ -94,21 +97,21 @@ impl SvcKey {
     }
 }
 
-/// Value of `services`: `struct svc_value { u16 count; u16 flags; u32 service_id; }`.
+/// Value of `services`:
+/// `struct svc_value { u16 count; u16 flags; u32 service_id; u32 affinity_timeout; }`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SvcValue {
-    /// Number of backends; slots `0..count` of `backends` are valid. 0 drops the packets.
+    /// Number of backends; slots `0..count` of `backends` are valid. 0 rejects: TCP gets a
+    /// reset, UDP an ICMP port unreachable, both from the VIP.
     pub count: u16,
-    /// `SVC_F_*` flags; see [`SVC_F_REJECT`].
+    /// Reserved, zero.
     pub flags: u16,
     /// Service id, the first half of a [`BackendKey`].
     pub service_id: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 balances every new flow afresh.
+    pub affinity_timeout: u32,
 }
-
-/// Reserved flag: reject (ICMP unreachable / TCP RST) instead of dropping when `count` is 0.
-/// The C program does not implement it yet; such packets are dropped.
-pub const SVC_F_REJECT: u16 = 0x1;
 
 /// Key of `backends`: `struct backend_key { u32 service_id; u32 slot; }` (host order).
 #[repr(C)]
@@ -227,6 +230,52 @@ pub struct AffinityValue {
     pub pad: u16,
 }
 
+/// Key of `client_affinity`: `struct client_key { u32 client; u32 service_id; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// Client address, network byte order.
+    pub client: u32,
+    /// The service's id.
+    pub service_id: u32,
+}
+
+impl ClientKey {
+    /// The key for `client` in service `service_id`.
+    pub fn new(client: Ipv4Addr, service_id: u32) -> Self {
+        Self {
+            client: ip_be(client),
+            service_id,
+        }
+    }
+}
+
+/// Value of `client_affinity`: `struct client_value { u32 slot, ip; u16 port, pad; u32 pad2;
+/// u64 last_seen_ns; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientValue {
+    /// Slot the client's last new flow went to.
+    pub slot: u32,
+    /// That backend's address, network byte order.
+    pub ip: u32,
+    /// That backend's port, network byte order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+    /// Zero.
+    pub pad2: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the client's last new flow.
+    pub last_seen_ns: u64,
+}
+
+impl ClientValue {
+    /// The backend as `(ip, host-order port)`.
+    pub fn backend(&self) -> (Ipv4Addr, u16) {
+        (ip_from_be(self.ip), u16::from_be(self.port))
+    }
+}
+
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers (any bit pattern is
 // valid) and have no implicit padding: every gap is an explicit `pad` field, checked by the
 // size asserts below against the sum of the field widths.
@@ -243,16 +292,22 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 // SAFETY: see above.
 unsafe impl aya::Pod for AffinityValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for ClientKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for ClientValue {}
 
 const _: () = {
     use std::mem::{align_of, size_of};
     assert!(size_of::<SvcKey>() == 8 && align_of::<SvcKey>() == 4);
-    assert!(size_of::<SvcValue>() == 8 && align_of::<SvcValue>() == 4);
+    assert!(size_of::<SvcValue>() == 12 && align_of::<SvcValue>() == 4);
     assert!(size_of::<BackendKey>() == 8);
     assert!(size_of::<BackendValue>() == 8);
     assert!(size_of::<CtKey>() == 16 && align_of::<CtKey>() == 4);
     assert!(size_of::<CtValue>() == 8);
     assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<ClientKey>() == 8);
+    assert!(size_of::<ClientValue>() == 24 && align_of::<ClientValue>() == 8);
 };
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::maps::{BackendKey, BackendValue, Proto, SvcKey, SvcValue};
 use aya::maps::{HashMap, MapData, MapError};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 /// A backend endpoint `ip:port` (port in host order).
 pub type Backend = (Ipv4Addr, u16);
@@ -26,6 +27,8 @@ pub type Backend = (Ipv4Addr, u16);
 struct ServiceState {
     id: u32,
     slots: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds as published; 0: none.
+    affinity_timeout: u32,
     /// Set when a write sequence failed midway: the maps may hold anything up to `high_water`
     /// slots, so the next update rewrites every slot and deletes up to `high_water`.
     dirty: bool,
@@ -89,6 +92,7 @@ impl ServiceTable {
                 ServiceState {
                     id,
                     slots: layout,
+                    affinity_timeout: value.affinity_timeout,
                     dirty: !consistent,
                     high_water: high_water.max(u32::from(value.count)),
                 },
@@ -112,8 +116,8 @@ impl ServiceTable {
 
     /// Creates or updates the service `vip:port/proto` with `backends` (duplicates are ignored).
     ///
-    /// An empty list keeps the service with `count` 0: its packets are dropped, not passed to
-    /// whatever else listens on the VIP.
+    /// An empty list keeps the service with `count` 0: its packets are rejected (TCP reset,
+    /// ICMP port unreachable), not passed to whatever else listens on the VIP.
     pub fn set_service(
         &mut self,
         vip: Ipv4Addr,
@@ -121,6 +125,23 @@ impl ServiceTable {
         proto: Proto,
         backends: &[Backend],
     ) -> Result<()> {
+        self.set_service_with_affinity(vip, port, proto, backends, None)
+    }
+
+    /// [`ServiceTable::set_service`] with `sessionAffinity: ClientIP`: with
+    /// `affinity_timeout` set, a client's new flows go to the backend its last new flow went
+    /// to, while that was less than the timeout ago (whole seconds, at least 1) and the backend
+    /// is still in the service.
+    pub fn set_service_with_affinity(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        backends: &[Backend],
+        affinity_timeout: Option<Duration>,
+    ) -> Result<()> {
+        let affinity =
+            affinity_timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1));
         let key = SvcKey::new(vip, port, proto);
         let mut wanted: Vec<Backend> = Vec::with_capacity(backends.len());
         for b in backends {
@@ -132,9 +153,15 @@ impl ServiceTable {
             count: wanted.len(),
         })?;
 
-        let (id, old, dirty, high_water) = match self.state.get(&key) {
-            Some(s) => (s.id, s.slots.clone(), s.dirty, s.high_water),
-            None => (self.alloc_id(), Vec::new(), false, 0),
+        let (id, old, old_affinity, dirty, high_water) = match self.state.get(&key) {
+            Some(s) => (
+                s.id,
+                s.slots.clone(),
+                s.affinity_timeout,
+                s.dirty,
+                s.high_water,
+            ),
+            None => (self.alloc_id(), Vec::new(), 0, false, 0),
         };
         let is_new = !self.state.contains_key(&key);
         let layout = plan_slots(&old, &wanted);
@@ -146,6 +173,7 @@ impl ServiceTable {
             ServiceState {
                 id,
                 slots: layout.clone(),
+                affinity_timeout: affinity,
                 dirty: true,
                 high_water: high_water.max(new_len).max(old_len),
             },
@@ -155,6 +183,7 @@ impl ServiceTable {
             count,
             flags: 0,
             service_id: id,
+            affinity_timeout: affinity,
         };
         // 1. slots below the new count that changed (or all, when recovering).
         for (slot, be) in layout.iter().enumerate() {
@@ -167,7 +196,7 @@ impl ServiceTable {
             }
         }
         // 2. publish the count (new service: this makes it visible).
-        if is_new || dirty || new_len != old_len {
+        if is_new || dirty || new_len != old_len || affinity != old_affinity {
             self.services.insert(key, value, 0)?;
         }
         // 3. drop slots past the count.
@@ -220,6 +249,19 @@ impl ServiceTable {
         self.state
             .get(&SvcKey::new(vip, port, proto))
             .map(|s| s.slots.as_slice())
+    }
+
+    /// The `sessionAffinity: ClientIP` timeout of a service as last written (`None`: none).
+    pub fn affinity_of(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<Duration> {
+        self.state
+            .get(&SvcKey::new(vip, port, proto))
+            .filter(|s| s.affinity_timeout > 0)
+            .map(|s| Duration::from_secs(s.affinity_timeout.into()))
+    }
+
+    /// The id a service's backends and client affinities are keyed by.
+    pub fn service_id(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<u32> {
+        self.state.get(&SvcKey::new(vip, port, proto)).map(|s| s.id)
     }
 
     /// Every service userspace knows is in the maps (after [`ServiceTable::recover`], what an

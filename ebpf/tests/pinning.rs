@@ -34,7 +34,10 @@ fn pinned_maps_survive_a_reload_and_the_mount_goes_with_its_guard() {
             .unwrap();
         let p = parse(&out.packet);
         (bip, bport) = (p.dst, p.dport);
-        assert!(fs.path().join("service_nat_services").exists());
+        assert!(fs
+            .path()
+            .join(format!("{}_services", netlet_ebpf::loader::PIN_PREFIX))
+            .exists());
     }
 
     // A "restarted" loader finds the services, the slot layout and the conntrack entry.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_checksums, packet, parse};
-use netlet_ebpf::loader::verdict::{TC_ACT_OK, TC_ACT_SHOT};
+use netlet_ebpf::loader::verdict::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use netlet_ebpf::maps::CtKey;
 use netlet_ebpf::{Direction, Proto, ServiceNat};
 use std::collections::HashMap;
@@ -206,19 +206,132 @@ fn non_service_traffic_passes_unchanged() {
     }
 }
 
+/// The frame's IPv4 payload after the (option-less) header, checked against `tot_len`.
+fn l4_of(f: &[u8]) -> &[u8] {
+    let ip = &f[common::ETH..];
+    assert_eq!(ip[0], 0x45, "reply without IP options");
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    assert_eq!(common::ETH + total, f.len(), "tot_len matches the frame");
+    &ip[common::IP..total]
+}
+
 #[test]
-fn service_without_backends_drops() {
+fn tcp_syn_to_service_without_backends_is_answered_with_rst_from_the_vip() {
     let mut nat = load();
     nat.set_service(VIP, 80, Proto::Tcp, &[]).unwrap();
-    let (v, _) = forward(&nat, Proto::Tcp, 40000, 80, false);
-    assert_eq!(v, TC_ACT_SHOT);
-    // Backends arriving make it work; going back to none drops again.
+    let input = packet(Proto::Tcp, CLIENT, 40000, VIP, 80, b"hello", false);
+    let out = nat.test_run(Direction::Forward, &input, 1).unwrap();
+    assert_eq!(
+        out.verdict, TC_ACT_REDIRECT,
+        "sent back out the ingress interface"
+    );
+    let f = &out.packet;
+    assert_eq!(f.len(), 14 + 20 + 20, "Ethernet + IPv4 + bare TCP header");
+    assert_eq!(
+        (&f[0..6], &f[6..12]),
+        (&input[6..12], &input[0..6]),
+        "MACs swapped"
+    );
+    let p = parse(f);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40000));
+    assert_eq!(p.proto, 6);
+    assert_checksums(f, false);
+    let tcp = l4_of(f);
+    assert_eq!(tcp[12] >> 4, 5, "data offset");
+    assert_eq!(tcp[13], 0x14, "RST|ACK");
+    assert_eq!(&tcp[4..8], &[0, 0, 0, 0], "seq 0 (the SYN acked nothing)");
+    // The crafted SYN has seq 0x01020304 and 5 payload bytes: ack = seq + 5 + 1 (SYN).
+    assert_eq!(
+        u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
+        0x0102_0304 + 6
+    );
+    // Backends arriving make it translate; going back to none rejects again.
     nat.set_service(VIP, 80, Proto::Tcp, &[B2]).unwrap();
     let (v, out) = forward(&nat, Proto::Tcp, 40000, 80, false);
     assert_eq!((v, backend_of(&out)), (TC_ACT_OK, B2));
     nat.set_service(VIP, 80, Proto::Tcp, &[]).unwrap();
     let (v, _) = forward(&nat, Proto::Tcp, 40000, 80, false);
-    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(v, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn tcp_ack_or_rst_to_service_without_backends() {
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[]).unwrap();
+    let mut ack = packet(Proto::Tcp, CLIENT, 40000, VIP, 80, b"", false);
+    // Turn the SYN into a bare ACK with ack_seq 0x0a0b0c0d (checksum fixed below).
+    let tcp = common::ETH + common::IP;
+    ack[tcp + 8..tcp + 12].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+    ack[tcp + 13] = 0x10;
+    let fixed = packet_csum(&ack);
+    let out = nat.test_run(Direction::Forward, &fixed, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_checksums(&out.packet, false);
+    let reply = l4_of(&out.packet);
+    assert_eq!(reply[13], 0x04, "RST alone");
+    assert_eq!(
+        u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+        0x0a0b_0c0d
+    );
+    // An RST is never answered.
+    let mut rst = fixed.clone();
+    rst[tcp + 13] = 0x04;
+    let out = nat
+        .test_run(Direction::Forward, &packet_csum(&rst), 1)
+        .unwrap();
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+}
+
+/// Recomputes the TCP checksum of a frame built by [`packet`] after its header was edited.
+fn packet_csum(f: &[u8]) -> Vec<u8> {
+    let p = parse(f);
+    let tcp = common::ETH + common::IP;
+    let payload = &f[tcp + 20..];
+    let mut rebuilt = packet(Proto::Tcp, p.src, p.sport, p.dst, p.dport, payload, false);
+    rebuilt[tcp + 4..tcp + 16].copy_from_slice(&f[tcp + 4..tcp + 16]);
+    common::fix_l4_checksum(&mut rebuilt);
+    rebuilt
+}
+
+#[test]
+fn udp_to_service_without_backends_is_answered_with_icmp_port_unreachable() {
+    let mut nat = load();
+    nat.set_service(VIP, 53, Proto::Udp, &[]).unwrap();
+    let input = packet(Proto::Udp, CLIENT, 5353, VIP, 53, b"query", false);
+    let out = nat.test_run(Direction::Forward, &input, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let f = &out.packet;
+    assert_eq!(
+        f.len(),
+        14 + 20 + 8 + 28,
+        "Ethernet + IPv4 + ICMP + quoted header and 8 bytes"
+    );
+    assert_eq!(
+        (&f[0..6], &f[6..12]),
+        (&input[6..12], &input[0..6]),
+        "MACs swapped"
+    );
+    let ip = &f[common::ETH..];
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(&ip[12..16], &VIP.octets(), "from the VIP");
+    assert_eq!(&ip[16..20], &CLIENT.octets(), "to the client");
+    let icmp = l4_of(f);
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 3),
+        "destination unreachable, port unreachable"
+    );
+    assert_eq!(common::internet_checksum(icmp), 0xffff, "ICMP checksum");
+    assert_eq!(
+        common::internet_checksum(&ip[..20]),
+        0xffff,
+        "IPv4 checksum"
+    );
+    assert_eq!(
+        &icmp[8..],
+        &input[common::ETH..common::ETH + 28],
+        "quotes the original IPv4 header and UDP header"
+    );
 }
 
 #[test]
@@ -318,4 +431,58 @@ fn report_ns_per_run() {
         pass.duration.as_nanos()
     );
     assert_eq!(pass.verdict, TC_ACT_OK);
+}
+
+#[test]
+fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let mut nat = load();
+    let timeout = Some(Duration::from_secs(60));
+    nat.set_service_with_affinity(VIP, 80, Proto::Tcp, &[B1, B2, B3], timeout)
+        .unwrap();
+    assert_eq!(nat.table().affinity_of(VIP, 80, Proto::Tcp), timeout);
+    let run = |nat: &ServiceNat, client: Ipv4Addr, sport: u16| {
+        let pkt = packet(Proto::Tcp, client, sport, VIP, 80, b"", false);
+        let out = nat.test_run(Direction::Forward, &pkt, 1).unwrap();
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_checksums(&out.packet, false);
+        backend_of(&out.packet)
+    };
+    let chosen: BTreeSet<_> = (0..30).map(|i| run(&nat, CLIENT, 41000 + i)).collect();
+    assert_eq!(
+        chosen.len(),
+        1,
+        "one backend for every new flow: {chosen:?}"
+    );
+    let sticky = *chosen.iter().next().unwrap();
+    let entry = nat
+        .client_affinity_get(CLIENT, VIP, 80, Proto::Tcp)
+        .unwrap()
+        .expect("client stamped");
+    assert_eq!(entry.backend(), sticky);
+    assert!(entry.last_seen_ns > 0);
+    // Other clients are balanced independently (30 clients cannot all land on one of three
+    // backends unless balancing is broken), each sticking to its own.
+    let firsts: BTreeSet<_> = (0..30u8)
+        .map(|c| {
+            let client = Ipv4Addr::new(10, 244, 5, c);
+            let first = run(&nat, client, 42000);
+            assert_eq!(run(&nat, client, 42001), first, "client {client} sticks");
+            first
+        })
+        .collect();
+    assert!(firsts.len() > 1, "{firsts:?}");
+    // The sticky backend leaving: the client's next flows go elsewhere, and stick again.
+    let rest: Vec<_> = [B1, B2, B3].into_iter().filter(|b| *b != sticky).collect();
+    nat.set_service_with_affinity(VIP, 80, Proto::Tcp, &rest, timeout)
+        .unwrap();
+    let moved: BTreeSet<_> = (0..10).map(|i| run(&nat, CLIENT, 43000 + i)).collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_ne!(moved.iter().next(), Some(&sticky));
+    // Affinity off: new flows spread again.
+    nat.set_service(VIP, 80, Proto::Tcp, &rest).unwrap();
+    assert_eq!(nat.table().affinity_of(VIP, 80, Proto::Tcp), None);
+    let spread: BTreeSet<_> = (0..30).map(|i| run(&nat, CLIENT, 44000 + i)).collect();
+    assert_eq!(spread.len(), 2, "{spread:?}");
 }

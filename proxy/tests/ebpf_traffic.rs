@@ -78,10 +78,10 @@ fn leftovers(ns: &NetNs) -> Vec<String> {
 
 fn harness() -> Harness {
     Harness {
-        // No reject, no affinity, no SNAT and no external frontends in the datapath yet.
+        // No SNAT and no external frontends in the datapath yet.
         caps: Capabilities {
-            reject: false,
-            session_affinity: false,
+            reject: true,
+            session_affinity: true,
             masquerade: false,
             external_frontends: false,
         },
@@ -133,4 +133,52 @@ fn restart_readopts_pinned_maps_and_keeps_flows() {
     let pods: BTreeSet<_> = hellos.iter().map(|h| h.pod.as_str()).collect();
     assert_eq!(pods.len(), 3, "{hellos:?}");
     assert!(second.sync(&t).expect("again").is_noop());
+}
+
+/// eBPF-specific: a pod whose veth appears after the backend synced (and that causes no sync,
+/// being only a client) gets service NAT: the link watch attaches to it.
+#[test]
+fn pod_veth_created_after_sync_gets_service_nat() {
+    use conformance::topology::{in_ns, tcp_connect, Topology, CLIENT_TIMEOUT, NODE};
+    use conformance::{service, slice, table};
+    use integration::netns::veth_between;
+    use std::time::Instant;
+
+    let topo = Topology::new();
+    let cfg = topo.config();
+    let t = table(
+        &cfg,
+        &[service("web", "10.96.0.10", serde_json::json!({}))],
+        &[slice("web", &[(0, NODE), (1, NODE), (2, "node-b")])],
+    );
+    let mut backend = make(&topo.node, &cfg);
+    backend.sync(&t).expect("sync");
+
+    // A new pod on the bridge, on a veth matching `vp*`, created after the sync.
+    let late = NetNs::new("late");
+    veth_between(&topo.node, "vp9", &late, "eth0");
+    topo.node
+        .run_ok("ip", &["link", "set", "vp9", "master", "br0"]);
+    late.run_ok("ip", &["addr", "add", "10.244.1.50/24", "dev", "eth0"]);
+    late.run_ok("ip", &["route", "add", "default", "via", "10.244.1.1"]);
+
+    // The attach is asynchronous: try connections (each bounded by CLIENT_TIMEOUT; an
+    // untranslated SYN goes to the node's default route and is never answered) until one
+    // goes through, within a deadline.
+    let vip = "10.96.0.10:80".parse().unwrap();
+    let deadline = Instant::now() + 4 * CLIENT_TIMEOUT;
+    let hello = loop {
+        match in_ns(&late, || tcp_connect(vip)) {
+            Ok(conn) => break conn.hello,
+            Err(e) if Instant::now() < deadline => eprintln!("not yet translated: {e}"),
+            Err(e) => panic!("the late pod never reached the service: {e}"),
+        }
+    };
+    assert_eq!(hello.peer.to_string(), "10.244.1.50", "{hello:?}");
+    let filters = topo
+        .node
+        .run_ok("tc", &["filter", "show", "dev", "vp9", "ingress"]);
+    assert!(filters.contains("svc_nat_fwd"), "{filters}");
+    // The next sync finds it attached already: nothing to do.
+    assert!(backend.sync(&t).expect("resync").is_noop());
 }

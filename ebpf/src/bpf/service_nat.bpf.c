@@ -8,8 +8,13 @@
 //   2. `affinity` hit on the original 5-tuple whose backend slot is still valid -> reuse it, so
 //      every packet of a connection goes to the same backend.
 //   3. otherwise look up `services` {vip, port, proto}; miss -> TC_ACT_OK untouched.
-//      count == 0 -> TC_ACT_SHOT (TODO: SVC_F_REJECT -> ICMP port unreachable / TCP RST).
-//      slot = bpf_get_prandom_u32() % count, backend = `backends`[{service id, slot}].
+//      count == 0 -> reject: the packet is rewritten in place into a TCP RST (for TCP) or an
+//      ICMP port unreachable (for UDP) from the VIP and bpf_redirect()ed back out the interface
+//      it came in on (see reject_tcp / reject_udp).
+//      slot = bpf_get_prandom_u32() % count, backend = `backends`[{service id, slot}]; with
+//      sessionAffinity ClientIP (affinity_timeout != 0) a new flow of a client seen within the
+//      timeout reuses the slot in `client_affinity`[{client, service id}] if it still holds the
+//      same backend, and every new flow stamps the client with bpf_ktime_get_ns().
 //   4. record `affinity` (original tuple -> backend) and `conntrack` (tuple after NAT ->
 //      original vip/port), then rewrite daddr/dport with incremental checksum updates.
 // svc_nat_rev  (pod-facing veth egress = packets towards the pod):
@@ -30,7 +35,21 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#define SVC_F_REJECT 0x1 /* reserved: reject instead of drop when count == 0 */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+#define REPLY_TTL 64
+/* <linux/icmp.h> pulls in libc headers that do not build for the bpf target. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 unused;
+};
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -45,6 +64,7 @@ struct svc_value {
 	__u16 count;
 	__u16 flags;
 	__u32 service_id;
+	__u32 affinity_timeout; /* sessionAffinity ClientIP timeout in seconds; 0: none */
 };
 
 struct backend_key {
@@ -84,6 +104,21 @@ struct affinity_value {
 	__u16 pad;
 };
 
+/* sessionAffinity ClientIP: which backend a client was last sent to in a service, and when. */
+struct client_key {
+	__u32 client;
+	__u32 service_id;
+};
+
+struct client_value {
+	__u32 slot;
+	__u32 ip;
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the client's last new flow */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -111,6 +146,13 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct affinity_value);
 } affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct client_key);
+	__type(value, struct client_value);
+} client_affinity SEC(".maps");
 
 struct pkt {
 	__u32 l3_off; /* offset of the IPv4 header */
@@ -187,6 +229,146 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, _
 	return 0;
 }
 
+/* Folds a bpf_csum_diff() sum into the 16-bit one's complement checksum to store as is. */
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/* The reply's Ethernet + IPv4 header (no options) for a packet `in` answered from its own
+ * destination: MACs and addresses swapped, fresh TTL and id, checksum computed. */
+static __always_inline int reply_l2_l3(struct __sk_buff *skb, const struct pkt *p,
+				       struct iphdr *out, __u8 proto, __u16 l4_len)
+{
+	struct ethhdr eth;
+	__u8 mac[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return -1;
+	__builtin_memcpy(mac, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth.h_dest, mac, ETH_ALEN);
+
+	__builtin_memset(out, 0, sizeof(*out));
+	out->version = 4;
+	out->ihl = 5;
+	out->tot_len = bpf_htons(sizeof(*out) + l4_len);
+	out->frag_off = bpf_htons(0x4000); /* DF */
+	out->ttl = REPLY_TTL;
+	out->protocol = proto;
+	out->saddr = p->tuple.daddr;
+	out->daddr = p->tuple.saddr;
+	out->check = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)out, sizeof(*out), 0));
+
+	/* Resize first (the headers are read already), then write the new headers. */
+	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(*out) + l4_len, 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, sizeof(eth), out, sizeof(*out), 0) < 0)
+		return -1;
+	return 0;
+}
+
+/* TCP pseudo header for the checksum. */
+struct pseudo_hdr {
+	__u32 saddr;
+	__u32 daddr;
+	__u8 zero;
+	__u8 proto;
+	__u16 len;
+};
+
+/* Turns a TCP segment to a service without endpoints into the RST a closed port answers with
+ * (RFC 9293 3.10.7.1) and sends it back towards the client. RSTs are never answered. */
+static __always_inline int reject_tcp(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct iphdr ip_in;
+	struct tcphdr in;
+	struct tcphdr out = {};
+	struct iphdr ip_out;
+	struct pseudo_hdr ph = {};
+	__u8 flags;
+	__u32 payload;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off, &ip_in, sizeof(ip_in)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &in, sizeof(in)) < 0)
+		return TC_ACT_SHOT;
+	flags = ((__u8 *)&in)[13];
+	if (flags & TCP_FLAG_RST)
+		return TC_ACT_SHOT;
+	payload = bpf_ntohs(ip_in.tot_len) - ip_in.ihl * 4 - in.doff * 4;
+	out.source = in.dest;
+	out.dest = in.source;
+	out.doff = 5;
+	out.rst = 1;
+	if (flags & TCP_FLAG_ACK) {
+		out.seq = in.ack_seq;
+	} else {
+		out.ack = 1;
+		payload += (flags & TCP_FLAG_SYN) ? 1 : 0;
+		payload += (flags & TCP_FLAG_FIN) ? 1 : 0;
+		out.ack_seq = bpf_htonl(bpf_ntohl(in.seq) + payload);
+	}
+	ph.saddr = p->tuple.daddr;
+	ph.daddr = p->tuple.saddr;
+	ph.proto = IPPROTO_TCP;
+	ph.len = bpf_htons(sizeof(out));
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&out, sizeof(out), sum);
+	out.check = csum_fold(sum);
+
+	if (reply_l2_l3(skb, p, &ip_out, IPPROTO_TCP, sizeof(out)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + sizeof(ip_out), &out, sizeof(out),
+				0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* What an ICMP error quotes: the offending IPv4 header (no options) and 8 bytes of it. */
+struct icmp_quote {
+	struct iphdr ip;
+	__u8 l4[8];
+};
+
+/* Turns a UDP datagram to a service without endpoints into the ICMP port unreachable a closed
+ * port answers with and sends it back towards the client. Datagrams with IP options are
+ * dropped instead (the quote would not fit the fixed layout). */
+static __always_inline int reject_udp(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct icmphdr icmp = {};
+	struct icmp_quote quote;
+	struct iphdr ip_out;
+	__s64 sum;
+
+	if (p->l4_off != p->l3_off + sizeof(struct iphdr))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->l3_off, &quote, sizeof(quote)) < 0)
+		return TC_ACT_SHOT;
+	icmp.type = ICMP_DEST_UNREACH;
+	icmp.code = ICMP_PORT_UNREACH;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&icmp, sizeof(icmp), 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&quote, sizeof(quote), sum);
+	icmp.checksum = csum_fold(sum);
+
+	if (reply_l2_l3(skb, p, &ip_out, IPPROTO_ICMP, sizeof(icmp) + sizeof(quote)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + sizeof(ip_out), &icmp, sizeof(icmp),
+				0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + sizeof(ip_out) + sizeof(icmp), &quote,
+				sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 SEC("classifier/svc_nat_fwd")
 int svc_nat_fwd(struct __sk_buff *skb)
 {
@@ -200,6 +382,10 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	struct ct_key nat = {};
 	struct ct_value orig = {};
 	struct ct_value *ct;
+	struct client_key ck = {};
+	struct client_value *cv;
+	struct client_value new_cv = {};
+	__u64 now = 0;
 	__u32 ip;
 	__u16 port;
 
@@ -213,7 +399,7 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	if (!svc)
 		return TC_ACT_OK;
 	if (svc->count == 0)
-		return TC_ACT_SHOT;
+		return p.tuple.proto == IPPROTO_TCP ? reject_tcp(skb, &p) : reject_udp(skb, &p);
 
 	/* Keep established flows on their backend while its slot still holds it. */
 	aff = bpf_map_lookup_elem(&affinity, &p.tuple);
@@ -226,10 +412,35 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	}
 
 	bk.service_id = svc->service_id;
-	bk.slot = bpf_get_prandom_u32() % svc->count;
-	be = bpf_map_lookup_elem(&backends, &bk);
-	if (!be)
-		return TC_ACT_SHOT; /* table mid-update: count raised before its slot was written */
+	be = NULL;
+	if (svc->affinity_timeout) {
+		/* A new flow of a client seen within the timeout goes where its last one went,
+		 * while that backend still holds its slot; either way the client is (re)stamped. */
+		ck.client = p.tuple.saddr;
+		ck.service_id = svc->service_id;
+		now = bpf_ktime_get_ns();
+		cv = bpf_map_lookup_elem(&client_affinity, &ck);
+		if (cv && now - cv->last_seen_ns < (__u64)svc->affinity_timeout * 1000000000ULL &&
+		    cv->slot < svc->count) {
+			bk.slot = cv->slot;
+			be = bpf_map_lookup_elem(&backends, &bk);
+			if (be && (be->ip != cv->ip || be->port != cv->port))
+				be = NULL;
+		}
+	}
+	if (!be) {
+		bk.slot = bpf_get_prandom_u32() % svc->count;
+		be = bpf_map_lookup_elem(&backends, &bk);
+		if (!be)
+			return TC_ACT_SHOT; /* table mid-update: count raised before its slot was written */
+	}
+	if (svc->affinity_timeout) {
+		new_cv.slot = bk.slot;
+		new_cv.ip = be->ip;
+		new_cv.port = be->port;
+		new_cv.last_seen_ns = now;
+		bpf_map_update_elem(&client_affinity, &ck, &new_cv, BPF_ANY);
+	}
 	new_aff.service_id = bk.service_id;
 	new_aff.slot = bk.slot;
 	new_aff.ip = be->ip;

@@ -138,3 +138,18 @@ pub fn assert_checksums(f: &[u8], allow_udp_zero: bool) {
         "L4 checksum of {p:?}"
     );
 }
+
+/// The folded one's complement sum of `data` (0xffff when a checksum inside it verifies).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    fold(sum16(data, 0))
+}
+
+/// Recomputes the TCP/UDP checksum of an option-less IPv4 frame in place.
+pub fn fix_l4_checksum(f: &mut [u8]) {
+    let p = parse(f);
+    let l4 = ETH + IP;
+    let at = l4 + if p.proto == 6 { 16 } else { 6 };
+    f[at..at + 2].copy_from_slice(&[0, 0]);
+    let c = !fold(sum16(&f[l4..], pseudo(p.src, p.dst, p.proto, f.len() - l4)));
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}

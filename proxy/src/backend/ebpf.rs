@@ -11,21 +11,29 @@
 //! # Where it attaches
 //!
 //! On the node-side ends of pod veths ([`EbpfOptions::interfaces`]; a trailing `*` matches a
-//! name prefix, so `veth*` picks up pods created later at the next full sync), not on the pod
+//! name prefix). From the first sync on, a link watch (`links.rs`: rtnetlink notifications in
+//! the node namespace) attaches to matching veths the moment they appear, so a pod started
+//! after the proxy gets service NAT without waiting for a sync. Not on the pod
 //! bridge or the uplink: see the `netlet-ebpf` crate docs for why the bridge device misses
 //! replies switched between its ports. The uplink is not used because external traffic needs
 //! masquerading, which the datapath does not do (below).
 //!
 //! # What it refuses
 //!
-//! The datapath has no SNAT, no client-IP affinity and no node-port/external frontends yet, so
-//! ports needing them are not programmed and the sync fails with [`Error::Unsupported`] naming
-//! each of them (the supported ports are programmed regardless): `nodePort`, `externalIPs`,
-//! load-balancer IPs, `sessionAffinity: ClientIP`, SCTP, IPv6, and `--masquerade-all`
-//! (refused when the backend is built). Not refusable per Service, and documented instead:
-//! a port without endpoints drops its packets (no TCP reset / ICMP yet), a pod reaching itself
-//! through its Service is not masqueraded, and off-cluster clients reaching a cluster IP are
-//! not translated (no attachment on the uplink).
+//! The datapath has no SNAT and no node-port/external frontends yet, so ports needing them are
+//! not programmed and the sync fails with [`Error::Unsupported`] naming each of them (the
+//! supported ports are programmed regardless): `nodePort`, `externalIPs`, load-balancer IPs,
+//! SCTP, IPv6, and `--masquerade-all` (refused when the backend is built). Not refusable per
+//! Service, and documented instead: a pod reaching itself through its Service is not
+//! masqueraded, and off-cluster clients reaching a cluster IP are not translated (no
+//! attachment on the uplink).
+//!
+//! # What the datapath does besides DNAT
+//!
+//! A port without endpoints is rejected (TCP reset / ICMP port unreachable from the VIP).
+//! `sessionAffinity: ClientIP` is kept per client and service in the `client_affinity` LRU map
+//! (backend plus the monotonic time of the client's last new flow), expiring after the
+//! Service's `timeoutSeconds`.
 //!
 //! # Stats
 //!
@@ -33,18 +41,33 @@
 //! `hooks_changed`: interfaces attached; `transactions`: map entries touched (services plus
 //! their backend sets).
 
+mod links;
+
 use super::{Backend, SyncStats};
 use crate::config::ProxyConfig;
 use crate::error::{Error, Result};
 use crate::exec::NetnsExec;
 use crate::model::{IpFamily, Protocol, ServiceKey, ServicePort, ServiceTable};
+use links::{Datapath, LinkWatch, Shared};
 use netlet_ebpf::{Proto, ServiceNat};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A datapath frontend: `vip:port/proto`.
 type Frontend = (Ipv4Addr, u16, Proto);
+
+/// What a frontend should be programmed with.
+#[derive(Debug, Clone)]
+struct Want {
+    /// The service port it belongs to (`namespace/name:port`).
+    name: String,
+    /// Reachable endpoints.
+    backends: Vec<(Ipv4Addr, u16)>,
+    /// `sessionAffinity: ClientIP` timeout.
+    affinity: Option<Duration>,
+}
 
 /// Name of the file under the state dir naming each programmed frontend's service port (the
 /// maps only hold addresses): `vip:port/proto namespace/name:port` per line.
@@ -68,15 +91,23 @@ impl Default for EbpfOptions {
     }
 }
 
+impl EbpfOptions {
+    /// Whether the backend attaches to an interface named `name` (see
+    /// [`EbpfOptions::interfaces`]); lets callers check their naming against the patterns.
+    pub fn matches_interface(&self, name: &str) -> bool {
+        links::matches(&self.interfaces, name)
+    }
+}
+
 /// The eBPF [`Backend`].
 #[derive(Debug)]
 pub struct EbpfBackend {
     netns: NetnsExec,
     opts: EbpfOptions,
-    /// Loaded on the first sync (cleanup alone never loads).
-    nat: Option<ServiceNat>,
-    /// Interfaces this process attached to.
-    attached: BTreeSet<String>,
+    /// Loaded on the first sync (cleanup alone never loads); shared with the link watch.
+    dp: Option<Shared>,
+    /// Attaches to pod veths created between syncs; runs from the first full sync on.
+    watch: Option<LinkWatch>,
     /// Which service port each programmed frontend belongs to.
     names: BTreeMap<Frontend, String>,
     /// A full sync went through: partial syncs may trust the maps' mirror.
@@ -97,8 +128,8 @@ impl EbpfBackend {
         Ok(Self {
             netns,
             opts,
-            nat: None,
-            attached: BTreeSet::new(),
+            dp: None,
+            watch: None,
             names: BTreeMap::new(),
             synced: false,
         })
@@ -108,70 +139,32 @@ impl EbpfBackend {
         self.opts.state_dir.clone()
     }
 
-    fn loaded(&mut self) -> Result<&mut ServiceNat> {
-        if self.nat.is_none() {
+    fn loaded(&mut self) -> Result<Shared> {
+        if self.dp.is_none() {
             let fs = netlet_ebpf::BpfFs::mount_under(&self.bpffs_dir())
                 .map_err(|e| ebpf_err("mounting the private bpffs", e))?;
             let nat = ServiceNat::load_pinned(&fs)
                 .map_err(|e| ebpf_err("loading the service NAT programs", e))?;
             // Pins outlive this process: the next one re-adopts them; cleanup unmounts.
             fs.keep();
-            self.nat = Some(nat);
+            self.dp = Some(Datapath::new(nat));
         }
-        Ok(self.nat.as_mut().expect("loaded above"))
+        Ok(self.dp.clone().expect("loaded above"))
     }
 
-    /// Attaches to every configured interface not attached by this process yet.
+    /// Attaches to every configured interface not attached by this process yet, and starts
+    /// the link watch that does the same for interfaces created later.
     fn attach_all(&mut self) -> Result<usize> {
-        let present = self.interfaces()?;
-        // An interface that went away (a deleted pod) is attached anew if its name returns.
-        self.attached.retain(|i| present.contains(i));
-        let wanted: Vec<String> = present
-            .into_iter()
-            .filter(|i| !self.attached.contains(i))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(0);
-        }
+        let dp = self.loaded()?;
         let path = self.netns_path();
-        self.loaded()?;
-        let nat = self.nat.as_mut().expect("loaded");
-        in_netns(path.as_deref(), || {
-            for ifname in &wanted {
-                nat.attach(ifname)
-                    .map_err(|e| ebpf_err(&format!("attaching to {ifname}"), e))?;
-            }
-            Ok(())
+        let patterns = self.opts.interfaces.clone();
+        let count = in_netns(path.as_deref(), || {
+            links::attach_new(&mut links::lock(&dp), &patterns)
         })?;
-        self.attached.extend(wanted.iter().cloned());
-        Ok(wanted.len())
-    }
-
-    /// The configured interfaces present in the namespace.
-    fn interfaces(&self) -> Result<Vec<String>> {
-        let out = self.netns.run(
-            "listing interfaces for the eBPF backend",
-            "ip",
-            &["-o", "link", "show"],
-            None,
-        )?;
-        let present: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect();
-        Ok(present
-            .into_iter()
-            .filter(|name| {
-                self.opts
-                    .interfaces
-                    .iter()
-                    .any(|p| match p.strip_suffix('*') {
-                        Some(prefix) => name.starts_with(prefix),
-                        None => name == p,
-                    })
-            })
-            .collect())
+        if self.watch.is_none() {
+            self.watch = Some(LinkWatch::start(path, patterns, dp)?);
+        }
+        Ok(count)
     }
 
     fn netns_path(&self) -> Option<PathBuf> {
@@ -186,7 +179,7 @@ impl EbpfBackend {
     fn desired<'a>(
         ports: impl Iterator<Item = &'a ServicePort>,
         refused: &mut Vec<(String, &'static str)>,
-    ) -> BTreeMap<Frontend, (String, Vec<(Ipv4Addr, u16)>)> {
+    ) -> BTreeMap<Frontend, Want> {
         let mut out = BTreeMap::new();
         for p in ports {
             if let Some(feature) = unsupported(p) {
@@ -210,7 +203,11 @@ impl EbpfBackend {
                 if let IpAddr::V4(vip) = vip {
                     out.insert(
                         (*vip, p.port, proto),
-                        (p.name.to_string(), backends.clone()),
+                        Want {
+                            name: p.name.to_string(),
+                            backends: backends.clone(),
+                            affinity: p.affinity_timeout.map(|s| Duration::from_secs(s.into())),
+                        },
                     );
                 }
             }
@@ -222,12 +219,13 @@ impl EbpfBackend {
     /// is in scope but not wanted.
     fn apply(
         &mut self,
-        want: BTreeMap<Frontend, (String, Vec<(Ipv4Addr, u16)>)>,
+        want: BTreeMap<Frontend, Want>,
         scope: Option<&BTreeSet<Frontend>>,
         stats: &mut SyncStats,
     ) -> Result<()> {
-        self.loaded()?;
-        let nat = self.nat.as_mut().expect("loaded");
+        let dp = self.loaded()?;
+        let mut dp = links::lock(&dp);
+        let nat = &mut dp.nat;
         let have: BTreeSet<Frontend> = nat.table().services().into_iter().collect();
         for fe in &have {
             let in_scope = scope.is_none_or(|s| s.contains(fe));
@@ -240,7 +238,12 @@ impl EbpfBackend {
                 self.names.remove(fe);
             }
         }
-        for (fe, (name, backends)) in want {
+        for (fe, w) in want {
+            let Want {
+                name,
+                backends,
+                affinity,
+            } = w;
             let (vip, port, proto) = fe;
             let mut now: Vec<_> = nat
                 .table()
@@ -251,16 +254,19 @@ impl EbpfBackend {
             now.sort();
             wanted.sort();
             wanted.dedup();
-            if !have.contains(&fe) || now != wanted {
-                nat.set_service(vip, port, proto, &backends).map_err(|e| {
-                    ebpf_err(&format!("programming {name} ({vip}:{port}/{proto:?})"), e)
-                })?;
+            let affinity_now = nat.table().affinity_of(vip, port, proto);
+            if !have.contains(&fe) || now != wanted || affinity_now != affinity {
+                nat.set_service_with_affinity(vip, port, proto, &backends, affinity)
+                    .map_err(|e| {
+                        ebpf_err(&format!("programming {name} ({vip}:{port}/{proto:?})"), e)
+                    })?;
                 stats.chains_written += 1;
                 stats.rules_written += wanted.len();
                 stats.transactions += 1;
             }
             self.names.insert(fe, name);
         }
+        drop(dp);
         self.write_names()
     }
 
@@ -309,8 +315,6 @@ fn unsupported(p: &ServicePort) -> Option<&'static str> {
         Some("externalIPs")
     } else if !p.load_balancer_ips.is_empty() {
         Some("load-balancer IPs")
-    } else if p.affinity_timeout.is_some() {
-        Some("sessionAffinity ClientIP")
     } else {
         None
     }
@@ -396,9 +400,10 @@ impl Backend for EbpfBackend {
     fn cleanup(&mut self) -> Result<SyncStats> {
         let mut stats = SyncStats::default();
         self.synced = false;
-        self.nat = None;
+        // Stop attaching before detaching (the watch holds the datapath too).
+        self.watch = None;
+        self.dp = None;
         self.names.clear();
-        self.attached.clear();
         // Every interface of the namespace: filters of an earlier config count too.
         let all = self
             .netns
