@@ -46,8 +46,7 @@ impl Worker {
                 let msg = "Back-off restarting failed container";
                 self.ctx
                     .recorder
-                    .emit(pod, Some(&c.name), Warning, "BackOff", msg)
-                    .await;
+                    .emit(pod, Some(&c.name), Warning, "BackOff", msg);
             }
             return false;
         }
@@ -71,8 +70,7 @@ impl Worker {
                 let msg = format!("Started container {}", c.name);
                 self.ctx
                     .recorder
-                    .emit(pod, Some(&c.name), Normal, "Started", &msg)
-                    .await;
+                    .emit(pod, Some(&c.name), Normal, "Started", &msg);
                 true
             }
             Err(e) => {
@@ -159,6 +157,7 @@ impl Worker {
                 .await;
             return false;
         }
+        self.trace.mark("container config");
         let id = match ctx
             .cri
             .create_container(&sb.id, config, sb.config.clone())
@@ -178,10 +177,9 @@ impl Worker {
                 return false;
             }
         };
+        self.trace.mark("container created");
         let msg = format!("Created container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Created", &msg)
-            .await;
+        ctx.recorder.emit(pod, Some(name), Normal, "Created", &msg);
         if let Err(e) = ctx.cri.start_container(&id).await {
             self.wait(
                 pod,
@@ -194,11 +192,10 @@ impl Worker {
             .await;
             return true;
         }
+        self.trace.mark("container started");
         tracing::info!(pod = %key(pod), container = name, attempt, "started");
         let msg = format!("Started container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Started", &msg)
-            .await;
+        ctx.recorder.emit(pod, Some(name), Normal, "Started", &msg);
         self.waiting.remove(name);
         true
     }
@@ -222,8 +219,7 @@ impl Worker {
             tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
             self.ctx
                 .recorder
-                .emit(pod, Some(&c.name), Warning, event, &message)
-                .await;
+                .emit(pod, Some(&c.name), Warning, event, &message);
         }
         self.waiting.insert(
             c.name.clone(),
