@@ -122,6 +122,9 @@ async fn failing_post_start_hook_posts_the_event_and_restarts_the_container() {
         )
         .await;
     assert!(restarts >= 1);
+    // Events are posted in the background, after the status that shows the restart.
+    node.reasons_including("psfail", &["FailedPostStartHook"])
+        .await;
     let events = node.events("psfail").await;
     let failed = events
         .iter()
@@ -212,8 +215,7 @@ async fn pre_stop_hook_runs_before_sigterm_on_liveness_kill_and_on_delete() {
         "preStop ran more than once: {log}"
     );
     node.wait_no_sandbox(&uid, "after delete").await;
-    let reasons = node.reasons("stop").await;
-    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    let reasons = node.reasons_including("stop", &["Killing"]).await;
     assert!(
         !reasons.iter().any(|r| r == "FailedPreStopHook"),
         "{reasons:?}"
@@ -250,6 +252,8 @@ async fn failing_pre_stop_hook_posts_the_event_and_termination_goes_on() {
     // Termination went on: SIGTERM reached the container and the pod is gone.
     wait_log(&node, "stopfail", &uid, 0, "got-term").await;
     node.wait_no_sandbox(&uid, "after delete").await;
+    node.reasons_including("stopfail", &["FailedPreStopHook"])
+        .await;
     let events = node.events("stopfail").await;
     let failed = events
         .iter()

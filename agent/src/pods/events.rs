@@ -1,7 +1,11 @@
 //! core/v1 Events about pods, as the kubelet writes them (`source.component` and
 //! `reportingComponent` `kubelet`), so `kubectl describe pod` shows what happened.
 //!
-//! Posting an event is best effort: a failure is logged, never fails the sync.
+//! Posting an event is best effort: a failure is logged, never fails the sync. Events go
+//! through a bounded queue to one background writer (in order), so a pod's start never waits
+//! for an event write (they cost two apiserver round trips per started container otherwise);
+//! if the writer falls behind by [`EVENT_BUFFER`] events, new ones are dropped and logged,
+//! like the kubelet's event broadcaster.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,8 +15,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::sync::mpsc;
 
 use super::status::now;
+
+/// Events queued for the writer before new ones are dropped.
+pub const EVENT_BUFFER: usize = 4096;
 
 /// The component name events are reported as.
 pub const COMPONENT: &str = "kubelet";
@@ -29,23 +37,26 @@ pub enum EventType {
 /// Writes events for pods on one node.
 #[derive(Clone)]
 pub struct Recorder {
-    client: Client,
+    queue: mpsc::Sender<Event>,
     node: String,
     seq: Arc<AtomicU64>,
 }
 
 impl Recorder {
-    /// A recorder reporting as the kubelet of `node`.
+    /// A recorder reporting as the kubelet of `node`; starts its writer task, which ends once
+    /// every clone of the recorder is dropped and the queue is written. Needs a Tokio runtime.
     pub fn new(client: Client, node: &str) -> Self {
+        let (queue, rx) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(write_events(client, rx));
         Self {
-            client,
+            queue,
             node: node.into(),
             seq: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Posts an event about `pod` (about its container `container`, if given).
-    pub async fn emit(
+    /// Queues an event about `pod` (about its container `container`, if given).
+    pub fn emit(
         &self,
         pod: &Pod,
         container: Option<&str>,
@@ -100,10 +111,24 @@ impl Recorder {
             count: Some(1),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = self.queue.try_send(event) {
+            tracing::warn!(pod = %name, reason, "dropping event: {e}");
+        }
+    }
+}
+
+/// Posts the queued events one at a time until every sender is gone.
+async fn write_events(client: Client, mut rx: mpsc::Receiver<Event>) {
+    while let Some(event) = rx.recv().await {
+        let ns = event.metadata.namespace.clone().unwrap_or_default();
+        let pod = event.involved_object.name.clone().unwrap_or_default();
+        let reason = event.reason.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(client.clone(), &ns);
         match api.create(&PostParams::default(), &event).await {
-            Ok(_) => tracing::debug!(pod = %name, reason, message, "event"),
-            Err(e) => tracing::warn!(pod = %name, reason, "posting event failed: {e}"),
+            Ok(_) => tracing::debug!(pod = %format!("{ns}/{pod}"), reason, "event posted"),
+            Err(e) => {
+                tracing::warn!(pod = %format!("{ns}/{pod}"), reason, "posting event failed: {e}")
+            }
         }
     }
 }

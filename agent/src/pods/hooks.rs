@@ -157,8 +157,7 @@ pub async fn kill_container(
         if let Err(msg) = ran {
             tracing::warn!(pod = %key(pod), container = name, "{msg}");
             ctx.recorder
-                .emit(pod, Some(name), Warning, "FailedPreStopHook", &msg)
-                .await;
+                .emit(pod, Some(name), Warning, "FailedPreStopHook", &msg);
         }
         left = grace.saturating_sub(started.elapsed());
     }

@@ -38,9 +38,7 @@ pub async fn kill_sandbox(
     let stops = running.iter().map(|c| async move {
         let name = c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default();
         let msg = format!("Stopping container {name}");
-        ctx.recorder
-            .emit(pod, Some(&name), Normal, "Killing", &msg)
-            .await;
+        ctx.recorder.emit(pod, Some(&name), Normal, "Killing", &msg);
         ignore_not_found(kill_container(ctx, pod, &name, &c.id, grace).await)
     });
     for r in join_all(stops).await {

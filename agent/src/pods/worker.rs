@@ -27,6 +27,7 @@ use super::observed::{Observed, StatusCache};
 use super::poller::Snapshot;
 use super::probe::Prober;
 use super::sandbox::sandbox_config;
+use super::start_trace::StartTrace;
 use super::static_pods::is_static;
 use super::status::{is_terminal, pod_status, StatusInput, Waiting};
 use super::teardown::{kill_sandbox, MIN_GRACE};
@@ -78,16 +79,21 @@ struct Worker {
     sandbox_retry_at: Option<Instant>,
     /// When the pod's configMap/secret/downwardAPI volume files were last refreshed.
     volumes_refreshed_at: Option<Instant>,
+    /// Start stage timings, logged when the pod is first reported Ready.
+    trace: StartTrace,
 }
 
 /// Runs the worker of one pod until it is torn down or `cancel` fires (then its containers
 /// keep running: a restarted agent re-adopts them).
+/// `seen` is when the pod's watch event reached the manager (for the start trace).
 pub async fn run_worker(
     ctx: Arc<Context>,
     mut desired: watch::Receiver<Desired>,
     cancel: CancellationToken,
+    seen: Instant,
 ) {
     let mut w = Worker {
+        trace: StartTrace::new(seen),
         snapshots: ctx.snapshots.clone(),
         last_change: None,
         dirty: false,
@@ -159,6 +165,7 @@ impl Worker {
             self.confirm_deletion(pod).await?;
             return Ok(true);
         }
+        self.trace.mark("sync");
         let ctx = self.ctx.clone();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let snapshot = self.snapshots.borrow_and_update().clone();
@@ -191,6 +198,15 @@ impl Worker {
             }
             return Ok(false);
         }
+        // A starting pod waits for a start slot, held until its status is written.
+        let _slot = match ready {
+            Some(_) => None,
+            None => {
+                let slot = ctx.start_slots.acquire().await.ok();
+                self.trace.mark("start slot");
+                slot
+            }
+        };
         let sandbox = match ready {
             Some(s) => self.adopt(pod, s).await?,
             None => {
@@ -221,6 +237,7 @@ impl Worker {
         } else {
             observed
         };
+        self.trace.mark("observed");
         self.write_status(pod, Some(&observed)).await?;
         Ok(false)
     }
@@ -273,6 +290,7 @@ impl Worker {
         .await;
         match created {
             Ok(s) => {
+                self.trace.mark("sandbox running");
                 tracing::info!(pod = %key(pod), sandbox = %s.id, ip = %s.ip, "sandbox running");
                 self.sandbox_error = None;
                 self.sandbox_failures = 0;
@@ -289,8 +307,7 @@ impl Worker {
                 self.sandbox_retry_at = Some(Instant::now() + delay);
                 let msg = format!("Failed to create pod sandbox: {message}");
                 ctx.recorder
-                    .emit(pod, None, Warning, "FailedCreatePodSandBox", &msg)
-                    .await;
+                    .emit(pod, None, Warning, "FailedCreatePodSandBox", &msg);
                 self.sandbox_error = Some(Waiting {
                     reason: "ContainerCreating".into(),
                     message: msg,
@@ -368,13 +385,11 @@ impl Worker {
             self.started.insert(c.name.clone(), v.started);
             for msg in &v.unhealthy {
                 ctx.recorder
-                    .emit(pod, Some(&c.name), Warning, "Unhealthy", msg)
-                    .await;
+                    .emit(pod, Some(&c.name), Warning, "Unhealthy", msg);
             }
             if let Some(why) = v.kill {
                 ctx.recorder
-                    .emit(pod, Some(&c.name), Normal, "Killing", &why)
-                    .await;
+                    .emit(pod, Some(&c.name), Normal, "Killing", &why);
                 self.touch();
                 let grace = spec.termination_grace_period_seconds.unwrap_or(30);
                 match kill_container(&ctx, pod, &c.name, &i.id, secs(grace).max(MIN_GRACE)).await {
@@ -430,6 +445,11 @@ impl Worker {
             source: Box::new(source),
         })?;
         tracing::debug!(pod = %key(pod), phase = ?status.phase, "status written");
+        if is_ready(&status) {
+            if let Some(stages) = self.trace.finish() {
+                tracing::info!(pod = %key(pod), "ready after watch event: {stages}");
+            }
+        }
         self.last_written = Some(status);
         Ok(())
     }
@@ -480,6 +500,15 @@ impl Worker {
             }),
         }
     }
+}
+
+/// Whether `status` says the pod is Ready.
+fn is_ready(status: &PodStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The grace a deleted pod's containers still have: until its deletionTimestamp, at least

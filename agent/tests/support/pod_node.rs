@@ -219,6 +219,24 @@ impl Node {
             .filter_map(|e| e.reason)
             .collect()
     }
+
+    /// Polls the event reasons of `pod` every 200 ms until all of `wanted` are there (the
+    /// agent posts events from a background queue, so they may trail the status), failing
+    /// with the reasons seen after 30 s; returns every reason.
+    pub async fn reasons_including(&self, pod: &str, wanted: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reasons = self.reasons(pod).await;
+            if wanted.iter().all(|w| reasons.iter().any(|r| r == w)) {
+                return reasons;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "events of {pod}: wanted {wanted:?}, have {reasons:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 pub fn status<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {

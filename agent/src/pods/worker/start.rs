@@ -48,8 +48,7 @@ impl Worker {
                 let msg = "Back-off restarting failed container";
                 self.ctx
                     .recorder
-                    .emit(pod, Some(&c.name), Warning, "BackOff", msg)
-                    .await;
+                    .emit(pod, Some(&c.name), Warning, "BackOff", msg);
             }
             return false;
         }
@@ -73,8 +72,7 @@ impl Worker {
                 let msg = format!("Started container {}", c.name);
                 self.ctx
                     .recorder
-                    .emit(pod, Some(&c.name), Normal, "Started", &msg)
-                    .await;
+                    .emit(pod, Some(&c.name), Normal, "Started", &msg);
                 true
             }
             Err(e) => {
@@ -170,6 +168,7 @@ impl Worker {
                 .await;
             return false;
         }
+        self.trace.mark("container config");
         let id = match ctx
             .cri
             .create_container(&sb.id, config, sb.config.clone())
@@ -189,10 +188,9 @@ impl Worker {
                 return false;
             }
         };
+        self.trace.mark("container created");
         let msg = format!("Created container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Created", &msg)
-            .await;
+        ctx.recorder.emit(pod, Some(name), Normal, "Created", &msg);
         if let Err(e) = ctx.cri.start_container(&id).await {
             self.wait(
                 pod,
@@ -205,11 +203,10 @@ impl Worker {
             .await;
             return true;
         }
+        self.trace.mark("container started");
         tracing::info!(pod = %key(pod), container = name, attempt, "started");
         let msg = format!("Started container {name}");
-        ctx.recorder
-            .emit(pod, Some(name), Normal, "Started", &msg)
-            .await;
+        ctx.recorder.emit(pod, Some(name), Normal, "Started", &msg);
         self.waiting.remove(name);
         self.post_start(pod, c, &id, &sb.ip).await;
         true
@@ -236,15 +233,13 @@ impl Worker {
         };
         tracing::warn!(pod = %key(pod), container = %c.name, "{msg}");
         ctx.recorder
-            .emit(pod, Some(&c.name), Warning, "FailedPostStartHook", &msg)
-            .await;
+            .emit(pod, Some(&c.name), Warning, "FailedPostStartHook", &msg);
         let why = format!(
             "Container {} failed its postStart hook, will be restarted",
             c.name
         );
         ctx.recorder
-            .emit(pod, Some(&c.name), Normal, "Killing", &why)
-            .await;
+            .emit(pod, Some(&c.name), Normal, "Killing", &why);
         let grace = pod
             .spec
             .as_ref()
@@ -283,8 +278,7 @@ impl Worker {
             tracing::warn!(pod = %key(pod), container = %c.name, reason, "{message}");
             self.ctx
                 .recorder
-                .emit(pod, Some(&c.name), Warning, event, &message)
-                .await;
+                .emit(pod, Some(&c.name), Warning, event, &message);
         }
         self.waiting.insert(
             c.name.clone(),

@@ -43,9 +43,7 @@ impl Worker {
             // Once per message: a ConfigMap that stays missing is not reported every interval.
             if self.reported.insert(format!("FailedMount/{msg}")) {
                 tracing::warn!(pod = %key(pod), "refreshing volumes: {msg}");
-                ctx.recorder
-                    .emit(pod, None, Warning, "FailedMount", &msg)
-                    .await;
+                ctx.recorder.emit(pod, None, Warning, "FailedMount", &msg);
             }
         }
     }
