@@ -134,14 +134,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
         )
         .await?;
     }
-    // Pods that are ready but not yet for minReadySeconds become available without an event.
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    if min_ready > 0 && status.ready_replicas != status.available_replicas {
-        return Ok(Action::requeue(std::time::Duration::from_secs(
-            min_ready as u64,
-        )));
-    }
-    Ok(Action::await_change())
+    Ok(workload::after_status(
+        spec.min_ready_seconds,
+        status.ready_replicas,
+        status.available_replicas,
+    ))
 }
 
 /// Makes `rs` the controller of the orphan `pod`.

@@ -203,14 +203,11 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         )
         .await?;
     }
-    // Pods that are ready but not yet for minReadySeconds become available without an event.
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    if min_ready > 0 && status.ready_replicas != status.available_replicas {
-        return Ok(Action::requeue(std::time::Duration::from_secs(
-            min_ready as u64,
-        )));
-    }
-    Ok(Action::await_change())
+    Ok(workload::after_status(
+        spec.min_ready_seconds,
+        status.ready_replicas,
+        status.available_replicas,
+    ))
 }
 
 /// The controller future (runs until its watches end).

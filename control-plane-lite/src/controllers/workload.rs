@@ -7,6 +7,7 @@
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -145,6 +146,21 @@ pub fn pod_from_template<K: Resource<DynamicType = ()>>(
         spec: template.spec.clone(),
         status: None,
     })
+}
+
+/// What a workload controller returns once status is written: pods that are ready but not yet
+/// for `minReadySeconds` become available without any event, so look again after that long;
+/// otherwise wait for a change.
+pub fn after_status(
+    min_ready_seconds: Option<i32>,
+    ready: Option<i32>,
+    available: Option<i32>,
+) -> Action {
+    let min_ready = min_ready_seconds.unwrap_or(0);
+    if min_ready > 0 && ready != available {
+        return Action::requeue(std::time::Duration::from_secs(min_ready as u64));
+    }
+    Action::await_change()
 }
 
 /// Deletes pod `name` from `api` (namespace `ns`, for the error); a pod already gone is fine.
