@@ -222,20 +222,20 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     let ipam = node_ipam::run(client.clone(), &config)?;
     tracing::info!(cluster_cidr = %config.cluster_cidr, "controllers started");
-    let all = async move {
-        futures::join!(
-            ipam,
-            endpoints::run(client.clone()),
-            replicaset::run(client.clone()),
-            deployment::run(client.clone()),
-            job::run(client.clone()),
-            daemonset::run(client.clone()),
-            statefulset::run(client.clone()),
-            node_lifecycle::run(client.clone(), config.clone()),
-            // Boxed: its future is large in debug builds and the join sits on one stack.
-            Box::pin(garbage_collector::run(client.clone())),
-        );
-    };
+    // One task per controller: joined in one future, their state machines added up to more
+    // than a tokio worker's 2 MiB stack in debug builds (it overflowed once the StatefulSet
+    // controller joined). Dropping the set (on cancel) aborts them all.
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(ipam);
+    set.spawn(endpoints::run(client.clone()));
+    set.spawn(replicaset::run(client.clone()));
+    set.spawn(deployment::run(client.clone()));
+    set.spawn(job::run(client.clone()));
+    set.spawn(daemonset::run(client.clone()));
+    set.spawn(statefulset::run(client.clone()));
+    set.spawn(node_lifecycle::run(client.clone(), config.clone()));
+    set.spawn(garbage_collector::run(client.clone()));
+    let all = async move { while set.join_next().await.is_some() {} };
     until_cancelled(all, cancel).await;
     tracing::info!("controllers stopped");
     Ok(())
