@@ -123,6 +123,12 @@ pub struct PodManagerConfig {
 }
 
 impl PodManagerConfig {
+    /// The node IP as the downward API's `status.hostIP` text (empty when unknown), shared by
+    /// env vars and downwardAPI volume files.
+    pub fn host_ip(&self) -> String {
+        self.node_ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
     /// Defaults for node `node_name`: kubelet paths, 1 s resync, kubelet back-off.
     pub fn new(node_name: &str) -> Self {
         Self {

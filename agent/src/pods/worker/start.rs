@@ -129,11 +129,7 @@ impl Worker {
                 return false;
             }
         }
-        let host_ip = ctx
-            .config
-            .node_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let host_ip = ctx.config.host_ip();
         let facts = PodFacts {
             pod,
             pod_ip: &sb.ip,

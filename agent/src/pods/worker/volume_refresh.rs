@@ -22,12 +22,7 @@ impl Worker {
             return;
         }
         self.volumes_refreshed_at = Some(Instant::now());
-        let host_ip = self
-            .ctx
-            .config
-            .node_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let host_ip = self.ctx.config.host_ip();
         let facts = PodFacts {
             pod,
             pod_ip: &sb.ip,

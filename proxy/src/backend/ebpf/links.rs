@@ -196,7 +196,8 @@ fn watch(sock: &netlink_sys::Socket, stop: &AtomicBool, patterns: &[String], dp:
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF link watch: receiving; rescanning");
-                // Not a busy loop if the error persists.
+                // A blocking netlink reader thread with no event to wait on after a failed
+                // receive: pause so a persistent error does not spin a core.
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
