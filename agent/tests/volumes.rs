@@ -228,6 +228,11 @@ async fn containers_share_volumes_see_configmap_updates_and_volumes_go_with_the_
     );
     let secret_dir = pod_volumes.join("kubernetes.io~secret/creds");
     assert_eq!(mode_of(&secret_dir.join("password")), 0o400);
+    // Secret and projected volumes are memory-backed, as with the kubelet.
+    for dir in ["/etc/creds", "/etc/all"] {
+        let m = exec(&node.cri, &app, &format!("grep ' {dir} ' /proc/mounts")).await;
+        assert!(m.starts_with(&format!("tmpfs {dir} tmpfs")), "{m}");
+    }
 
     // downwardAPI.
     assert_eq!(exec(&node.cri, &app, "cat /etc/info/name").await, "vols");

@@ -9,8 +9,10 @@
 //! [`atomic`]). Other kinds (and projected service account tokens) fail the container with a
 //! message naming the kind.
 //!
+//! Secret and projected volumes live on a tmpfs ([`tmpfs`]), as with the kubelet.
+//!
 //! # Limits
-//! Secret volumes are on disk, not tmpfs as with the kubelet. `mountPropagation` is ignored
+//! `mountPropagation` is ignored
 //! (every mount is private). `subPathExpr` is rejected. A volume mounted with `subPath` sees
 //! no ConfigMap updates (as with the kubelet: the file is bound, not the `..data` link).
 
@@ -18,6 +20,7 @@ pub mod atomic;
 pub mod empty_dir;
 pub mod host_path;
 pub mod projection;
+pub mod tmpfs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -134,12 +137,15 @@ pub enum VolumeError {
         #[source]
         source: InvalidQuantity,
     },
-    /// The tmpfs of a `medium: Memory` emptyDir could not be mounted.
+    /// The tmpfs of a memory-backed volume (`medium: Memory` emptyDir, secret, projected)
+    /// could not be mounted.
     #[error(
-        "emptyDir medium Memory: mounting a tmpfs on {path}: {source} (the agent needs \
-         CAP_SYS_ADMIN in containerd's mount namespace; not falling back to disk)"
+        "{kind}: mounting a tmpfs on {path}: {source} (the agent needs CAP_SYS_ADMIN in \
+         containerd's mount namespace; not falling back to disk)"
     )]
     MemoryMedium {
+        /// Which kind of volume, e.g. `emptyDir medium Memory`.
+        kind: &'static str,
         /// The volume directory.
         path: PathBuf,
         /// Why.
@@ -370,6 +376,28 @@ async fn projected(
     Ok(out)
 }
 
+/// The plugins whose volumes live on a tmpfs, as with the kubelet: secret material never
+/// reaches the node's disk (a projected volume may hold secrets too).
+const MEMORY_BACKED: [&str; 2] = [SECRET, PROJECTED];
+
+/// Creates the volume directory `dir` of `plugin` and mounts a tmpfs on it (idempotent).
+fn in_memory(dir: &Path, plugin: &'static str) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(|source| VolumeError::Io {
+        op: "creating volume directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    tmpfs::mount_on(dir, None).map_err(|source| VolumeError::MemoryMedium {
+        kind: if plugin == SECRET {
+            "secret volume"
+        } else {
+            "projected volume"
+        },
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Sets up volume `v` of the pod (idempotent) and returns its directory on the node.
 async fn set_up(
     reader: &Reader<'_>,
@@ -404,6 +432,9 @@ async fn set_up(
     if let Some(r) = payload(reader, facts, v).await {
         let (plugin, p) = r?;
         let dir = volume_dir(pods_dir, uid, plugin, name);
+        if MEMORY_BACKED.contains(&plugin) {
+            in_memory(&dir, plugin)?;
+        }
         write_payload(&dir, &p).map_err(|source| VolumeError::Write {
             volume: name.into(),
             source,
@@ -581,10 +612,17 @@ pub fn remove_pod_volumes(pods_dir: &Path, uid: &str) -> Result<(), VolumeError>
     if !dir.exists() {
         return Ok(());
     }
-    let empty = dir.join("volumes").join(EMPTY_DIR);
-    if let Ok(entries) = std::fs::read_dir(&empty) {
+    for plugin in [EMPTY_DIR, SECRET, PROJECTED] {
+        let Ok(entries) = std::fs::read_dir(dir.join("volumes").join(plugin)) else {
+            continue;
+        };
         for e in entries.flatten() {
-            empty_dir::tear_down(&e.path())?;
+            let path = e.path();
+            tmpfs::unmount(&path).map_err(|source| VolumeError::Io {
+                op: "unmounting the tmpfs of",
+                path,
+                source,
+            })?;
         }
     }
     if let Some(m) = mounts_below(&dir).into_iter().next() {
