@@ -42,6 +42,11 @@ pub fn cluster_dir() -> PathBuf {
     util::target_dir().join("netlet-up")
 }
 
+/// Node `k`'s static pod manifest directory (the agent's `--pod-manifest-path`).
+pub fn manifests_dir(k: u8) -> PathBuf {
+    cluster_dir().join(format!("node-{k}")).join("manifests")
+}
+
 /// The cgroup node `k`'s pods live under (removed by `down`).
 pub fn cgroup_parent(k: u8) -> String {
     format!("/{}node-{k}", ns_prefix())

@@ -300,6 +300,8 @@ fn start_node(
     }
     let agent_dir = node_dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
+    let manifests = super::manifests_dir(k);
+    std::fs::create_dir_all(&manifests)?;
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", netns.display()))
         .arg(&bins.agent)
@@ -317,6 +319,8 @@ fn start_node(
         .arg(&agent_dir)
         .arg("--pod-log-dir")
         .arg(agent_dir.join("pods"))
+        .arg("--pod-manifest-path")
+        .arg(&manifests)
         .args(["--cgroup-parent", &cgroup_parent(k)]);
     spawn(
         state,

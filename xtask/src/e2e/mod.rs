@@ -5,6 +5,7 @@
 mod kubectl;
 mod pod_lifecycle;
 mod scenarios;
+mod static_pod;
 
 use anyhow::Result;
 

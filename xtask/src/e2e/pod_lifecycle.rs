@@ -266,3 +266,49 @@ pub fn unreachable_node_pods_move(ctx: &Ctx) -> Result<()> {
         .run(&["-n", NS, "delete", "deployment", "mover", "--wait=false"])?;
     Ok(())
 }
+
+/// `kubectl delete pod` of a pod with a preStop hook runs the hook, then SIGTERM, and returns
+/// once the agent has confirmed the deletion. The container and its hook append to a file in a
+/// hostPath directory of the cluster dir, which this process reads after the delete: the order
+/// of the lines is the order things happened in.
+pub fn graceful_delete_runs_prestop(ctx: &Ctx) -> Result<()> {
+    let dir = crate::cluster::cluster_dir().join("e2e-prestop");
+    // Left over from an earlier run of the suite.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let main = "trap 'echo term >> /out/order; exit 0' TERM; echo started > /out/order; \
+                while true; do sleep 1; done";
+    ctx.kubectl.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "prestop", "namespace": NS, "labels": {"role": "client"}},
+        "spec": {
+            "nodeName": "node-2",
+            "terminationGracePeriodSeconds": 30,
+            "volumes": [{"name": "out", "hostPath": {"path": dir, "type": "Directory"}}],
+            "containers": [{
+                "name": "main", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", main],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                "lifecycle": {"preStop": {"exec": {
+                    "command": ["/bin/sh", "-c", "echo prestop >> /out/order"],
+                }}},
+            }],
+        },
+    }))?;
+    ctx.kubectl.wait_for(
+        "pod prestop to be Running",
+        &["-n", NS, "pod", "prestop"],
+        POD_TIMEOUT,
+        |p| (p["status"]["phase"] == "Running").then_some(()),
+    )?;
+    // kubectl waits until the pod object is gone, i.e. the agent confirmed the deletion.
+    ctx.kubectl.run(&["-n", NS, "delete", "pod", "prestop"])?;
+    let order = std::fs::read_to_string(dir.join("order"))
+        .with_context(|| format!("reading {}/order", dir.display()))?;
+    ensure!(
+        order == "started\nprestop\nterm\n",
+        "expected the container to start, then the preStop hook, then SIGTERM; the pod wrote:\n{order}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::kubectl::Kubectl;
 use super::pod_lifecycle;
+use super::static_pod;
 use crate::cluster::underlay;
 use crate::images::ECHO_IMAGE;
 
@@ -63,6 +64,14 @@ pub const SCENARIOS: &[Scenario] = &[
     (
         "unreachable node's pods move to other nodes",
         pod_lifecycle::unreachable_node_pods_move,
+    ),
+    (
+        "graceful delete runs the preStop hook before SIGTERM",
+        pod_lifecycle::graceful_delete_runs_prestop,
+    ),
+    (
+        "static pod runs and appears as a mirror pod",
+        static_pod::static_pod_has_mirror,
     ),
     ("deleted pods go away", deleted_pods_go_away),
 ];
