@@ -31,6 +31,12 @@ fn main() {
         let obj = out_dir.join(format!("{stem}.bpf.o"));
         println!("cargo:rerun-if-changed={src}");
         if !have_clang {
+            // A path that never exists makes cargo run this script again on every build, so
+            // the real objects get built as soon as `cargo xtask deps` installs clang.
+            println!(
+                "cargo:rerun-if-changed={}",
+                out_dir.join("clang-still-missing").display()
+            );
             println!(
                 "cargo:warning={clang} not found: embedding an empty {stem}.bpf.o; \
                  loading it will fail (run cargo xtask deps)"
