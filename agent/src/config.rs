@@ -72,6 +72,10 @@ pub struct AgentConfig {
     /// A directory of static pod manifests (kubelet's `--pod-manifest-path`): pods that run
     /// on this node from files, even without the apiserver. `None`: no static pods.
     pub pod_manifest_path: Option<PathBuf>,
+    /// Pods whose first start (sandbox, containers) runs at once; the rest queue in watch
+    /// order. The CRI calls of a start are mostly CPU in containerd, runc and the CNI plugin,
+    /// so more parallel starts than cores only make every pod of a burst Ready later.
+    pub parallel_pod_starts: usize,
 }
 
 impl Default for AgentConfig {
@@ -95,6 +99,7 @@ impl Default for AgentConfig {
             proxy_backend: BackendKind::Nftables,
             metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("valid default address")),
             pod_manifest_path: None,
+            parallel_pod_starts: 4,
         }
     }
 }
@@ -140,6 +145,9 @@ pub enum ConfigError {
     /// The node IP cannot be a node's address.
     #[error("node IP {0} is loopback, unspecified, broadcast or multicast")]
     UnusableNodeIp(Ipv4Addr),
+    /// No pod could ever start.
+    #[error("parallelPodStarts must be at least 1")]
+    ZeroParallelStarts,
     /// An interval of zero would spin.
     #[error("{0} must be at least 1 second")]
     ZeroInterval(&'static str),
@@ -202,6 +210,9 @@ impl AgentConfig {
             if secs == 0 {
                 return Err(ConfigError::ZeroInterval(name));
             }
+        }
+        if self.parallel_pod_starts == 0 {
+            return Err(ConfigError::ZeroParallelStarts);
         }
         Ok(())
     }
@@ -366,6 +377,10 @@ mod tests {
         assert!(matches!(
             check(|c| c.heartbeat_interval_secs = 0),
             ConfigError::ZeroInterval("heartbeatIntervalSecs")
+        ));
+        assert!(matches!(
+            check(|c| c.parallel_pod_starts = 0),
+            ConfigError::ZeroParallelStarts
         ));
     }
 }

@@ -87,6 +87,9 @@ struct Cli {
     /// apiserver, with mirror pods in the API [default: none].
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
+    /// Pods started at once; the rest of a burst queues [default: 4].
+    #[arg(long)]
+    parallel_pod_starts: Option<usize>,
 }
 
 impl Cli {
@@ -109,7 +112,8 @@ impl Cli {
             heartbeat_interval_secs,
             pod_log_dir,
             cgroup_parent,
-            proxy_backend
+            proxy_backend,
+            parallel_pod_starts
         );
         if self.kubeconfig.is_some() {
             c.kubeconfig = self.kubeconfig;
@@ -266,6 +270,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods_config.cgroup_parent = cfg.cgroup_parent.clone();
         pods_config.pods_dir = cfg.state_dir.join("pods");
         pods_config.pod_manifest_path = cfg.pod_manifest_path.clone();
+        pods_config.parallel_pod_starts = cfg.parallel_pod_starts;
         pods_config.managed_pods = metrics.managed_pods.clone();
         let (client, cancel) = (client.clone(), cancel.clone());
         tasks.spawn(async move {

@@ -39,6 +39,10 @@ pub struct Args {
     /// Use debug binaries (quicker to build; the numbers are then not representative).
     #[arg(long)]
     debug: bool,
+    /// Extra argument for the node's netlet-agent, repeatable
+    /// (e.g. `--agent-arg=--parallel-pod-starts=8`).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 /// What one run measured.
@@ -57,6 +61,7 @@ pub fn run(args: &Args) -> Result<()> {
     cluster::up(&UpArgs {
         nodes: 1,
         release: !args.debug,
+        agent_args: args.agent_args.clone(),
     })?;
     let measured = measure(args);
     cluster::down()?;

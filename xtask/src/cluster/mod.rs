@@ -35,6 +35,10 @@ pub struct UpArgs {
     /// Build and run release binaries (slower to build, faster to run).
     #[arg(long)]
     pub release: bool,
+    /// Extra argument for every node's netlet-agent, repeatable
+    /// (e.g. `--agent-arg=--proxy-backend=ebpf`).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 /// The directory holding everything of the cluster.

@@ -124,6 +124,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             &bins,
             &archives,
             &node_kubeconfig,
+            &args.agent_args,
             k,
         )?;
     }
@@ -276,6 +277,7 @@ fn start_node(
     bins: &Binaries,
     archives: &[PathBuf],
     kubeconfig: &Path,
+    agent_args: &[String],
     k: u8,
 ) -> Result<()> {
     let node_dir = cluster_dir().join(format!("node-{k}"));
@@ -321,7 +323,8 @@ fn start_node(
         .arg(agent_dir.join("pods"))
         .arg("--pod-manifest-path")
         .arg(&manifests)
-        .args(["--cgroup-parent", &cgroup_parent(k)]);
+        .args(["--cgroup-parent", &cgroup_parent(k)])
+        .args(agent_args);
     spawn(
         state,
         state_path,

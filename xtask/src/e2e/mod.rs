@@ -19,6 +19,7 @@ pub fn run_cluster_suite() -> Result<Tally> {
     let args = UpArgs {
         nodes: 3,
         release: false,
+        agent_args: Vec::new(),
     };
     let mut tally = Tally::default();
     match cluster::up(&args) {
