@@ -109,6 +109,63 @@ fn http_status_codes() {
     );
 }
 
+/// Which kinds carry `metadata.generation` and what a DELETE answers, as upstream: a Status of
+/// Success for most kinds, the object itself for pods.
+#[test]
+fn http_generation_and_delete_answers_follow_the_kind() {
+    let s = Server::start();
+    let cm = json!({"apiVersion":"v1","kind":"ConfigMap",
+        "metadata":{"name":"c","generation":7},"data":{"a":"1"}});
+    let (code, created) = s.curl("POST", "/api/v1/namespaces/default/configmaps", Some(&cm));
+    assert_eq!(code, 201, "{created}");
+    assert!(created["metadata"].get("generation").is_none(), "{created}");
+    let mut changed = created.clone();
+    changed["data"]["a"] = json!("2");
+    let (code, updated) = s.curl(
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/c",
+        Some(&changed),
+    );
+    assert_eq!(code, 200, "{updated}");
+    assert!(updated["metadata"].get("generation").is_none(), "{updated}");
+    let (code, deleted) = s.curl("DELETE", "/api/v1/namespaces/default/configmaps/c", None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        deleted,
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success",
+            "details":{"name":"c","kind":"configmaps","uid":created["metadata"]["uid"]}})
+    );
+
+    let deploy = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},
+        "spec":{"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"b"}},
+        "spec":{"containers":[{"name":"c","image":"i"}]}}}});
+    let (code, created) = s.curl(
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(&deploy),
+    );
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+    let (_, deleted) = s.curl(
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/deployments/d",
+        None,
+    );
+    assert_eq!(deleted["status"], "Success", "{deleted}");
+    assert_eq!(deleted["details"]["group"], "apps", "{deleted}");
+    assert_eq!(deleted["details"]["kind"], "deployments", "{deleted}");
+
+    // An unbound pod goes at once, and the answer is the pod.
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+        "spec":{"containers":[{"name":"c","image":"i"}]}});
+    let (code, _) = s.curl("POST", "/api/v1/namespaces/default/pods", Some(&pod));
+    assert_eq!(code, 201);
+    let (code, deleted) = s.curl("DELETE", "/api/v1/namespaces/default/pods/p", None);
+    assert_eq!(code, 200);
+    assert_eq!(deleted["kind"], "Pod", "{deleted}");
+    assert_eq!(deleted["metadata"]["name"], "p", "{deleted}");
+}
+
 #[test]
 fn watch_from_a_compacted_revision_is_410() {
     let s = Server::start_with(&["--compaction-interval", "1"]);

@@ -165,7 +165,7 @@ fn bind(current: &Value, binding: &Binding) -> Result<Value, ApiError> {
         }
     }
     set_scheduled(&mut pod);
-    defaults::on_update(current, &mut pod);
+    defaults::on_update(current, &mut pod, true);
     Ok(pod)
 }
 

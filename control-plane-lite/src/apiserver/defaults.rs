@@ -52,20 +52,25 @@ fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     v[key].as_object_mut().expect("just made an object")
 }
 
-/// Sets the system metadata of a new object (the caller has settled name and namespace).
-pub fn on_create(object: &mut Value) {
+/// Sets the system metadata of a new object (the caller has settled name and namespace);
+/// `generation` says whether its kind tracks `metadata.generation`.
+pub fn on_create(object: &mut Value, generation: bool) {
     let meta = obj_mut(object, "metadata");
     meta.insert("uid".into(), json!(uid()));
     meta.insert("creationTimestamp".into(), json!(now()));
-    meta.insert("generation".into(), json!(1));
+    if generation {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
     meta.remove("deletionGracePeriodSeconds");
 }
 
-/// Carries the system metadata of `old` into the replacement `new`; bumps `generation` when
-/// anything but metadata and status changed.
-pub fn on_update(old: &Value, new: &mut Value) {
+/// Carries the system metadata of `old` into the replacement `new`; where the kind tracks it
+/// (`generation`), bumps `metadata.generation` when anything but metadata and status changed.
+pub fn on_update(old: &Value, new: &mut Value, tracked: bool) {
     let spec_changed = {
         let strip = |v: &Value| {
             let mut v = v.clone();
@@ -93,7 +98,11 @@ pub fn on_update(old: &Value, new: &mut Value) {
             None => meta.remove(key),
         };
     }
-    meta.insert("generation".into(), json!(generation));
+    if tracked {
+        meta.insert("generation".into(), json!(generation));
+    } else {
+        meta.remove("generation");
+    }
     meta.remove("resourceVersion");
 }
 
@@ -314,11 +323,11 @@ mod tests {
     fn update_keeps_system_metadata_and_bumps_generation_on_spec_change() {
         let old = json!({"metadata":{"name":"a","uid":"u","generation":1,"creationTimestamp":"t"},"spec":{"x":1}});
         let mut same = json!({"metadata":{"name":"a","labels":{"l":"v"}},"spec":{"x":1}});
-        on_update(&old, &mut same);
+        on_update(&old, &mut same, true);
         assert_eq!(same["metadata"]["uid"], "u");
         assert_eq!(same["metadata"]["generation"], 1);
         let mut changed = json!({"metadata":{"name":"a"},"spec":{"x":2}});
-        on_update(&old, &mut changed);
+        on_update(&old, &mut changed, true);
         assert_eq!(changed["metadata"]["generation"], 2);
     }
 

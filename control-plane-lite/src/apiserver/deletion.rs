@@ -323,7 +323,27 @@ async fn delete_once(
             namespaces::finalize(storage, ns).await?;
         }
     }
+    if removed && !r.returns_deleted_object() {
+        return Ok(http::json(200, &success_status(r, &left)));
+    }
     Ok(http::json(200, &left))
+}
+
+/// The `Status` a DELETE that removed `object` at once answers with, for kinds that do not
+/// return the object (upstream's `finalizeDelete`): `kubectl delete` prints the name from it.
+fn success_status(r: &Resource, object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let mut details = json!({"name": meta["name"], "kind": r.plural, "uid": meta["uid"]});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
 }
 
 /// `current` with the finalizer of a Foreground or Orphan deletion added, so that the DELETE

@@ -33,7 +33,7 @@ pub async fn ensure_default_service_account(
         "apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "default", "namespace": ns},
     });
-    defaults::on_create(&mut sa);
+    defaults::on_create(&mut sa, false);
     let key = object_key(service_accounts(), Some(ns), "default");
     match storage.create(&key, object::to_stored(&sa)).await {
         Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),

@@ -77,7 +77,37 @@ impl Resource {
     pub fn is_in(&self, group: &str, version: &str) -> bool {
         self.group == group && self.version == version
     }
+
+    /// Whether objects carry `metadata.generation`, bumped on spec changes: the kinds whose
+    /// controllers report an `observedGeneration` (upstream's strategies set it for these only;
+    /// a ConfigMap or a Node has none).
+    pub fn tracks_generation(&self) -> bool {
+        GENERATION_TRACKED.contains(&(self.group, self.plural))
+    }
+
+    /// Whether a DELETE that removes the object at once answers with the object (pods and
+    /// services, as upstream) rather than a `Status` of `Success`.
+    pub fn returns_deleted_object(&self) -> bool {
+        self.group.is_empty() && matches!(self.plural, "pods" | "services")
+    }
 }
+
+/// The `(group, plural)` of kinds with `metadata.generation` (see
+/// [`Resource::tracks_generation`]).
+const GENERATION_TRACKED: &[(&str, &str)] = &[
+    ("", "pods"),
+    ("", "replicationcontrollers"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "daemonsets"),
+    ("apps", "statefulsets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("networking.k8s.io", "ingresses"),
+    ("policy", "poddisruptionbudgets"),
+];
 
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {

@@ -131,7 +131,7 @@ pub async fn create(
     let input = object.clone();
     let mut object = object::decode(r, object)?;
     strict::check(opts.validation, &input, &object)?;
-    defaults::on_create(&mut object);
+    defaults::on_create(&mut object, r.tracks_generation());
     defaults::apply_kind_defaults(r, &mut object);
     if r.namespaced {
         let ns = t.namespace.as_deref().unwrap_or_default();
@@ -235,7 +235,7 @@ async fn replace(
     let input = new.clone();
     let mut new = object::decode(r, new)?;
     strict::check(opts.validation, &input, &new)?;
-    defaults::on_update(current, &mut new);
+    defaults::on_update(current, &mut new, r.tracks_generation());
     defaults::apply_kind_defaults(r, &mut new);
     deletion::check_new_finalizers(r, current, &new)?;
     let _allocation = match (r.plural, opts.services, t.subresource) {
