@@ -362,6 +362,44 @@ impl CriClient {
         call("ExecSync", Subject::Container(id.into()), resp)
     }
 
+    /// A streaming URL for an interactive command in a running container (`Exec`): the runtime
+    /// serves the SPDY or websocket session itself; the node API proxies the client to it.
+    pub async fn exec(&self, req: api::ExecRequest) -> Result<String> {
+        let subject = Subject::Container(req.container_id.clone());
+        let resp = self
+            .runtime
+            .clone()
+            .exec(self.request(req, self.timeout))
+            .await;
+        Ok(call("Exec", subject, resp)?.url)
+    }
+
+    /// A streaming URL attaching to a running container's main process (`Attach`).
+    pub async fn attach(&self, req: api::AttachRequest) -> Result<String> {
+        let subject = Subject::Container(req.container_id.clone());
+        let resp = self
+            .runtime
+            .clone()
+            .attach(self.request(req, self.timeout))
+            .await;
+        Ok(call("Attach", subject, resp)?.url)
+    }
+
+    /// A streaming URL forwarding ports into a pod sandbox's network namespace (`PortForward`);
+    /// the ports are named by the client in the session, so none are given here.
+    pub async fn port_forward(&self, sandbox_id: &str) -> Result<String> {
+        let req = api::PortForwardRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            port: Vec::new(),
+        };
+        let resp = self
+            .runtime
+            .clone()
+            .port_forward(self.request(req, self.timeout))
+            .await;
+        Ok(call("PortForward", Subject::Sandbox(sandbox_id.into()), resp)?.url)
+    }
+
     /// The image `reference` if the runtime has it, `None` if not (`ImageStatus`).
     pub async fn image_status(&self, reference: &str) -> Result<Option<api::Image>> {
         let req = self.request(

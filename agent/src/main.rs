@@ -233,13 +233,16 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
     if !cfg.network_only {
         let sys = SystemInfo::gather(&cfg.state_dir).context("describing this machine")?;
+        let cri = CriClient::connect(&cfg.containerd_socket)
+            .await
+            .with_context(|| format!("connecting to {}", cfg.containerd_socket.display()))?;
         // The node API is up before the Node names its socket.
         let socket = cfg.node_api_socket();
         let listener = unix::bind(&socket)?;
         tracing::info!(socket = %socket.display(), "serving the node API");
         tasks.spawn(unix::serve(
             listener,
-            Handler::new(cfg.pod_log_dir.clone()),
+            Handler::new(cfg.pod_log_dir.clone()).with_runtime(cri.clone()),
             cancel.clone(),
         ));
         let registration = Registration {
@@ -261,9 +264,6 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tasks.spawn(registration.run(cancel.clone()));
         let lease = NodeLease::new(client.clone(), &cfg.node_name);
         tasks.spawn(lease.run(cfg.heartbeat_interval(), cancel.clone()));
-        let cri = CriClient::connect(&cfg.containerd_socket)
-            .await
-            .with_context(|| format!("connecting to {}", cfg.containerd_socket.display()))?;
         let mut pods_config = PodManagerConfig::new(&cfg.node_name);
         pods_config.node_ip = Some(node_ip.into());
         pods_config.pod_log_dir = cfg.pod_log_dir.clone();

@@ -225,6 +225,50 @@ async fn kubectl_logs_errors_are_statuses() {
     );
 }
 
+/// The apiserver's own checks of `exec`, `attach` and `port-forward`, and an agent without a
+/// runtime refusing them; the sessions themselves are in the e2e suite (they need containerd).
+#[tokio::test]
+async fn kubectl_exec_errors_are_statuses() {
+    let c = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let err = kubectl_err(&c, &["exec", "web", "-c", "app", "--", "true"]).await;
+    assert!(err.contains("this agent has no container runtime"), "{err}");
+    let err = kubectl_err(&c, &["exec", "web", "-c", "nope", "--", "true"]).await;
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+    // kubectl forwards ports only to a pod it sees Running.
+    set_phase(&pods, "web", "Running").await;
+    let err = kubectl_err(&c, &["port-forward", "pod/web", ":80"]).await;
+    assert!(err.contains("this agent has no container runtime"), "{err}");
+    let pending: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "pending"},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pending).await.unwrap();
+    let err = kubectl_err(&c, &["exec", "pending", "--", "true"]).await;
+    assert!(
+        err.contains("pod pending does not have a host assigned"),
+        "{err}"
+    );
+    set_phase(&pods, "web", "Succeeded").await;
+    let err = kubectl_err(&c, &["attach", "web", "-c", "app"]).await;
+    assert!(
+        err.contains("cannot attach a container in a completed pod; current phase is Succeeded"),
+        "{err}"
+    );
+}
+
+async fn set_phase(pods: &Api<Pod>, name: &str, phase: &str) {
+    let mut pod = pods.get_status(name).await.unwrap();
+    pod.status.get_or_insert_default().phase = Some(phase.into());
+    pods.replace_status(name, &PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn kubectl_logs_follow_streams_until_the_container_restarts() {
     let c = cluster().await;

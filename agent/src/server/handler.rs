@@ -1,10 +1,14 @@
-//! The node API's routes: `GET /healthz` and
-//! `GET /containerLogs/{namespace}/{pod}/{container}` with `PodLogOptions` as the query. Errors
-//! are plain text with a status code; the apiserver turns them into `Status` objects.
+//! The node API's routes, the kubelet's paths: `GET /healthz`,
+//! `GET /containerLogs/{namespace}/{pod}/{container}` with `PodLogOptions` as the query, and the
+//! upgrade requests `/exec/{namespace}/{pod}/{container}`, `/attach/…` and
+//! `/portForward/{namespace}/{pod}` (GET or POST). Errors are plain text with a status code; the
+//! apiserver turns them into `Status` objects.
 
 use super::log_files::{ContainerLogs, LogFileError};
 use super::options::LogOptions;
-use super::stream;
+use super::remote::{self, Session};
+use super::stream::{self, LiveRun};
+use crate::cri::CriClient;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -22,26 +26,55 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Debug, Clone)]
 pub struct Handler {
     pod_log_dir: PathBuf,
+    cri: Option<CriClient>,
 }
 
 impl Handler {
     /// A handler serving the CRI log files under `pod_log_dir`.
     pub fn new(pod_log_dir: PathBuf) -> Self {
-        Handler { pod_log_dir }
+        Handler {
+            pod_log_dir,
+            cri: None,
+        }
+    }
+
+    /// The same handler with the runtime to serve `exec`, `attach` and `portForward` from and
+    /// to end a followed log when its container stops; without one those requests get a 501.
+    pub fn with_runtime(mut self, cri: CriClient) -> Self {
+        self.cri = Some(cri);
+        self
     }
 
     /// Answers one request.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
-        if req.method() != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into());
-        }
-        let path = req.uri().path().trim_end_matches('/');
+        let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
-        match segments.as_slice() {
-            ["healthz"] => text(StatusCode::OK, "ok".into()),
-            ["containerLogs", namespace, pod, container] => {
+        let streaming = matches!(segments.first(), Some(&("exec" | "attach" | "portForward")));
+        let allowed = req.method() == Method::GET || (streaming && req.method() == Method::POST);
+        if !allowed {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not served on {path}", req.method()),
+            );
+        }
+        if streaming && self.cri.is_none() {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("{path}: this agent has no container runtime"),
+            );
+        }
+        match (segments.as_slice(), self.cri.as_ref()) {
+            (["healthz"], _) => text(StatusCode::OK, "ok".into()),
+            (["containerLogs", namespace, pod, container], _) => {
                 self.logs(namespace, pod, container, req.uri().query())
             }
+            (["exec", ns, pod, container], Some(cri)) => {
+                remote::stream(cri, req, Session::Exec, (ns, pod, container)).await
+            }
+            (["attach", ns, pod, container], Some(cri)) => {
+                remote::stream(cri, req, Session::Attach, (ns, pod, container)).await
+            }
+            (["portForward", ns, pod], Some(cri)) => remote::port_forward(cri, req, ns, pod).await,
             _ => text(StatusCode::NOT_FOUND, format!("no route for {path}")),
         }
     }
@@ -73,7 +106,13 @@ impl Handler {
             }
         };
         tracing::debug!(namespace, pod, container, restart, ?opts, "serving logs");
-        let rx = stream::start(logs, restart, opts);
+        let live = self.cri.clone().map(|cri| LiveRun {
+            cri,
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: container.to_string(),
+        });
+        let rx = stream::start(logs, restart, opts, live);
         let chunks = futures::stream::unfold(rx, |mut rx| async move {
             let chunk = rx.recv().await?;
             Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
@@ -85,7 +124,8 @@ impl Handler {
     }
 }
 
-fn text(code: StatusCode, message: String) -> Response<Body> {
+/// A plain-text answer, the node API's error format.
+pub fn text(code: StatusCode, message: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(message)).boxed_unsync());
     *resp.status_mut() = code;
     resp.headers_mut().insert(

@@ -1,11 +1,14 @@
-//! The agent's node API (the part of kubelet's port 10250 API that `kubectl logs` needs):
-//! container logs read from the CRI log files, and a health check.
+//! The agent's node API (the part of kubelet's port 10250 API that `kubectl logs`, `exec`,
+//! `attach` and `port-forward` need): container logs read from the CRI log files, streaming
+//! sessions relayed to the runtime's streaming server, and a health check.
 //!
 //! # Layout
 //! - [`cri_log`]: decoding the CRI log format, joining partial lines.
 //! - [`options`]: the request's `PodLogOptions` and the tail/since/limit selection.
 //! - [`log_files`]: finding a container's log file for the current or previous run.
 //! - [`stream`]: reading (and following) one log file into a response body.
+//! - [`remote`]: `exec`, `attach` and `portForward`: the container or sandbox and its URL.
+//! - [`upgrade`]: relaying an upgraded connection to the runtime's streaming server.
 //! - [`handler`]: the HTTP routes.
 //! - [`unix`]: serving on a 0600 unix socket, the path the apiserver uses.
 //!
@@ -20,8 +23,10 @@ pub mod cri_log;
 pub mod handler;
 pub mod log_files;
 pub mod options;
+pub mod remote;
 pub mod stream;
 pub mod unix;
+pub mod upgrade;
 
 /// The Node annotation naming the node API's unix socket (an absolute path).
 pub const SOCKET_ANNOTATION: &str = "netlet.dev/kubelet-socket";

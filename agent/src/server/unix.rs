@@ -73,6 +73,7 @@ pub async fn serve(listener: UnixListener, handler: Handler, cancel: Cancellatio
             });
             if let Err(err) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%err, "node API connection ended with an error");

@@ -98,6 +98,15 @@ fn extra_subresources(r: &Resource) -> Vec<ExtraSubresource> {
         ("binding", "", "v1", "Binding", &["create"]),
         ("eviction", "policy", "v1", "Eviction", &["create"]),
         ("log", "", "v1", "Pod", &["get"]),
+        ("exec", "", "v1", "PodExecOptions", &["create", "get"]),
+        ("attach", "", "v1", "PodAttachOptions", &["create", "get"]),
+        (
+            "portforward",
+            "",
+            "v1",
+            "PodPortForwardOptions",
+            &["create", "get"],
+        ),
     ]
 }
 
@@ -326,7 +335,18 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "eviction", "log"]);
+        assert_eq!(
+            subs,
+            [
+                "status",
+                "binding",
+                "eviction",
+                "log",
+                "exec",
+                "attach",
+                "portforward"
+            ]
+        );
         let groups = aggregated(false);
         assert!(groups["items"]
             .as_array()

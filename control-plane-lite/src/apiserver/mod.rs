@@ -15,7 +15,9 @@
 //! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
 //! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
 //! - `pod_logs.rs`: the `pods/log` subresource, proxied to the agent's node API over the unix
-//!   socket its Node names in the `netlet.dev/kubelet-socket` annotation.
+//!   socket its Node names in the `netlet.dev/kubelet-socket` annotation (`node_api.rs`);
+//!   `pod_stream.rs`: `pods/exec`, `pods/attach` and `pods/portforward`, upgraded connections
+//!   relayed to the agent and on to the runtime's streaming server.
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
 //! - `services.rs`: cluster IP and NodePort allocation of Service writes;
 //!   `namespaces.rs`: namespace lifecycle (default ServiceAccount, no creates while
@@ -51,11 +53,13 @@ mod eviction;
 mod http;
 mod metadata;
 mod namespaces;
+mod node_api;
 mod object;
 mod openapi;
 mod patch;
 mod path;
 mod pod_logs;
+mod pod_stream;
 mod printers;
 mod protobuf;
 mod read;

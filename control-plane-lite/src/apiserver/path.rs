@@ -16,6 +16,12 @@ pub enum Subresource {
     Eviction,
     /// `pods/<name>/log`: the container log, proxied from the node's agent.
     Log,
+    /// `pods/<name>/exec`: a command in a container, an upgraded stream relayed to the node.
+    Exec,
+    /// `pods/<name>/attach`: the streams of a container's main process, likewise.
+    Attach,
+    /// `pods/<name>/portforward`: TCP into the pod's network namespace, likewise.
+    PortForward,
 }
 
 /// A parsed resource URL.
@@ -93,6 +99,9 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         Some(&"binding") if is_core_pods(resource) => Some(Subresource::Binding),
         Some(&"eviction") if is_core_pods(resource) => Some(Subresource::Eviction),
         Some(&"log") if is_core_pods(resource) => Some(Subresource::Log),
+        Some(&"exec") if is_core_pods(resource) => Some(Subresource::Exec),
+        Some(&"attach") if is_core_pods(resource) => Some(Subresource::Attach),
+        Some(&"portforward") if is_core_pods(resource) => Some(Subresource::PortForward),
         Some(_) => return Parsed::NotFound,
     };
     if rest.len() > 3 {

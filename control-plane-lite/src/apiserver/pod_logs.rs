@@ -1,27 +1,19 @@
 //! The `pods/log` subresource: picks the container, finds the agent of the pod's node and proxies
 //! its `/containerLogs` stream back to the client.
 //!
-//! How a node is reached: its agent serves the node API on a unix socket and names it in the
-//! Node annotation `netlet.dev/kubelet-socket`. A socket file is reachable across network
-//! namespaces (the `cargo xtask up` nodes live in namespaces the apiserver cannot route to) and
-//! its 0600 mode is the authentication. Nodes without the annotation (HTTPS to
-//! `InternalIP:10250`) are not supported yet and get a 500 saying so.
+//! How a node is reached is [`node_api`]'s business.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::http::Body;
+use super::node_api;
 use super::path::Target;
 use super::read::get_object;
-use super::resources::find;
 use crate::storage::Storage;
-
-/// The Node annotation naming the agent's node API socket (an absolute path).
-pub const SOCKET_ANNOTATION: &str = "netlet.dev/kubelet-socket";
 
 /// GET `pods/<name>/log`: `query` is the request's query string, forwarded to the agent.
 pub async fn get(
@@ -40,13 +32,13 @@ pub async fn get(
             "pod {name} does not have a host assigned"
         )));
     }
-    let socket = node_socket(storage, node).await?;
+    let socket = node_api::node_socket(storage, node).await?;
     let uri = format!("/containerLogs/{namespace}/{name}/{container}?{forwarded}");
     proxy(node, &socket, &uri).await
 }
 
 /// The `container` parameter and the rest of the query, re-encoded for the agent.
-fn split_query(query: Option<&str>) -> (Option<String>, String) {
+pub(super) fn split_query(query: Option<&str>) -> (Option<String>, String) {
     let mut forwarded = form_urlencoded::Serializer::new(String::new());
     let mut container = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -59,8 +51,12 @@ fn split_query(query: Option<&str>) -> (Option<String>, String) {
     (container, forwarded.finish())
 }
 
-/// The container a log request is for: the one named, or the pod's only container.
-fn pick_container(pod: &Value, pod_name: &str, asked: Option<String>) -> Result<String, ApiError> {
+/// The container a log (or exec, attach) request is for: the one named, or the pod's only container.
+pub(super) fn pick_container(
+    pod: &Value,
+    pod_name: &str,
+    asked: Option<String>,
+) -> Result<String, ApiError> {
     let names = |field: &str| -> Vec<String> {
         pod["spec"][field]
             .as_array()
@@ -93,48 +89,11 @@ fn pick_container(pod: &Value, pod_name: &str, asked: Option<String>) -> Result<
     }
 }
 
-/// The node API socket of `node`, from its annotation.
-async fn node_socket(storage: &dyn Storage, node: &str) -> Result<String, ApiError> {
-    let nodes = find("", "v1", "nodes").expect("nodes are in the resource table");
-    let t = Target {
-        resource: nodes,
-        namespace: None,
-        name: Some(node.to_string()),
-        subresource: None,
-        watch_path: false,
-    };
-    let (_, obj) = get_object(storage, &t, node).await?;
-    obj["metadata"]["annotations"][SOCKET_ANNOTATION]
-        .as_str()
-        .filter(|s| s.starts_with('/'))
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::NodeUnreachable {
-            node: node.to_string(),
-            reason: format!(
-                "the Node has no {SOCKET_ANNOTATION} annotation (HTTPS to the node address is not \
-                 supported)"
-            ),
-        })
-}
-
 /// Sends `GET uri` to the agent on `socket` and streams its answer back; agent errors become
 /// `Status` errors with the agent's message.
 async fn proxy(node: &str, socket: &str, uri: &str) -> Result<Response<Body>, ApiError> {
-    let unreachable = |reason: String| ApiError::NodeUnreachable {
-        node: node.to_string(),
-        reason: format!("{socket}: {reason}"),
-    };
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| unreachable(format!("connecting: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(format!("HTTP handshake: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(err) = conn.await {
-            tracing::debug!(%err, "node API connection ended with an error");
-        }
-    });
+    let unreachable = |reason: String| node_api::unreachable(node, socket, reason);
+    let mut sender = node_api::connect(node, socket).await?;
     let req = Request::get(uri)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
@@ -145,16 +104,7 @@ async fn proxy(node: &str, socket: &str, uri: &str) -> Result<Response<Body>, Ap
         .map_err(|e| unreachable(format!("GET {uri}: {e}")))?;
     let (parts, body) = resp.into_parts();
     if !parts.status.is_success() {
-        let message = body
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-            .unwrap_or_default();
-        return Err(ApiError::NodeRefused {
-            node: node.to_string(),
-            code: parts.status.as_u16(),
-            message,
-        });
+        return Err(node_api::refused(node, parts.status, body).await);
     }
     let chunks = futures::stream::unfold(body, |mut body| async move {
         loop {

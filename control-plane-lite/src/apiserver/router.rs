@@ -14,7 +14,9 @@ use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
-use super::{binding, deletecollection, eviction, openapi, pod_logs, read, watch, write};
+use super::{
+    binding, deletecollection, eviction, openapi, pod_logs, pod_stream, read, watch, write,
+};
 use crate::storage::Storage;
 
 /// The apiserver's request handler, shared by all connections.
@@ -111,6 +113,16 @@ impl Router {
                 return Err(not_allowed(&t));
             };
             return pod_logs::get(storage, &t, name, req.uri().query()).await;
+        }
+        if matches!(
+            t.subresource,
+            Some(Subresource::Exec | Subresource::Attach | Subresource::PortForward)
+        ) {
+            let streaming = req.method() == Method::GET || req.method() == Method::POST;
+            let Some(name) = t.name.clone().filter(|_| streaming) else {
+                return Err(not_allowed(&t));
+            };
+            return pod_stream::serve(storage, &t, &name, req).await;
         }
         let (parts, body) = req.into_parts();
         let headers = parts.headers;

@@ -50,7 +50,7 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(router.handle(req, authenticated).await) }
             });
             if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%peer, %err, "connection ended with an error");

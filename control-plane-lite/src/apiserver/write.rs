@@ -219,11 +219,16 @@ async fn replace(
             new = current.clone();
             new["spec"]["replicas"] = replicas;
         }
-        // Served by `binding.rs`, `eviction.rs` and `pod_logs.rs`; the router sends no writes of
-        // them here.
-        Some(Subresource::Binding | Subresource::Eviction | Subresource::Log) => {
-            return Err(ApiError::MethodNotAllowed)
-        }
+        // Served by `binding.rs`, `eviction.rs`, `pod_logs.rs` and `pod_stream.rs`; the router
+        // sends no writes of them here.
+        Some(
+            Subresource::Binding
+            | Subresource::Eviction
+            | Subresource::Log
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward,
+        ) => return Err(ApiError::MethodNotAllowed),
         None if r.status => new["status"] = current["status"].clone(),
         None => {}
     }

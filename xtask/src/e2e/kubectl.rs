@@ -22,7 +22,8 @@ impl Kubectl {
         Self { kubeconfig }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `kubectl --kubeconfig <cluster> args…`, not started yet (for long-running commands).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         cmd
@@ -42,6 +43,26 @@ impl Kubectl {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `kubectl args…` with `input` on stdin and returns how it ended, whatever the exit
+    /// status (`kubectl exec` passes the command's on).
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Result<std::process::Output> {
+        let what = || format!("running kubectl {}", args.join(" "));
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(what)?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(input.as_bytes())
+            .with_context(what)?;
+        child.wait_with_output().with_context(what)
     }
 
     /// `kubectl apply -f -` with `manifest` on stdin.

@@ -6,6 +6,7 @@ mod kubectl;
 mod pod_lifecycle;
 mod scenarios;
 mod static_pod;
+mod streaming;
 
 use anyhow::Result;
 

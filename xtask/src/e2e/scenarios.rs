@@ -1,6 +1,7 @@
 //! The e2e scenarios, each a function that drives the running cluster through stock `kubectl`
 //! and fails with what it saw. Pods report results through their own exit status (a client
-//! pod with `restartPolicy: Never` ends `Succeeded` or `Failed`), so no exec or logs are needed.
+//! pod with `restartPolicy: Never` ends `Succeeded` or `Failed`); `streaming.rs` checks exec,
+//! attach, port-forward and logs themselves.
 //! (busybox 1.35's `wget -T` segfaults, hence `timeout 5 wget`.)
 
 use std::net::Ipv4Addr;
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use super::kubectl::Kubectl;
 use super::pod_lifecycle;
 use super::static_pod;
+use super::streaming;
 use crate::cluster::underlay;
 use crate::images::ECHO_IMAGE;
 
@@ -49,6 +51,14 @@ pub const SCENARIOS: &[Scenario] = &[
         service_cluster_ip_reaches_pods,
     ),
     ("kubectl logs shows container output", kubectl_logs),
+    (
+        "kubectl exec and port-forward reach pods on every node",
+        streaming::exec_and_port_forward,
+    ),
+    (
+        "kubectl run -i attaches; logs -f of a finished pod returns",
+        streaming::attach_and_follow_finished,
+    ),
     (
         "liveness failure restarts the container",
         pod_lifecycle::liveness_failure_restarts,
@@ -314,7 +324,7 @@ pub(super) fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> 
 }
 
 /// Waits until `count` pods with `selector` are Running and Ready; returns them.
-fn running_pods(ctx: &Ctx, selector: &str, count: usize) -> Result<Vec<Value>> {
+pub(super) fn running_pods(ctx: &Ctx, selector: &str, count: usize) -> Result<Vec<Value>> {
     ctx.kubectl.wait_for(
         &format!("{count} Running and Ready pods {selector}"),
         &["-n", NS, "pods", "-l", selector],
