@@ -449,8 +449,9 @@ fn http_discovery_legacy_and_aggregated() {
     let (code, openapi) = s.curl("GET", "/openapi/v3", None);
     assert_eq!(code, 200);
     assert!(openapi["paths"]["apis/apps/v1"]["serverRelativeURL"].is_string());
-    let (code, status) = s.curl("GET", "/openapi/v2", None);
-    assert_eq!((code, status["kind"].as_str()), (404, Some("Status")));
+    let (code, swagger) = s.curl("GET", "/openapi/v2", None);
+    assert_eq!((code, swagger["swagger"].as_str()), (200, Some("2.0")));
+    assert!(swagger["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
 }
 
 #[test]

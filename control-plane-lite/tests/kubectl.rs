@@ -750,3 +750,70 @@ fn kubectl_explain_and_apply_validation_use_openapi_v3() {
     }
     assert!(!s.kubectl(&["get", "pod", "p2"]).status.success());
 }
+
+/// kubectl 1.27 and 1.28 load `/openapi/v2` (gnostic protobuf) before `apply`; with it they
+/// apply, drop removed containers, fields and list entries through the patch-merge keys the
+/// schemas publish, and leave unknown fields to the server's strict validation.
+#[test]
+fn older_kubectl_applies_with_openapi_v2() {
+    let s = Server::start();
+    let manifest = s.dir.path().join("deploy.yaml");
+    let file = manifest.display().to_string();
+    let deployment = |containers: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: old\nspec:\n  selector:\n    \
+             matchLabels: {{app: old}}\n  template:\n    metadata:\n      labels: {{app: old}}\n    \
+             spec:\n      containers:\n{containers}"
+        )
+    };
+    let first =
+        "      - name: a\n        image: img:1\n        args: [x]\n        env: [{name: A, \
+                 value: '1'}, {name: B, value: '2'}]\n      - name: b\n        image: img:2\n";
+    let second = "      - name: a\n        image: img:3\n        env: [{name: A, value: '1'}]\n";
+    for version in ["1.27", "1.28"] {
+        let kubectl = format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}");
+        assert!(
+            std::path::Path::new(&kubectl).exists(),
+            "{kubectl} missing: the machine image ships the Cloud SDK's versioned kubectl"
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new(&kubectl)
+                .env("HOME", s.dir.path())
+                .arg("--kubeconfig")
+                .arg(s.dir.path().join("admin.kubeconfig"))
+                .args(args)
+                .output()
+                .expect("run kubectl");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        s.kubectl(&["delete", "deployment", "old", "--ignore-not-found"]);
+        std::fs::write(&manifest, deployment(first)).unwrap();
+        let (ok, _, err) = run(&["apply", "-f", &file]);
+        assert!(ok, "kubectl {version} apply: {err}");
+        std::fs::write(&manifest, deployment(second)).unwrap();
+        let (ok, _, err) = run(&["apply", "-f", &file]);
+        assert!(ok, "kubectl {version} re-apply: {err}");
+        let (_, out, _) = run(&[
+            "get",
+            "deployment",
+            "old",
+            "-o",
+            "jsonpath={.spec.template.spec.containers}",
+        ]);
+        let containers: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(containers.as_array().unwrap().len(), 1, "{version}: {out}");
+        assert_eq!(containers[0]["image"], "img:3", "{version}: {out}");
+        assert!(containers[0].get("args").is_none(), "{version}: {out}");
+        assert_eq!(containers[0]["env"], json!([{"name": "A", "value": "1"}]));
+        std::fs::write(&manifest, deployment(&second.replace("env:", "envv:"))).unwrap();
+        let (ok, _, err) = run(&["apply", "-f", &file]);
+        assert!(
+            !ok && err.contains("unknown field"),
+            "kubectl {version}: {err}"
+        );
+    }
+}

@@ -32,6 +32,26 @@ pub fn json(code: u16, body: &Value) -> Response<Body> {
     resp
 }
 
+/// Whether `Accept` lists `media_type` (parameters aside).
+pub fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| m.split(';').next().is_some_and(|t| t.trim() == media_type))
+}
+
+/// A 200 response with a static body of type `content_type`.
+pub fn bytes(body: &'static [u8], content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)).boxed_unsync());
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
 /// Whether `Accept` asks for aggregated discovery (`apidiscovery.k8s.io/v2`) before plain JSON.
 pub fn wants_aggregated_discovery(headers: &HeaderMap) -> bool {
     let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {

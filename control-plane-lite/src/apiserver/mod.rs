@@ -8,7 +8,8 @@
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, legacy and aggregated discovery;
 //!   `openapi.rs`: OpenAPI v3 with the kinds' schemas (from k8s-openapi via `schemars`, for
 //!   `kubectl explain`) whose operations let kubectl leave validation to `strict.rs`
-//!   (`fieldValidation=Strict`).
+//!   (`fieldValidation=Strict`); `openapi_v2.rs`: the same as one Swagger 2.0 document, in
+//!   JSON or gnostic protobuf (kubectl 1.27 and 1.28 need it for `apply`).
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
 //!   graceful deletion of bound pods, finalizers), `deletecollection.rs` (DELETE of a
 //!   collection by selectors), `watch.rs` (WATCH streams).
@@ -34,8 +35,7 @@
 //! - `tls.rs`: the PKI (CA, serving and admin certificates) and kubeconfig; `server.rs`: the
 //!   HTTPS accept loop and periodic compaction.
 //!
-//! Not done yet: `/openapi/v2` (404, so kubectl 1.28 and older need `--validate=false`),
-//! patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, protobuf bodies beyond what kubectl's
+//! Not done yet: patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` on DELETE of a collection (it is honoured on single
 //! DELETEs), IPv6 and dual-stack
@@ -56,6 +56,7 @@ mod namespaces;
 mod node_api;
 mod object;
 mod openapi;
+mod openapi_v2;
 mod patch;
 mod path;
 mod pod_logs;

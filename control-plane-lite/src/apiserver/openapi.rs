@@ -9,8 +9,10 @@
 //! validation to the server (`fieldValidation=Strict`, see `strict.rs`) instead of
 //! validating against the schemas itself. PATCH operations declare no request body, so
 //! `kubectl apply` computes strategic merge patches from its compiled-in types rather than from
-//! these schemas, which lack the patch-strategy extensions. The documents are built once, on
-//! first use. `/openapi/v2` is not served.
+//! these schemas (which carry the patch-strategy extensions of `strategic.rs`'s merge keys all
+//! the same). The documents are built once, on
+//! first use. `openapi_v2.rs` derives the Swagger 2.0 document from the same schemas and
+//! operations.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -20,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::discovery::MINOR;
 use super::resources::{group_versions, Resource, RESOURCES};
+use super::strategic;
 
 /// The content hash in the index's URLs; the documents change only with the binary.
 const HASH: &str = concat!("netlet-", env!("CARGO_PKG_VERSION"));
@@ -92,7 +95,7 @@ pub fn document(path: &str) -> Option<Value> {
 
 /// The component schemas of the kinds in `resources` and everything they refer to, each kind
 /// marked with its group/version/kind; returns them with each kind's component name.
-fn schemas(resources: &[&Resource]) -> (Map<String, Value>, Vec<String>) {
+pub(super) fn schemas(resources: &[&Resource]) -> (Map<String, Value>, Vec<String>) {
     let mut generator = SchemaSettings::openapi3()
         .with(|s| s.meta_schema = None)
         .into_generator();
@@ -111,6 +114,7 @@ fn schemas(resources: &[&Resource]) -> (Map<String, Value>, Vec<String>) {
     // Status is what deletes and failed requests return.
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     let mut components = generator.take_definitions(true);
+    add_patch_strategies(&mut components);
     for (r, name) in resources.iter().zip(&names) {
         if let Some(schema) = components.get_mut(name).and_then(Value::as_object_mut) {
             // k8s-openapi requires `metadata` (a non-optional Rust field); upstream does not.
@@ -129,16 +133,13 @@ fn schemas(resources: &[&Resource]) -> (Map<String, Value>, Vec<String>) {
     (components, names)
 }
 
-fn build(path: &str) -> Option<Value> {
-    let resources: Vec<&Resource> = RESOURCES
-        .iter()
-        .filter(|r| gv_path(r.group, r.version) == path)
-        .collect();
-    let (components, names) = schemas(&resources);
-    let mut paths = Map::new();
-    for (r, name) in resources.into_iter().zip(&names) {
+/// The collection and object paths of `resources` (whose component schemas are `names`) with
+/// their operations.
+pub(super) fn operations(resources: &[&Resource], names: &[String]) -> Vec<(String, Value)> {
+    let mut paths = Vec::new();
+    for (r, name) in resources.iter().zip(names) {
         let kind = Some(name.as_str());
-        let base = format!("/{path}");
+        let base = format!("/{}", gv_path(r.group, r.version));
         let collection = if r.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}", r.plural)
         } else {
@@ -151,18 +152,66 @@ fn build(path: &str) -> Option<Value> {
         if r.verbs().contains(&"deletecollection") {
             ops["delete"] = operation(r, "deletecollection", false, None);
         }
-        paths.insert(collection.clone(), ops);
+        paths.push((collection.clone(), ops));
         let object = json!({
             "get": operation(r, "get", false, kind),
             "put": operation(r, "put", true, kind),
             "patch": operation(r, "patch", true, kind),
             "delete": operation(r, "delete", false, None),
         });
-        paths.insert(format!("{collection}/{{name}}"), object);
+        paths.push((format!("{collection}/{{name}}"), object));
     }
-    if paths.is_empty() {
+    paths
+}
+
+/// Marks the list properties that strategic merge patches merge (`strategic.rs`'s table) with
+/// `x-kubernetes-patch-strategy: merge` and their `x-kubernetes-patch-merge-key`, as upstream's
+/// schemas do: kubectl computes apply patches from these when it uses the schemas.
+fn add_patch_strategies(components: &mut Map<String, Value>) {
+    let item_fields = |prop: &Value| -> Vec<String> {
+        let items = &prop["items"];
+        let reference = items["$ref"]
+            .as_str()
+            .or_else(|| items["allOf"][0]["$ref"].as_str())
+            .and_then(|r| r.strip_prefix(COMPONENTS));
+        reference
+            .and_then(|name| components.get(name))
+            .and_then(|def| def["properties"].as_object())
+            .map(|props| props.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut marks = Vec::new();
+    for (name, schema) in components.iter() {
+        for (field, prop) in schema["properties"].as_object().into_iter().flatten() {
+            if prop["type"] != "array" {
+                continue;
+            }
+            let fields = item_fields(prop);
+            let key = strategic::merge_key_where(field, |k| fields.iter().any(|f| f == k));
+            if key.is_some() || strategic::is_set_list(field) {
+                marks.push((name.clone(), field.clone(), key));
+            }
+        }
+    }
+    for (name, field, key) in marks {
+        let prop = &mut components[&name]["properties"][&field];
+        prop["x-kubernetes-patch-strategy"] = json!("merge");
+        if let Some(key) = key {
+            prop["x-kubernetes-patch-merge-key"] = json!(key);
+        }
+    }
+}
+
+fn build(path: &str) -> Option<Value> {
+    let resources: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| gv_path(r.group, r.version) == path)
+        .collect();
+    if resources.is_empty() {
         return None;
     }
+    let (components, names) = schemas(&resources);
+    let paths: Map<String, Value> = operations(&resources, &names).into_iter().collect();
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{MINOR}.0")},
@@ -218,6 +267,21 @@ mod tests {
         let container = &schemas["io.k8s.api.core.v1.Container"];
         assert_eq!(container["properties"]["image"]["type"], "string");
         assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+        let spec = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"];
+        assert_eq!(spec["containers"]["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(spec["containers"]["x-kubernetes-patch-strategy"], "merge");
+        let ports = &schemas["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+        let service_ports = &schemas["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"];
+        assert_eq!(service_ports["x-kubernetes-patch-merge-key"], "port");
+        let meta = &schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"];
+        assert_eq!(meta["finalizers"]["x-kubernetes-patch-strategy"], "merge");
+        assert!(meta["finalizers"]
+            .get("x-kubernetes-patch-merge-key")
+            .is_none());
+        assert!(spec["nodeSelector"]
+            .get("x-kubernetes-patch-strategy")
+            .is_none());
         assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.Status"].is_object());
         // Only served kinds are marked: a PodSpec is no kind.
         assert!(schemas["io.k8s.api.core.v1.PodSpec"]

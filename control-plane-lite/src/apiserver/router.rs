@@ -15,7 +15,8 @@ use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
 use super::{
-    binding, deletecollection, eviction, openapi, pod_logs, pod_stream, read, watch, write,
+    binding, deletecollection, eviction, openapi, openapi_v2, pod_logs, pod_stream, read, watch,
+    write,
 };
 use crate::storage::Storage;
 
@@ -81,6 +82,16 @@ impl Router {
             ["api"] => get_only(Some(discovery::api_versions())),
             ["apis"] => get_only(Some(discovery::api_group_list())),
             ["api", "v1"] => get_only(discovery::resource_list("", "v1")),
+            ["openapi", "v2"] if req.method() == Method::GET => {
+                let headers = req.headers();
+                let protobuf = http::accepts(headers, openapi_v2::PROTOBUF_ACCEPT)
+                    || http::accepts(headers, openapi_v2::PROTOBUF);
+                Ok(if protobuf {
+                    http::bytes(openapi_v2::protobuf(), openapi_v2::PROTOBUF)
+                } else {
+                    http::json(200, openapi_v2::document())
+                })
+            }
             ["openapi", "v3"] => get_only(Some(openapi::index())),
             ["openapi", "v3", rest @ ..] => get_only(openapi::document(&rest.join("/"))),
             ["apis", group] => get_only(discovery::api_group_doc(group)),

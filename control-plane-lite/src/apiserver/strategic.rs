@@ -13,6 +13,13 @@ use serde_json::{Map, Value};
 
 /// The patch merge key of the list field `field` whose elements look like `sample`.
 fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
+    merge_key_where(field, |k| sample.get(k).is_some())
+}
+
+/// The patch merge key of the list field `field` whose elements have the fields for which
+/// `has` holds: the one table of merge keys, which the OpenAPI schemas publish too (as
+/// `x-kubernetes-patch-merge-key`) so that kubectl computes the patches this code merges.
+pub fn merge_key_where(field: &str, has: impl Fn(&str) -> bool) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -29,14 +36,14 @@ fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
         "topologySpreadConstraints" => "topologyKey",
         "readinessGates" => "conditionType",
         // Containers' ports merge by containerPort, services' by port.
-        "ports" if sample.get("containerPort").is_some() => "containerPort",
+        "ports" if has("containerPort") => "containerPort",
         "ports" => "port",
         _ => return None,
     })
 }
 
 /// Lists of primitives that merge as sets.
-fn is_set_list(field: &str) -> bool {
+pub fn is_set_list(field: &str) -> bool {
     field == "finalizers"
 }
 
