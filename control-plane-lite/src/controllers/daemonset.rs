@@ -3,15 +3,24 @@
 //! template's tolerations or the ones upstream adds to every daemon pod). Pods are created
 //! unbound with a required node affinity `matchFields metadata.name In [node]`, as upstream, and
 //! the scheduler places them; pods on nodes that are gone or no longer eligible are deleted.
+//! A node whose pod is still terminating gets its replacement only once that pod is gone, so
+//! one node never runs the daemon twice.
 //!
-//! Not implemented: template updates (existing pods are kept, like `OnDelete`) and
-//! `nodeAffinity` in the template when choosing nodes.
+//! Template updates: pods carry the template hash as `controller-revision-hash`; under
+//! `RollingUpdate` (the default) old pods are replaced while at most `maxUnavailable` nodes
+//! lack an available pod (`daemonset_update.rs`), under `OnDelete` only when deleted.
+//!
+//! Not implemented: `maxSurge` (updates replace in place, as with `maxSurge: 0`), revision
+//! history (ControllerRevisions, so no `kubectl rollout undo daemonset`) and `nodeAffinity` in
+//! the template when choosing nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::daemonset_update::{self, Slot, SlotPod};
+use super::statefulset::{self, REVISION_LABEL};
 use super::workload::{self, Workload};
-use super::{owner, pods, ControllerError};
+use super::{owner, pods, rollout, ControllerError};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -151,17 +160,24 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
         .items;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
     let owned = w.list_owned(&api, &query, "list pods of").await?;
+    let hash = rollout::pod_template_hash(&template, None);
     let mut by_node: HashMap<String, Vec<&Pod>> = HashMap::new();
-    for pod in owned.iter().filter(|p| !pods::is_terminating(p)) {
+    let mut terminating: HashSet<String> = HashSet::new();
+    for pod in &owned {
         if let Some(n) = target_node(pod) {
-            by_node.entry(n).or_default().push(pod);
+            if pods::is_terminating(pod) {
+                terminating.insert(n);
+            } else {
+                by_node.entry(n).or_default().push(pod);
+            }
         }
     }
     let now = Timestamp::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let mut delete: Vec<&Pod> = Vec::new();
     let mut create: Vec<String> = Vec::new();
-    let (mut desired, mut current, mut ready, mut available) = (0, 0, 0, 0);
+    let (mut desired, mut current, mut ready, mut available, mut updated) = (0, 0, 0, 0, 0);
+    let mut slots: Vec<Slot> = Vec::new();
     for node in &nodes {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         let mut here = by_node.remove(&node_name).unwrap_or_default();
@@ -176,14 +192,37 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
         delete.extend(failed);
         live.sort_by_key(|p| p.metadata.creation_timestamp.clone());
         match live.split_first() {
-            None => create.push(node_name),
+            None => {
+                slots.push(Slot { pod: None });
+                if !terminating.contains(&node_name) {
+                    create.push(node_name);
+                }
+            }
             Some((keep, extra)) => {
                 delete.extend(extra.iter().copied());
+                let is_available = pods::is_available(keep, min_ready, now);
+                let is_updated = statefulset::revision_of(keep) == hash;
                 current += 1;
                 ready += i32::from(pods::is_ready(keep));
-                available += i32::from(pods::is_available(keep, min_ready, now));
+                available += i32::from(is_available);
+                updated += i32::from(is_updated);
+                slots.push(Slot {
+                    pod: Some(SlotPod {
+                        name: keep.metadata.name.clone().unwrap_or_default(),
+                        updated: is_updated,
+                        available: is_available,
+                    }),
+                });
             }
         }
+    }
+    if let Some(max) = daemonset_update::max_unavailable(spec.update_strategy.as_ref(), desired) {
+        let names = daemonset_update::pods_to_delete(&slots, max);
+        delete.extend(
+            owned
+                .iter()
+                .filter(|p| names.iter().any(|n| p.metadata.name.as_ref() == Some(n))),
+        );
     }
     // Pods for nodes that no longer exist.
     let misscheduled = by_node.values().map(Vec::len).sum::<usize>() as i32;
@@ -197,6 +236,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
             .node_affinity = node_affinity(node_name).node_affinity;
         spec.tolerations = Some(tolerations.clone());
         pod.spec = Some(spec);
+        pod.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_LABEL.into(), hash.clone());
         tracing::info!(daemonset = %w.object, node = %node_name, "creating daemon pod");
         api.create(&PostParams::default(), &pod)
             .await
@@ -213,7 +256,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let status = DaemonSetStatus {
         desired_number_scheduled: desired,
         current_number_scheduled: current,
-        updated_number_scheduled: Some(current),
+        updated_number_scheduled: Some(updated),
         number_misscheduled: misscheduled,
         number_ready: ready,
         number_available: Some(available),

@@ -23,6 +23,7 @@
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 
 pub mod daemonset;
+mod daemonset_update;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;

@@ -71,7 +71,8 @@ fn pod_for(sts: &StatefulSet, ordinal: usize, revision: &str) -> Option<Pod> {
     Some(pod)
 }
 
-fn revision_of(pod: &Pod) -> &str {
+/// The `controller-revision-hash` a pod was created at (empty for pods without one).
+pub(super) fn revision_of(pod: &Pod) -> &str {
     pod.metadata
         .labels
         .as_ref()

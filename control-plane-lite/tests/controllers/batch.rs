@@ -7,6 +7,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use netlet_control_plane::controllers::ControllersConfig;
 use serde_json::json;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::harness::*;
 
@@ -250,5 +251,140 @@ async fn daemonset_places_one_pod_per_eligible_node() {
             status.number_available
         ),
         (2, 2, Some(2))
+    );
+}
+
+/// One step of the test's kubelets for daemon pods (label app=roll): finishes graceful
+/// deletions and reports new pods Running and Ready; returns, per node, how many live pods it
+/// has and whether one of them is ready.
+async fn daemon_kubelets(c: &Client, next_ip: &AtomicU32) -> Vec<(String, usize, bool)> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut per_node: std::collections::BTreeMap<String, (usize, bool)> = Default::default();
+    for pod in pods
+        .list(&ListParams::default().labels("app=roll"))
+        .await
+        .unwrap()
+        .items
+    {
+        let name = pod.metadata.name.clone().unwrap();
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
+            continue;
+        }
+        let spec = pod.spec.as_ref().unwrap();
+        let node = spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms[0]
+            .match_fields
+            .as_ref()
+            .unwrap()[0]
+            .values
+            .as_ref()
+            .unwrap()[0]
+            .clone();
+        let entry = per_node.entry(node).or_default();
+        entry.0 += 1;
+        if is_ready(&pod) {
+            entry.1 = true;
+        } else {
+            let ip = next_ip.fetch_add(1, Ordering::SeqCst) + 1;
+            set_status(&pods, &name, &format!("10.244.8.{ip}"), true).await;
+        }
+    }
+    per_node
+        .into_iter()
+        .map(|(n, (count, ready))| (n, count, ready))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_rolling_update_replaces_one_node_at_a_time() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    for n in ["n1", "n2", "n3"] {
+        create_node(&c, n).await;
+    }
+    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "roll"},
+        "spec": {"selector": {"matchLabels": {"app": "roll"}},
+                 "template": {"metadata": {"labels": {"app": "roll"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let next_ip = AtomicU32::new(0);
+    let rolled_out = |image: &'static str| {
+        let (c, dss) = (c.clone(), dss.clone());
+        move |seen: Vec<(String, usize, bool)>| {
+            let (c, dss) = (c.clone(), dss.clone());
+            async move {
+                let ds = dss.get("roll").await.ok()?;
+                let status = ds.status?;
+                let pods = active_pods(&c, "app=roll").await;
+                let all_new = pods.len() == 3
+                    && pods.iter().all(|p| {
+                        p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
+                    });
+                let done = all_new
+                    && seen.iter().all(|(_, _, ready)| *ready)
+                    && status.observed_generation == ds.metadata.generation
+                    && status.updated_number_scheduled == Some(3)
+                    && status.number_available == Some(3);
+                done.then_some(())
+            }
+        }
+    };
+    let done = rolled_out("testapp:v1");
+    h.wait("three ready v1 daemon pods", || async {
+        let seen = daemon_kubelets(&c, &next_ip).await;
+        done(seen).await
+    })
+    .await;
+
+    dss.patch(
+        "roll",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let done = rolled_out("testapp:v2");
+    let worst = AtomicUsize::new(3);
+    h.wait("all daemon pods at v2", || async {
+        let seen = daemon_kubelets(&c, &next_ip).await;
+        let ready_nodes = seen.iter().filter(|(_, _, ready)| *ready).count();
+        worst.fetch_min(ready_nodes, Ordering::SeqCst);
+        assert!(
+            seen.iter().all(|(_, live, _)| *live <= 1),
+            "a node ran two daemon pods: {seen:?}"
+        );
+        done(seen).await
+    })
+    .await;
+    // maxUnavailable 1 (the default): never fewer than 2 of 3 nodes with a ready pod.
+    let worst = worst.load(Ordering::SeqCst);
+    assert!(
+        worst >= 2,
+        "only {worst} of 3 nodes had a ready pod during the update"
+    );
+    let out = kubectl(
+        &h,
+        &["rollout", "status", "daemonset/roll", "--timeout=20s"],
+    );
+    assert!(
+        out.status.success(),
+        "kubectl rollout status: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
