@@ -16,13 +16,16 @@
 //!
 //! - A frontend is `address . proto . port` (cluster, external and load-balancer IPs) or
 //!   `proto . port` on a node address (node ports).
-//! - `service-endpoints` / `nodeport-endpoints`: `frontend . slot → endpoint address . port`,
-//!   [`render::SLOTS`] (64) slots per frontend filled round-robin with the endpoints its
-//!   policy selects. One rule per kind does `dnat to <frontend> . numgen random mod 64 map
-//!   @…`: one hash lookup, whatever the number of services. With `n` endpoints each gets
-//!   `⌊64/n⌋` or `⌈64/n⌉` slots (22/21/21 for three: at most 1/64 of the traffic off), and a
-//!   port uses at most its first 64 endpoints. 10,000 ports × 64 slots are 640,000
-//!   elements: hash map elements are cheap, chains are not.
+//! - `service-endpoints` / `nodeport-endpoints`: `frontend . modulus . slot → endpoint
+//!   address . port`. A frontend with `n` ≤ [`render::EXACT_MAX`] (16) endpoints has modulus
+//!   `n` and one slot per endpoint; larger groups have modulus [`render::SLOTS`] (64) with the
+//!   slots filled round-robin (`⌊64/n⌋` or `⌈64/n⌉` each, at most 1/64 of the traffic off; at
+//!   most the first 64 endpoints are used). Per kind of frontend there is one rule per modulus
+//!   (1–16 and 64), each `dnat to <frontend> . <modulus> . numgen random mod <modulus> map
+//!   @…`: only the rule of the frontend's own modulus finds its elements, so a new connection
+//!   costs at most 17 hash lookups whatever the number of services, and 10,000 services × 5
+//!   endpoints are 50,000 endpoint elements (with 64 slots for every frontend they were
+//!   640,000 and a full sync took ten times as long).
 //! - externalTrafficPolicy Local: the endpoint maps hold the local endpoints; pods (source in
 //!   a cluster CIDR) and the node itself use `local-policy-cluster-endpoints` /
 //!   `local-policy-cluster-nodeport-endpoints` instead (kube-proxy's short circuit).
@@ -85,7 +88,7 @@ use super::{Backend, SyncStats};
 use crate::config::ProxyConfig;
 use crate::error::Result;
 use crate::exec::NetnsExec;
-use crate::model::{IpFamily, ServiceKey, ServicePortName, ServiceTable};
+use crate::model::{IpFamily, Protocol, ServiceKey, ServicePortName, ServiceTable};
 use apply::Elements;
 use base::{BaseSpec, Family};
 use netlink::NftSocket;
@@ -136,9 +139,15 @@ impl FamilyState {
         key: &ServiceKey,
         touched: &mut BTreeMap<ElementKey, Option<Encoded>>,
     ) {
-        let gone: Vec<ServicePortName> = (self.fragments.keys())
-            .filter(|n| &n.service == key)
-            .cloned()
+        // The Service's port names sort together, from the smallest name of the Service on.
+        let first = ServicePortName {
+            service: key.clone(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let gone: Vec<ServicePortName> = (self.fragments.range(first..))
+            .take_while(|(n, _)| &n.service == key)
+            .map(|(n, _)| n.clone())
             .collect();
         for n in gone {
             for e in self.fragments.remove(&n).unwrap_or_default() {

@@ -16,10 +16,10 @@ pub const MASQ_MARK: u32 = 0x4000;
 
 /// Set and map names.
 pub mod set {
-    /// `addr . proto . port . slot : endpoint addr . port`: cluster IPs, and external and
-    /// load-balancer IPs (their policy's endpoints).
+    /// `addr . proto . port . modulus . slot : endpoint addr . port`: cluster IPs, and
+    /// external and load-balancer IPs (their policy's endpoints).
     pub const SERVICE_ENDPOINTS: &str = "service-endpoints";
-    /// `proto . port . slot : endpoint addr . port`: node ports.
+    /// `proto . port . modulus . slot : endpoint addr . port`: node ports.
     pub const NODEPORT_ENDPOINTS: &str = "nodeport-endpoints";
     /// Like `service-endpoints`, the cluster-wide endpoints of policy Local external IPs, for
     /// pods and the node itself.
@@ -203,6 +203,10 @@ use Kind::*;
 const FRONTEND: &[Kind] = &[Addr, Proto, Port];
 const NODEPORT: &[Kind] = &[Proto, Port];
 const ENDPOINT: &[Kind] = &[Addr, Port];
+/// A frontend, its endpoint group's modulus and a slot (the modulus and slot as plain 32-bit
+/// numbers, which nft shows as marks).
+const SLOTTED_FRONTEND: &[Kind] = &[Addr, Proto, Port, Mark, Mark];
+const SLOTTED_NODEPORT: &[Kind] = &[Proto, Port, Mark, Mark];
 
 const fn def(name: &'static str, key: &'static [Kind], data: &'static [Kind]) -> SetDef {
     SetDef {
@@ -214,16 +218,16 @@ const fn def(name: &'static str, key: &'static [Kind], data: &'static [Kind]) ->
 }
 
 const SETS: [SetDef; 18] = [
-    def(set::SERVICE_ENDPOINTS, &[Addr, Proto, Port, Mark], ENDPOINT),
-    def(set::NODEPORT_ENDPOINTS, &[Proto, Port, Mark], ENDPOINT),
+    def(set::SERVICE_ENDPOINTS, SLOTTED_FRONTEND, ENDPOINT),
+    def(set::NODEPORT_ENDPOINTS, SLOTTED_NODEPORT, ENDPOINT),
     def(
         set::LOCAL_POLICY_CLUSTER_ENDPOINTS,
-        &[Addr, Proto, Port, Mark],
+        SLOTTED_FRONTEND,
         ENDPOINT,
     ),
     def(
         set::LOCAL_POLICY_CLUSTER_NODEPORT_ENDPOINTS,
-        &[Proto, Port, Mark],
+        SLOTTED_NODEPORT,
         ENDPOINT,
     ),
     def(set::CLUSTER_IPS, FRONTEND, &[]),

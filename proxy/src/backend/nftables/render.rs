@@ -10,11 +10,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-/// Slots per endpoint group: `numgen random mod SLOTS` picks one, the endpoints fill them
-/// round-robin. With `n` endpoints each gets `SLOTS/n` slots, the first `SLOTS % n` one more
-/// (at most 1/64 of the traffic off); services with more than `SLOTS` endpoints use only
-/// their first `SLOTS`.
+/// Endpoint groups of up to this many endpoints get exactly one slot per endpoint:
+/// `numgen random mod n` picks one, so traffic splits evenly and a service with 5 endpoints
+/// costs 5 map elements (this is what makes 10,000 services load in a fraction of a second).
+pub const EXACT_MAX: u32 = 16;
+
+/// Larger groups share `SLOTS` slots round-robin: each endpoint gets `SLOTS/n` slots, the
+/// first `SLOTS % n` one more (at most 1/64 of the traffic off); groups with more than `SLOTS`
+/// endpoints use only their first `SLOTS`.
 pub const SLOTS: u32 = 64;
+
+/// The modulus (and number of slots) of a group of `n` endpoints. The modulus is part of each
+/// endpoint map key, and the rules try each modulus in [`moduli`] in turn, so only the rule
+/// with the group's own modulus finds its elements.
+pub fn modulus(n: usize) -> u32 {
+    u32::try_from(n).map_or(SLOTS, |n| if n <= EXACT_MAX { n } else { SLOTS })
+}
+
+/// Every modulus a group can have, smallest first.
+pub fn moduli() -> impl Iterator<Item = u32> {
+    (1..=EXACT_MAX).chain(std::iter::once(SLOTS))
+}
 
 /// One component of a concatenated key or value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,7 +41,7 @@ pub enum Field {
     Proto(Protocol),
     /// `inet_service` (a port).
     Port(u16),
-    /// A 32-bit number (slot, timeout), host byte order as registers hold it.
+    /// A 32-bit number (modulus, slot, timeout), host byte order as registers hold it.
     Id(u32),
 }
 
@@ -192,7 +208,7 @@ impl Desired {
 
 impl fmt::Display for Desired {
     /// One block per set, elements in key byte order; the golden format. Endpoint maps show
-    /// one line per frontend and endpoint with its number of slots.
+    /// one line per frontend (with its modulus) and endpoint with its number of slots.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut current = "";
         let mut slots: Vec<(String, &str, usize)> = Vec::new();
@@ -231,7 +247,7 @@ impl fmt::Display for Desired {
     }
 }
 
-/// The maps keyed by `frontend . slot`.
+/// The maps keyed by `frontend . modulus . slot`.
 const ENDPOINT_MAPS: [&str; 4] = [
     set::SERVICE_ENDPOINTS,
     set::NODEPORT_ENDPOINTS,
@@ -239,7 +255,8 @@ const ENDPOINT_MAPS: [&str; 4] = [
     set::LOCAL_POLICY_CLUSTER_NODEPORT_ENDPOINTS,
 ];
 
-/// `SLOTS` elements `prefix . slot → endpoint` for the endpoints `eps`, round-robin.
+/// The elements `prefix . modulus . slot → endpoint` of the endpoints `eps`, one per slot
+/// (see [`modulus`]), round-robin.
 fn slot_elements(
     out: &mut Vec<Element>,
     set: &'static str,
@@ -250,9 +267,11 @@ fn slot_elements(
     if eps.is_empty() {
         return;
     }
-    for slot in 0..SLOTS {
+    let m = modulus(eps.len());
+    for slot in 0..m {
         let e = eps[slot as usize % eps.len()];
         let mut key = prefix.to_vec();
+        key.push(Field::Id(m));
         key.push(Field::Id(slot));
         out.push(Element::new(
             set,
@@ -431,16 +450,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn slots_are_shared_round_robin() {
-        let elems = render_port(&port(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
+    /// Endpoints per slot of the service port with `n` endpoints, and the keys' modulus.
+    fn slot_counts(n: usize) -> (Vec<usize>, BTreeSet<Field>) {
+        let ips: Vec<String> = (1..=n)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let elems = render_port(&port(&ips));
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        let mut moduli = BTreeSet::new();
         for e in elems.iter().filter(|e| e.set == set::SERVICE_ENDPOINTS) {
             *count.entry(e.data[0].to_string()).or_default() += 1;
+            moduli.insert(e.key[e.key.len() - 2]);
         }
-        let counts: Vec<usize> = count.values().copied().collect();
-        assert_eq!(counts, [22, 21, 21]);
+        (count.into_values().collect(), moduli)
+    }
+
+    #[test]
+    fn small_groups_get_a_slot_per_endpoint() {
+        assert_eq!(slot_counts(3), (vec![1, 1, 1], [Field::Id(3)].into()));
+        let (counts, moduli) = slot_counts(EXACT_MAX as usize);
+        assert!(counts.iter().all(|c| *c == 1) && counts.len() == EXACT_MAX as usize);
+        assert_eq!(moduli, [Field::Id(EXACT_MAX)].into());
+    }
+
+    #[test]
+    fn large_groups_share_slots_round_robin() {
+        let (counts, used) = slot_counts(20);
+        assert_eq!(used, [Field::Id(SLOTS)].into());
         assert_eq!(counts.iter().sum::<usize>(), SLOTS as usize);
+        assert_eq!(counts.iter().filter(|c| **c == 4).count(), 4);
+        assert_eq!(counts.iter().filter(|c| **c == 3).count(), 16);
+        // More endpoints than slots: only the first SLOTS are used.
+        assert_eq!(slot_counts(100).0.len(), SLOTS as usize);
+        assert!(moduli().any(|m| m == modulus(100)));
     }
 
     #[test]

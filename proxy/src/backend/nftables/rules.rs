@@ -3,11 +3,12 @@
 
 use super::base::{chain, set, BaseSpec, Family, Rule, MASQ_MARK};
 use super::expr::*;
-use super::render::SLOTS;
+use super::render::moduli;
 use std::net::IpAddr;
 
-/// Register layout of the service rules: `client . daddr . proto . port . slot` contiguous,
-/// so each concatenated key we look up is a run of registers, then room for an endpoint.
+/// Register layout of the service rules: `client . daddr . proto . port . modulus` contiguous,
+/// so each concatenated key we look up is a run of registers, then room for an endpoint (whose
+/// first register holds the slot while the endpoint is looked up).
 struct Regs {
     /// Client address.
     s: u32,
@@ -15,7 +16,7 @@ struct Regs {
     d: u32,
     /// `l4proto`, then the destination port.
     p: u32,
-    /// Slot, or timeout.
+    /// Modulus, or timeout.
     x: u32,
     /// The endpoint (address, then port); scratch for conditions.
     e: u32,
@@ -241,7 +242,9 @@ impl Builder<'_> {
         ]
     }
 
-    /// The rule of one way to endpoints: `cond`, the frontend's key and a random slot.
+    /// The rules of one way to endpoints: `cond`, the frontend's key, a modulus and a random
+    /// slot below it, one rule per modulus; only the frontend's own modulus finds elements.
+    /// The slot goes into the first endpoint register, which the lookup then overwrites.
     fn balance(
         &self,
         what: &str,
@@ -251,25 +254,32 @@ impl Builder<'_> {
         out: &mut Vec<Rule>,
     ) {
         let Regs { x, e, .. } = self.r;
+        debug_assert_eq!(e, x + 1, "the slot follows the modulus in the key");
         let (key, start) = self.key(fe);
-        let mut exprs: Vec<Expr> = cond.iter().cloned().chain(key).collect();
-        exprs.extend([
-            Expr::NumgenRandom {
-                dreg: x,
-                modulus: SLOTS,
-            },
-            Expr::Lookup {
-                set: map,
-                sreg: start,
-                dreg: Some(e),
-            },
-        ]);
-        exprs.extend(self.dnat());
-        out.push(Rule {
-            chain: chain::SERVICES,
-            comment: format!("{what}: random endpoint"),
-            exprs,
-        });
+        for m in moduli() {
+            let mut exprs: Vec<Expr> = cond.iter().cloned().chain(key.clone()).collect();
+            exprs.extend([
+                Expr::Immediate {
+                    dreg: x,
+                    data: ne(m),
+                },
+                Expr::NumgenRandom {
+                    dreg: e,
+                    modulus: m,
+                },
+                Expr::Lookup {
+                    set: map,
+                    sreg: start,
+                    dreg: Some(e),
+                },
+            ]);
+            exprs.extend(self.dnat());
+            out.push(Rule {
+                chain: chain::SERVICES,
+                comment: format!("{what}: random endpoint of {m}"),
+                exprs,
+            });
+        }
     }
 
     /// Postrouting rules remembering, per affinity timeout, the endpoint a new connection to
