@@ -213,15 +213,21 @@ impl NftablesBackend {
             .map(|p| (p.name.clone(), render::render_port(&p)))
             .collect();
         // The desired elements as `render::assemble` has them (a later duplicate wins),
-        // encoded and counted in one pass.
-        st.refs.clear();
-        let mut want = Elements::new();
+        // encoded, then sorted once: both maps are bulk-built from sorted runs, which at
+        // 100,000 elements is several times faster than inserting one by one.
         let node = render::node_elements(&ctx);
-        for e in node.iter().chain(st.fragments.values().flatten()) {
-            let k = (e.set, render::concat_bytes(&e.key));
-            *st.refs.entry(k.clone()).or_default() += 1;
-            want.insert(k, e.encoded());
-        }
+        let mut pairs: Vec<(ElementKey, Encoded)> = node
+            .iter()
+            .chain(st.fragments.values().flatten())
+            .map(|e| ((e.set, render::concat_bytes(&e.key)), e.encoded()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        st.refs = pairs
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| (run[0].0.clone(), run.len() as u32))
+            .collect();
+        // `collect` keeps the last of equal keys, and the sort was stable.
+        let want: Elements = pairs.into_iter().collect();
         let spec = BaseSpec {
             timeouts: st.timeouts(),
             ctx,
