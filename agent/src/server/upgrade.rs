@@ -10,7 +10,7 @@
 use super::handler::{text, Body};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::header::{HeaderValue, HOST};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -47,7 +47,9 @@ pub async fn proxy<B>(mut req: Request<B>, url: &str) -> Response<Body> {
     });
     let mut forwarded = Request::builder().method(req.method().clone()).uri(path);
     for (name, value) in req.headers() {
-        if name != HOST {
+        // The request goes on without a body (an upgrade request has none), so its framing
+        // headers must not promise one.
+        if name != HOST && name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
             forwarded = forwarded.header(name, value);
         }
     }
@@ -65,8 +67,8 @@ pub async fn proxy<B>(mut req: Request<B>, url: &str) -> Response<Body> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         // The body is passed on whole, so its framing is the response's own again.
-        parts.headers.remove(hyper::header::TRANSFER_ENCODING);
-        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts.headers.remove(CONTENT_LENGTH);
         let body = body
             .collect()
             .await

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::header::{AUTHORIZATION, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -64,8 +64,10 @@ pub async fn serve<B>(
     let mut sender = node_api::connect(node, &socket).await?;
     let mut to_agent = Request::builder().method(req.method().clone()).uri(&uri);
     for (header, value) in req.headers() {
-        // The agent trusts the socket, not the client's credentials.
-        if header != HOST && header != AUTHORIZATION {
+        // The agent trusts the socket, not the client's credentials; the request goes on
+        // without a body, so its framing headers must not promise one.
+        let dropped = [HOST, AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING];
+        if !dropped.contains(header) {
             to_agent = to_agent.header(header, value);
         }
     }
