@@ -431,3 +431,58 @@ async fn deployment_recreate_history_limit_and_undo() {
         deps.get("rc").await.unwrap()
     );
 }
+
+/// The deployment's `Progressing` condition as `(status, reason)`.
+async fn progressing(c: &Client, name: &str) -> Option<(String, String)> {
+    let d = Api::<Deployment>::namespaced(c.clone(), "default")
+        .get(name)
+        .await
+        .ok()?;
+    let cond = d
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing"))?;
+    Some((cond.status?, cond.reason?))
+}
+
+/// A rollout whose pods never turn ready times out after `progressDeadlineSeconds`: the
+/// condition says so and `kubectl rollout status` fails instead of waiting forever; once the
+/// pods are ready the rollout completes after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_stalled_rollout_exceeds_its_progress_deadline() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), false, h.cancel.clone());
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "stuck"},
+        "spec": {"replicas": 2, "progressDeadlineSeconds": 2,
+                 "selector": {"matchLabels": {"app": "dep"}},
+                 "template": {"metadata": {"labels": {"app": "dep"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    h.wait("the rollout to time out", || async {
+        let (status, reason) = progressing(&c, "stuck").await?;
+        (status == "False" && reason == "ProgressDeadlineExceeded").then_some(())
+    })
+    .await;
+    let out = kubectl(
+        &h,
+        &["rollout", "status", "deployment/stuck", "--timeout=20s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("exceeded its progress deadline"),
+        "kubectl rollout status: {stderr}"
+    );
+    h.wait("the rollout to finish once pods are ready", || async {
+        ready_one(&c).await;
+        rolled_out(&c, "stuck", 2).await
+    })
+    .await;
+}
