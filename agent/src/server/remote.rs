@@ -8,7 +8,7 @@
 
 use super::handler::{text, Body};
 use super::upgrade;
-use crate::cri::{api, CriClient};
+use crate::cri::{api, CriClient, CriError};
 use crate::pods::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, RESTART_COUNT};
 use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ pub async fn running_containers(
     namespace: &str,
     pod: &str,
     container: &str,
-) -> Result<Vec<api::Container>, crate::cri::CriError> {
+) -> Result<Vec<api::Container>, CriError> {
     let mut label_selector = pod_selector(namespace, pod);
     label_selector.insert(CONTAINER_NAME.into(), container.into());
     let mut found = cri
@@ -103,7 +103,7 @@ pub async fn run_is_running(
     pod: &str,
     container: &str,
     restart: u32,
-) -> Result<bool, crate::cri::CriError> {
+) -> Result<bool, CriError> {
     let restart = restart.to_string();
     Ok(running_containers(cri, namespace, pod, container)
         .await?
@@ -116,24 +116,32 @@ pub async fn stream<B>(
     cri: &CriClient,
     req: Request<B>,
     session: Session,
-    (namespace, pod, container): (&str, &str, &str),
+    target: (&str, &str, &str),
 ) -> Response<Body> {
-    let opts = match StreamOptions::parse(req.uri().query(), session) {
-        Ok(opts) => opts,
-        Err(message) => return text(StatusCode::BAD_REQUEST, message),
-    };
-    let id = match running_containers(cri, namespace, pod, container).await {
-        Ok(found) => match found.into_iter().next() {
-            Some(c) => c.id,
-            None => {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    format!("container {container} of pod {namespace}/{pod} is not running"),
-                )
-            }
-        },
-        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    };
+    match stream_url(cri, req.uri().query(), session, target).await {
+        Ok(url) => upgrade::proxy(req, &url).await,
+        Err(answer) => answer,
+    }
+}
+
+/// The runtime's streaming URL for an `exec` or `attach` request, or the error answer.
+async fn stream_url(
+    cri: &CriClient,
+    query: Option<&str>,
+    session: Session,
+    (namespace, pod, container): (&str, &str, &str),
+) -> Result<String, Response<Body>> {
+    let opts = StreamOptions::parse(query, session)
+        .map_err(|message| text(StatusCode::BAD_REQUEST, message))?;
+    let running = running_containers(cri, namespace, pod, container)
+        .await
+        .map_err(runtime_error)?;
+    let id = running.into_iter().next().map(|c| c.id).ok_or_else(|| {
+        text(
+            StatusCode::NOT_FOUND,
+            format!("container {container} of pod {namespace}/{pod} is not running"),
+        )
+    })?;
     let url = match session {
         Session::Exec => {
             cri.exec(api::ExecRequest {
@@ -157,10 +165,7 @@ pub async fn stream<B>(
             .await
         }
     };
-    match url {
-        Ok(url) => upgrade::proxy(req, &url).await,
-        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
+    url.map_err(runtime_error)
 }
 
 /// `portForward` into the network namespace of pod `namespace/pod`; the client names the ports
@@ -171,6 +176,18 @@ pub async fn port_forward<B>(
     namespace: &str,
     pod: &str,
 ) -> Response<Body> {
+    match port_forward_url(cri, namespace, pod).await {
+        Ok(url) => upgrade::proxy(req, &url).await,
+        Err(answer) => answer,
+    }
+}
+
+/// The runtime's streaming URL for a `portForward` request, or the error answer.
+async fn port_forward_url(
+    cri: &CriClient,
+    namespace: &str,
+    pod: &str,
+) -> Result<String, Response<Body>> {
     let sandboxes = cri
         .list_pod_sandbox(Some(api::PodSandboxFilter {
             state: Some(api::PodSandboxStateValue {
@@ -179,23 +196,24 @@ pub async fn port_forward<B>(
             label_selector: pod_selector(namespace, pod),
             ..Default::default()
         }))
-        .await;
-    let id = match sandboxes {
-        Ok(found) => match found.into_iter().max_by_key(|s| s.created_at) {
-            Some(s) => s.id,
-            None => {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    format!("pod {namespace}/{pod} has no ready sandbox on this node"),
-                )
-            }
-        },
-        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    };
-    match cri.port_forward(&id).await {
-        Ok(url) => upgrade::proxy(req, &url).await,
-        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
+        .await
+        .map_err(runtime_error)?;
+    let id = sandboxes
+        .into_iter()
+        .max_by_key(|s| s.created_at)
+        .map(|s| s.id)
+        .ok_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{pod} has no ready sandbox on this node"),
+            )
+        })?;
+    cri.port_forward(&id).await.map_err(runtime_error)
+}
+
+/// The answer for a failed runtime call.
+fn runtime_error(err: CriError) -> Response<Body> {
+    text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
 }
 
 #[cfg(test)]

@@ -297,40 +297,46 @@ fn encode_schema(schema: &Value) -> Message {
     let int_of = |k: &str| s.get(k).and_then(Value::as_i64).unwrap_or(0);
     let num_of = |k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let bool_of = |k: &str| s.get(k).and_then(Value::as_bool).unwrap_or(false);
-    m.string(1, str_of("$ref"));
-    m.string(2, str_of("format"));
-    m.string(3, str_of("title"));
-    m.string(4, str_of("description"));
+    let list = |k: &str| s.get(k).and_then(Value::as_array).into_iter().flatten();
+    // Scalar fields by type (protobuf readers take fields in any order).
+    for (field, key) in [
+        (1, "$ref"),
+        (2, "format"),
+        (3, "title"),
+        (4, "description"),
+        (13, "pattern"),
+        (26, "discriminator"),
+    ] {
+        m.string(field, str_of(key));
+    }
+    for (field, key) in [(6, "multipleOf"), (7, "maximum"), (9, "minimum")] {
+        m.double(field, num_of(key));
+    }
+    for (field, key) in [
+        (8, "exclusiveMaximum"),
+        (10, "exclusiveMinimum"),
+        (16, "uniqueItems"),
+        (27, "readOnly"),
+    ] {
+        m.boolean(field, bool_of(key));
+    }
+    for (field, key) in [
+        (11, "maxLength"),
+        (12, "minLength"),
+        (14, "maxItems"),
+        (15, "minItems"),
+        (17, "maxProperties"),
+        (18, "minProperties"),
+    ] {
+        m.int(field, int_of(key));
+    }
     if let Some(d) = s.get("default") {
         m.any(5, d);
     }
-    m.double(6, num_of("multipleOf"));
-    m.double(7, num_of("maximum"));
-    m.boolean(8, bool_of("exclusiveMaximum"));
-    m.double(9, num_of("minimum"));
-    m.boolean(10, bool_of("exclusiveMinimum"));
-    m.int(11, int_of("maxLength"));
-    m.int(12, int_of("minLength"));
-    m.string(13, str_of("pattern"));
-    m.int(14, int_of("maxItems"));
-    m.int(15, int_of("minItems"));
-    m.boolean(16, bool_of("uniqueItems"));
-    m.int(17, int_of("maxProperties"));
-    m.int(18, int_of("minProperties"));
-    for r in s
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for r in list("required") {
         m.string(19, r.as_str().unwrap_or_default());
     }
-    for e in s
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for e in list("enum") {
         m.any(20, e);
     }
     match s.get("additionalProperties") {
@@ -359,27 +365,19 @@ fn encode_schema(schema: &Value) -> Message {
         }
         m.message(22, item);
     }
-    match s.get("items") {
-        Some(sub @ Value::Object(_)) => {
-            let mut item = Message::default();
+    // `items` is one schema or (tuple form) several.
+    let items: Vec<&Value> = match s.get("items") {
+        Some(sub @ Value::Object(_)) => vec![sub],
+        _ => list("items").collect(),
+    };
+    if !items.is_empty() {
+        let mut item = Message::default();
+        for sub in items {
             item.message(1, encode_schema(sub));
-            m.message(23, item);
         }
-        Some(Value::Array(subs)) => {
-            let mut item = Message::default();
-            for sub in subs {
-                item.message(1, encode_schema(sub));
-            }
-            m.message(23, item);
-        }
-        _ => {}
+        m.message(23, item);
     }
-    for sub in s
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for sub in list("allOf") {
         m.message(24, encode_schema(sub));
     }
     if let Some(props) = s.get("properties").and_then(Value::as_object) {
@@ -389,8 +387,6 @@ fn encode_schema(schema: &Value) -> Message {
         }
         m.message(25, properties);
     }
-    m.string(26, str_of("discriminator"));
-    m.boolean(27, bool_of("readOnly"));
     if let Some(e) = s.get("example") {
         m.any(30, e);
     }

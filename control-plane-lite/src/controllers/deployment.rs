@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -282,11 +282,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
         .await?;
     }
     // A stalled rollout changes nothing that would wake us: look again at its deadline.
-    let written = Deployment {
-        status: Some(status),
-        ..(*d).clone()
-    };
-    Ok(match progress_deadline(&written) {
+    Ok(match progress_deadline(&d.spec, Some(&status)) {
         Some(deadline) => {
             let left = deadline.duration_since(Timestamp::now());
             let secs = left.as_secs().max(0) as u64 + 1;
@@ -378,33 +374,32 @@ async fn sync_revision_annotation(
 /// The `Progressing` reason `kubectl rollout status` fails on.
 const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
-/// The deployment's `Progressing` condition as last written.
-fn progressing_condition(d: &Deployment) -> Option<&DeploymentCondition> {
-    d.status
-        .as_ref()
+/// The `Progressing` condition of `status`.
+fn progressing_condition(status: Option<&DeploymentStatus>) -> Option<&DeploymentCondition> {
+    status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_.as_deref() == Some("Progressing")))
 }
 
-/// When the rollout runs out of time: the last progress plus `progressDeadlineSeconds`
-/// (default 600); `None` when paused, finished or already timed out (nothing to wait for).
-fn progress_deadline(d: &Deployment) -> Option<Timestamp> {
-    if d.spec.paused == Some(true) {
+/// When the rollout with `status` runs out of time: the last progress plus
+/// `progressDeadlineSeconds` (default 600); `None` when paused, finished or already timed out
+/// (nothing to wait for).
+fn progress_deadline(
+    spec: &DeploymentSpec,
+    status: Option<&DeploymentStatus>,
+) -> Option<Timestamp> {
+    if spec.paused == Some(true) {
         return None;
     }
-    let c = progressing_condition(d)?;
+    let c = progressing_condition(status)?;
     if c.status.as_deref() != Some("True") || c.reason.as_deref() == Some("NewReplicaSetAvailable")
     {
         return None;
     }
     let last = c.last_update_time.as_ref()?.0;
-    let secs = i64::from(d.spec.progress_deadline_seconds.unwrap_or(600));
+    let secs = i64::from(spec.progress_deadline_seconds.unwrap_or(600));
     last.checked_add(std::time::Duration::from_secs(secs.max(0) as u64))
         .ok()
-}
-
-fn progress_deadline_passed(d: &Deployment, now: Timestamp) -> bool {
-    progress_deadline(d).is_some_and(|deadline| now >= deadline)
 }
 
 /// A condition, keeping the old timestamps when nothing about it changed.
@@ -482,16 +477,12 @@ fn compute_status(
     let complete =
         new_rs.is_some() && updated == replicas && total == replicas && available >= replicas;
     let before = d.status.clone().unwrap_or_default();
-    let old_total = sum(&|rs| {
-        i32::from(new_rs.is_none_or(|n| n.metadata.name != rs.metadata.name))
-            * status_of(rs).replicas
-    });
-    let before_old_total = before.replicas.unwrap_or(0) - before.updated_replicas.unwrap_or(0);
+    let before_old = before.replicas.unwrap_or(0) - before.updated_replicas.unwrap_or(0);
     // Upstream's DeploymentProgressing: more pods updated, ready or available, or fewer old.
     let made_progress = updated > before.updated_replicas.unwrap_or(0)
         || ready > before.ready_replicas.unwrap_or(0)
         || available > before.available_replicas.unwrap_or(0)
-        || old_total < before_old_total;
+        || total - updated < before_old;
     let progressing = if complete {
         condition(
             d,
@@ -518,12 +509,12 @@ fn compute_status(
         );
         c.last_update_time = Some(Time(Timestamp::now()));
         c
-    } else if let Some(timed_out) =
-        progressing_condition(d).filter(|c| c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED))
+    } else if let Some(timed_out) = progressing_condition(d.status.as_ref())
+        .filter(|c| c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED))
     {
         // Timed out stays timed out until the rollout moves again.
         timed_out.clone()
-    } else if progress_deadline_passed(d, Timestamp::now()) {
+    } else if progress_deadline(&d.spec, d.status.as_ref()).is_some_and(|t| Timestamp::now() >= t) {
         condition(
             d,
             "Progressing",
@@ -532,7 +523,8 @@ fn compute_status(
             format!("ReplicaSet \"{new_name}\" has timed out progressing."),
         )
     } else {
-        let prev = progressing_condition(d).filter(|c| c.status.as_deref() == Some("True"));
+        let prev = progressing_condition(d.status.as_ref())
+            .filter(|c| c.status.as_deref() == Some("True"));
         match prev {
             // No progress and no deadline yet: the condition (and its clock) stays.
             Some(p) if p.reason.as_deref() != Some("NewReplicaSetAvailable") => p.clone(),

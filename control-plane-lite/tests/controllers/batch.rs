@@ -124,29 +124,37 @@ async fn job_runs_to_completion_within_parallelism_and_fails_past_backoff_limit(
 async fn daemon_targets(c: &Client) -> Vec<String> {
     let mut nodes: Vec<String> = active_pods(c, "app=ds")
         .await
-        .into_iter()
-        .map(|p| {
-            let affinity = p
-                .spec
-                .unwrap()
-                .affinity
-                .expect("daemon pod has an affinity");
-            let terms = affinity
-                .node_affinity
-                .unwrap()
-                .required_during_scheduling_ignored_during_execution
-                .unwrap()
-                .node_selector_terms;
-            let field = &terms[0].match_fields.as_ref().unwrap()[0];
-            assert_eq!(
-                (field.key.as_str(), field.operator.as_str()),
-                ("metadata.name", "In")
-            );
-            field.values.as_ref().unwrap()[0].clone()
-        })
+        .iter()
+        .map(daemon_node)
         .collect();
     nodes.sort();
     nodes
+}
+
+/// The node a daemon pod is pinned to by its required node affinity
+/// `matchFields metadata.name In [node]`.
+fn daemon_node(p: &Pod) -> String {
+    let affinity = p
+        .spec
+        .as_ref()
+        .unwrap()
+        .affinity
+        .as_ref()
+        .expect("daemon pod has an affinity");
+    let terms = &affinity
+        .node_affinity
+        .as_ref()
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()
+        .node_selector_terms;
+    let field = &terms[0].match_fields.as_ref().unwrap()[0];
+    assert_eq!(
+        (field.key.as_str(), field.operator.as_str()),
+        ("metadata.name", "In")
+    );
+    field.values.as_ref().unwrap()[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,32 +274,11 @@ async fn daemon_kubelets(c: &Client, next_ip: &AtomicU32) -> Vec<(String, usize,
         .unwrap()
         .items
     {
-        let name = pod.metadata.name.clone().unwrap();
-        if pod.metadata.deletion_timestamp.is_some() {
-            let _ = pods
-                .delete(&name, &DeleteParams::default().grace_period(0))
-                .await;
+        if finish_deletion(&pods, &pod).await {
             continue;
         }
-        let spec = pod.spec.as_ref().unwrap();
-        let node = spec
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms[0]
-            .match_fields
-            .as_ref()
-            .unwrap()[0]
-            .values
-            .as_ref()
-            .unwrap()[0]
-            .clone();
+        let name = pod.metadata.name.clone().unwrap();
+        let node = daemon_node(&pod);
         let entry = per_node.entry(node).or_default();
         entry.0 += 1;
         if is_ready(&pod) {

@@ -115,6 +115,19 @@ pub(crate) async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: boo
         .unwrap_or_else(|e| panic!("status of pod {name}: {e}"));
 }
 
+/// Removes `pod` if its deletion is pending (the kubelet confirming a graceful delete);
+/// whether it was.
+pub(crate) async fn finish_deletion(pods: &Api<Pod>, pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_none() {
+        return false;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let _ = pods
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await;
+    true
+}
+
 /// Plays the kubelet of node `n1` for every pod in "default": binds unbound pods, reports bound
 /// ones Running with an IP (and Ready when `auto_ready`), and finishes graceful deletions.
 pub(crate) fn spawn_kubelet(client: Client, auto_ready: bool, cancel: CancellationToken) {
@@ -128,13 +141,10 @@ pub(crate) fn spawn_kubelet(client: Client, auto_ready: bool, cancel: Cancellati
                 .map(|l| l.items)
                 .unwrap_or_default()
             {
-                let name = pod.metadata.name.clone().unwrap();
-                if pod.metadata.deletion_timestamp.is_some() {
-                    let _ = pods
-                        .delete(&name, &DeleteParams::default().grace_period(0))
-                        .await;
+                if finish_deletion(&pods, &pod).await {
                     continue;
                 }
+                let name = pod.metadata.name.clone().unwrap();
                 if pod
                     .spec
                     .as_ref()

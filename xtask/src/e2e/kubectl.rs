@@ -67,19 +67,7 @@ impl Kubectl {
 
     /// `kubectl apply -f -` with `manifest` on stdin.
     pub fn apply(&self, manifest: &Value) -> Result<()> {
-        let mut child = self
-            .command(&["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running kubectl apply")?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(manifest.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
+        let out = self.run_with_input(&["apply", "-f", "-"], &manifest.to_string())?;
         if !out.status.success() {
             bail!(
                 "kubectl apply of {} {} failed: {}",

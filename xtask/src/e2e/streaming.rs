@@ -8,7 +8,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -98,7 +99,7 @@ fn port_forward(ctx: &Ctx, pod: &str) -> Result<()> {
         );
         Ok(())
     })();
-    let out = interrupt(child)?;
+    let out = Waiting::new(child)?.interrupt()?;
     result.with_context(|| {
         format!(
             "kubectl port-forward {target}: {}",
@@ -107,17 +108,42 @@ fn port_forward(ctx: &Ctx, pod: &str) -> Result<()> {
     })
 }
 
-/// Ends our own `kubectl` child by its PID: SIGINT first, so that it flushes what it logged
-/// (kubectl buffers its error log), then SIGKILL if it has not ended within 5 s.
-fn interrupt(mut child: Child) -> Result<Output> {
-    let pid = Pid::from_raw(i32::try_from(child.id()).context("kubectl's PID")?);
-    let _ = kill(pid, Signal::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+/// Our own `kubectl` child, waited for on a thread of its own so that the scenario can wait
+/// with a deadline (std's `Child` has no timed wait) and still end it by its PID.
+struct Waiting {
+    pid: Pid,
+    done: mpsc::Receiver<std::io::Result<Output>>,
+}
+
+impl Waiting {
+    fn new(child: Child) -> Result<Self> {
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("kubectl's PID")?);
+        let (tx, done) = mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        Ok(Self { pid, done })
     }
-    let _ = child.kill();
-    Ok(child.wait_with_output()?)
+
+    /// How it ended, if it ends within `timeout`.
+    fn within(&self, timeout: Duration) -> Option<Result<Output>> {
+        self.done
+            .recv_timeout(timeout)
+            .ok()
+            .map(|r| r.context("waiting for kubectl"))
+    }
+
+    /// Ends it: SIGINT first, so that it flushes what it logged (kubectl buffers its error
+    /// log), then SIGKILL if it has not ended within 5 s.
+    fn interrupt(self) -> Result<Output> {
+        let _ = kill(self.pid, Signal::SIGINT);
+        if let Some(out) = self.within(Duration::from_secs(5)) {
+            return out;
+        }
+        let _ = kill(self.pid, Signal::SIGKILL);
+        self.done
+            .recv()
+            .context("kubectl's waiter thread")?
+            .context("waiting for kubectl")
+    }
 }
 
 /// `kubectl run -i` attaches to the new pod's stdin and stdout; `kubectl logs -f` of a finished
@@ -151,22 +177,19 @@ pub(super) fn attach_and_follow_finished(ctx: &Ctx) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     run_client_pod(ctx, "client-finished", "node-1", "echo finished output")?;
-    let mut child = ctx
+    let child = ctx
         .kubectl
         .command(&["-n", NS, "logs", "-f", "client-finished"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting kubectl logs -f")?;
-    let started = Instant::now();
-    while child.try_wait()?.is_none() {
-        if started.elapsed() > FOLLOW_END_TIMEOUT {
-            interrupt(child)?;
-            bail!("kubectl logs -f of a finished pod still running after {FOLLOW_END_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output()?;
+    let waiting = Waiting::new(child)?;
+    let Some(out) = waiting.within(FOLLOW_END_TIMEOUT) else {
+        waiting.interrupt()?;
+        bail!("kubectl logs -f of a finished pod still running after {FOLLOW_END_TIMEOUT:?}");
+    };
+    let out = out?;
     ensure!(
         out.status.success() && out.stdout == b"finished output\n",
         "kubectl logs -f client-finished: {} stdout {:?} stderr {:?}",
