@@ -86,5 +86,5 @@ pub mod service_table;
 pub use bpffs::BpfFs;
 pub use error::{Error, Result};
 pub use loader::{detach, Direction, ServiceNat, TestRunOutput};
-pub use maps::Proto;
-pub use service_table::{Backend, ServiceTable};
+pub use maps::{Config, Proto, SvcKey};
+pub use service_table::{Backend, Frontend, ServiceTable};

@@ -2,9 +2,11 @@
 
 use crate::bpffs::BpfFs;
 use crate::error::{Error, Result};
-use crate::maps::{names, AffinityValue, ClientKey, ClientValue, CtKey, CtValue, Proto};
+use crate::maps::{
+    names, AffinityValue, ClientKey, ClientValue, Config, CtKey, CtValue, Proto, SnatValue, SvcKey,
+};
 use crate::service_table::{Backend, ServiceTable};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::tc::{
     self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
 };
@@ -25,18 +27,21 @@ pub const TC_PRIORITY: u16 = 0x100;
 pub const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// Every map of the object, by name.
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 7] = [
     names::SERVICES,
     names::BACKENDS,
     names::CONNTRACK,
     names::AFFINITY,
     names::CLIENT_AFFINITY,
+    names::SNAT,
+    names::CONFIG,
 ];
 
 /// Prefix of the pinned maps' names. Versioned: a map whose key/value layout changes needs a
 /// new name, or a new process would fail to re-adopt the old pin (v2: `svc_value` gained
-/// `affinity_timeout`, and `client_affinity` appeared).
-pub const PIN_PREFIX: &str = "service_nat_v2";
+/// `affinity_timeout`, and `client_affinity` appeared; v3: `svc_key` has a scope, affinity
+/// values a SNAT port, and `snat` and `config` appeared).
+pub const PIN_PREFIX: &str = "service_nat_v3";
 
 /// The two classifiers of the service NAT object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,13 +97,22 @@ pub struct TestRunOutput {
 /// Dropping it does *not* detach: filters are attached via netlink, hold their own reference on
 /// the programs (and thereby the maps) and survive this process; [`ServiceNat::detach`] removes
 /// them.
-#[derive(Debug)]
 pub struct ServiceNat {
     ebpf: Ebpf,
     table: ServiceTable,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, CtKey, AffinityValue>,
     client_affinity: HashMap<MapData, ClientKey, ClientValue>,
+    snat: HashMap<MapData, CtKey, SnatValue>,
+    config: Array<MapData, Config>,
+}
+
+impl std::fmt::Debug for ServiceNat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceNat")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceNat {
@@ -143,13 +157,53 @@ impl ServiceNat {
         let conntrack = HashMap::try_from(take_map(&mut ebpf, names::CONNTRACK)?)?;
         let affinity = HashMap::try_from(take_map(&mut ebpf, names::AFFINITY)?)?;
         let client_affinity = HashMap::try_from(take_map(&mut ebpf, names::CLIENT_AFFINITY)?)?;
+        let snat = HashMap::try_from(take_map(&mut ebpf, names::SNAT)?)?;
+        let config = Array::try_from(take_map(&mut ebpf, names::CONFIG)?)?;
         Ok(Self {
             ebpf,
             table: ServiceTable::new(services, backends),
             conntrack,
             affinity,
             client_affinity,
+            snat,
+            config,
         })
+    }
+
+    /// Writes the node's settings (masquerade address, cluster CIDRs) the programs read.
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    /// The node's settings as the programs see them.
+    pub fn config(&self) -> Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Creates or updates the `services` entry `key`; see [`ServiceTable::set_frontend`].
+    pub fn set_frontend(
+        &mut self,
+        key: SvcKey,
+        flags: u16,
+        backends: &[Backend],
+        affinity_timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.table
+            .set_frontend(key, flags, backends, affinity_timeout)
+    }
+
+    /// Removes the `services` entry `key`; see [`ServiceTable::remove_frontend`].
+    pub fn remove_frontend(&mut self, key: SvcKey) -> Result<bool> {
+        self.table.remove_frontend(key)
+    }
+
+    /// Looks up `snat` for a masqueraded connection after NAT (node -> backend direction).
+    pub fn snat_get(&self, key: &CtKey) -> Result<Option<SnatValue>> {
+        match self.snat.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates or updates a service; see [`ServiceTable::set_service`].

@@ -23,7 +23,35 @@ pub mod names {
     /// `client_affinity` (LRU): [`super::ClientKey`] -> [`super::ClientValue`], for
     /// `sessionAffinity: ClientIP`.
     pub const CLIENT_AFFINITY: &str = "client_affinity";
+    /// `snat` (LRU): [`super::CtKey`] after masquerading -> [`super::SnatValue`] (the client).
+    pub const SNAT: &str = "snat";
+    /// `config` (array of one): [`super::Config`], the node's masquerade address and CIDRs.
+    pub const CONFIG: &str = "config";
 }
+
+/// [`SvcKey::scope`] values: which clients a `services` entry serves.
+pub mod scope {
+    /// Every client (or every client without a more specific entry).
+    pub const ANY: u8 = 0;
+    /// Clients outside the cluster CIDRs, where the frontend's entry with [`ANY`] has
+    /// [`super::flags::OFF_CLUSTER_VARIANT`] (`externalTrafficPolicy: Local`).
+    pub const OFF_CLUSTER: u8 = 1;
+}
+
+/// [`SvcValue::flags`] bits.
+pub mod flags {
+    /// Masquerade every client: a node port, external or load-balancer IP with
+    /// `externalTrafficPolicy: Cluster`, as kube-proxy does.
+    pub const MASQ_ALL: u16 = 1;
+    /// Off-cluster clients use the frontend's [`super::scope::OFF_CLUSTER`] entry.
+    pub const OFF_CLUSTER_VARIANT: u16 = 2;
+    /// Never masquerade: off-cluster clients of `externalTrafficPolicy: Local` keep their
+    /// address; replies are translated on the uplink's egress.
+    pub const KEEP_SOURCE: u16 = 4;
+}
+
+/// How many cluster CIDRs [`Config`] holds.
+pub const MAX_CLUSTER_CIDRS: usize = 4;
 
 /// The L4 protocols the datapath translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,7 +89,7 @@ fn ip_from_be(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
 }
 
-/// Key of `services`: `struct svc_key { u32 vip; u16 port; u8 proto; u8 pad; }`.
+/// Key of `services`: `struct svc_key { u32 vip; u16 port; u8 proto; u8 scope; }`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SvcKey {
@@ -71,19 +99,32 @@ pub struct SvcKey {
     pub port: u16,
     /// IP protocol number.
     pub proto: u8,
-    /// Zero.
-    pub pad: u8,
+    /// Which clients the entry serves ([`scope`]).
+    pub scope: u8,
 }
 
 impl SvcKey {
-    /// The key for `vip:port/proto` (port in host order).
+    /// The key for `vip:port/proto` (port in host order), serving every client.
     pub fn new(vip: Ipv4Addr, port: u16, proto: Proto) -> Self {
         Self {
             vip: ip_be(vip),
             port: port.to_be(),
             proto: proto.number(),
-            pad: 0,
+            scope: scope::ANY,
         }
+    }
+
+    /// The same frontend's entry for off-cluster clients ([`scope::OFF_CLUSTER`]).
+    pub fn off_cluster(self) -> Self {
+        Self {
+            scope: scope::OFF_CLUSTER,
+            ..self
+        }
+    }
+
+    /// The protocol, if the datapath knows it.
+    pub fn proto(&self) -> Option<Proto> {
+        Proto::from_number(self.proto)
     }
 
     /// The VIP.
@@ -105,7 +146,7 @@ pub struct SvcValue {
     /// Number of backends; slots `0..count` of `backends` are valid. 0 rejects: TCP gets a
     /// reset, UDP an ICMP port unreachable, both from the VIP.
     pub count: u16,
-    /// Reserved, zero.
+    /// [`flags`] bits.
     pub flags: u16,
     /// Service id, the first half of a [`BackendKey`].
     pub service_id: u32,
@@ -214,7 +255,7 @@ impl CtValue {
 }
 
 /// Value of `affinity`:
-/// `struct affinity_value { u32 service_id, slot, ip; u16 port; u16 pad; }`.
+/// `struct affinity_value { u32 service_id, slot, ip; u16 port; u16 snat_port; }`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
@@ -226,8 +267,82 @@ pub struct AffinityValue {
     pub ip: u32,
     /// Backend port, network byte order.
     pub port: u16,
-    /// Zero.
-    pub pad: u16,
+    /// Masqueraded flows: the source port towards the backend, network byte order; 0: none.
+    pub snat_port: u16,
+}
+
+/// Value of `snat`: `struct snat_value { u32 client, vip; u16 client_port, vip_port; }`, the
+/// client behind a masqueraded connection and what it addressed.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnatValue {
+    /// Client address, network byte order.
+    pub client: u32,
+    /// The frontend address the client addressed, network byte order.
+    pub vip: u32,
+    /// Client port, network byte order.
+    pub client_port: u16,
+    /// Frontend port, network byte order.
+    pub vip_port: u16,
+}
+
+impl SnatValue {
+    /// The client as `(ip, host-order port)`.
+    pub fn client(&self) -> (Ipv4Addr, u16) {
+        (ip_from_be(self.client), u16::from_be(self.client_port))
+    }
+
+    /// The frontend as `(ip, host-order port)`.
+    pub fn frontend(&self) -> (Ipv4Addr, u16) {
+        (ip_from_be(self.vip), u16::from_be(self.vip_port))
+    }
+}
+
+/// A cluster CIDR in `config`: `struct cidr { u32 addr, mask; }`, both network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Cidr {
+    /// Network address (already masked).
+    pub addr: u32,
+    /// Netmask.
+    pub mask: u32,
+}
+
+/// Value of `config[0]`:
+/// `struct config { u32 snat_ip; u32 n_cidrs; struct cidr cidrs[MAX_CLUSTER_CIDRS]; }`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Config {
+    /// Masquerade address (network byte order); 0: masquerading drops the packet.
+    pub snat_ip: u32,
+    /// How many of `cidrs` are set.
+    pub n_cidrs: u32,
+    /// Cluster CIDRs: sources inside them are pods, the rest off-cluster clients.
+    pub cidrs: [Cidr; MAX_CLUSTER_CIDRS],
+}
+
+impl Config {
+    /// The config for masquerade address `snat_ip` and cluster CIDRs `(network, prefix)`;
+    /// `None` when there are more than [`MAX_CLUSTER_CIDRS`] CIDRs.
+    pub fn new(snat_ip: Option<Ipv4Addr>, cidrs: &[(Ipv4Addr, u8)]) -> Option<Self> {
+        if cidrs.len() > MAX_CLUSTER_CIDRS {
+            return None;
+        }
+        let mut c = Config {
+            snat_ip: snat_ip.map_or(0, ip_be),
+            n_cidrs: cidrs.len() as u32,
+            ..Config::default()
+        };
+        for (slot, (net, prefix)) in c.cidrs.iter_mut().zip(cidrs) {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from((*prefix).min(32)))
+                .unwrap_or(0);
+            let mask = Ipv4Addr::from(mask);
+            slot.mask = ip_be(mask);
+            slot.addr = ip_be(*net) & slot.mask;
+        }
+        Some(c)
+    }
 }
 
 /// Key of `client_affinity`: `struct client_key { u32 client; u32 service_id; }`.
@@ -296,6 +411,12 @@ unsafe impl aya::Pod for AffinityValue {}
 unsafe impl aya::Pod for ClientKey {}
 // SAFETY: see above.
 unsafe impl aya::Pod for ClientValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for SnatValue {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Cidr {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Config {}
 
 const _: () = {
     use std::mem::{align_of, size_of};
@@ -308,6 +429,8 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ClientKey>() == 8);
     assert!(size_of::<ClientValue>() == 24 && align_of::<ClientValue>() == 8);
+    assert!(size_of::<SnatValue>() == 12);
+    assert!(size_of::<Config>() == 8 + 8 * MAX_CLUSTER_CIDRS);
 };
 
 #[cfg(test)]
@@ -322,7 +445,30 @@ mod tests {
         assert_eq!(bytes, [10, 96, 0, 1, 0, 80, 6, 0]);
         assert_eq!(k.vip(), Ipv4Addr::new(10, 96, 0, 1));
         assert_eq!(k.port(), 80);
+        let off = k.off_cluster();
+        assert_eq!(
+            (off.scope, off.vip, off.port),
+            (scope::OFF_CLUSTER, k.vip, k.port)
+        );
         let b = BackendValue::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
         assert_eq!((b.ip(), b.port()), (Ipv4Addr::new(10, 0, 2, 2), 8080));
+    }
+
+    #[test]
+    fn config_masks_cidrs_in_wire_order() {
+        let c = Config::new(
+            Some(Ipv4Addr::new(10, 244, 1, 1)),
+            &[
+                (Ipv4Addr::new(10, 244, 7, 9), 16),
+                (Ipv4Addr::new(0, 0, 0, 0), 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.snat_ip.to_ne_bytes(), [10, 244, 1, 1]);
+        assert_eq!(c.n_cidrs, 2);
+        assert_eq!(c.cidrs[0].addr.to_ne_bytes(), [10, 244, 0, 0]);
+        assert_eq!(c.cidrs[0].mask.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(c.cidrs[1], Cidr::default());
+        assert!(Config::new(None, &[(Ipv4Addr::UNSPECIFIED, 8); 5]).is_none());
     }
 }

@@ -22,6 +22,17 @@ use std::time::Duration;
 /// A backend endpoint `ip:port` (port in host order).
 pub type Backend = (Ipv4Addr, u16);
 
+/// A `services` entry as userspace last wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frontend<'a> {
+    /// Backends in slot order.
+    pub backends: &'a [Backend],
+    /// `sessionAffinity: ClientIP` timeout.
+    pub affinity: Option<Duration>,
+    /// [`crate::maps::flags`] bits.
+    pub flags: u16,
+}
+
 /// What userspace knows it wrote for one service.
 #[derive(Debug, Clone)]
 struct ServiceState {
@@ -29,6 +40,8 @@ struct ServiceState {
     slots: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds as published; 0: none.
     affinity_timeout: u32,
+    /// [`crate::maps::flags`] as published.
+    flags: u16,
     /// Set when a write sequence failed midway: the maps may hold anything up to `high_water`
     /// slots, so the next update rewrites every slot and deletes up to `high_water`.
     dirty: bool,
@@ -93,6 +106,7 @@ impl ServiceTable {
                     id,
                     slots: layout,
                     affinity_timeout: value.affinity_timeout,
+                    flags: value.flags,
                     dirty: !consistent,
                     high_water: high_water.max(u32::from(value.count)),
                 },
@@ -140,9 +154,21 @@ impl ServiceTable {
         backends: &[Backend],
         affinity_timeout: Option<Duration>,
     ) -> Result<()> {
+        self.set_frontend(SvcKey::new(vip, port, proto), 0, backends, affinity_timeout)
+    }
+
+    /// Creates or updates the `services` entry `key` (any scope) with [`crate::maps::flags`]
+    /// `flags`, `backends` and the `sessionAffinity: ClientIP` timeout; the general form of
+    /// [`ServiceTable::set_service_with_affinity`].
+    pub fn set_frontend(
+        &mut self,
+        key: SvcKey,
+        flags: u16,
+        backends: &[Backend],
+        affinity_timeout: Option<Duration>,
+    ) -> Result<()> {
         let affinity =
             affinity_timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1));
-        let key = SvcKey::new(vip, port, proto);
         let mut wanted: Vec<Backend> = Vec::with_capacity(backends.len());
         for b in backends {
             if !wanted.contains(b) {
@@ -153,15 +179,16 @@ impl ServiceTable {
             count: wanted.len(),
         })?;
 
-        let (id, old, old_affinity, dirty, high_water) = match self.state.get(&key) {
+        let (id, old, old_affinity, old_flags, dirty, high_water) = match self.state.get(&key) {
             Some(s) => (
                 s.id,
                 s.slots.clone(),
                 s.affinity_timeout,
+                s.flags,
                 s.dirty,
                 s.high_water,
             ),
-            None => (self.alloc_id(), Vec::new(), 0, false, 0),
+            None => (self.alloc_id(), Vec::new(), 0, 0, false, 0),
         };
         let is_new = !self.state.contains_key(&key);
         let layout = plan_slots(&old, &wanted);
@@ -174,6 +201,7 @@ impl ServiceTable {
                 id,
                 slots: layout.clone(),
                 affinity_timeout: affinity,
+                flags,
                 dirty: true,
                 high_water: high_water.max(new_len).max(old_len),
             },
@@ -181,7 +209,7 @@ impl ServiceTable {
 
         let value = SvcValue {
             count,
-            flags: 0,
+            flags,
             service_id: id,
             affinity_timeout: affinity,
         };
@@ -196,7 +224,7 @@ impl ServiceTable {
             }
         }
         // 2. publish the count (new service: this makes it visible).
-        if is_new || dirty || new_len != old_len || affinity != old_affinity {
+        if is_new || dirty || new_len != old_len || affinity != old_affinity || flags != old_flags {
             self.services.insert(key, value, 0)?;
         }
         // 3. drop slots past the count.
@@ -223,7 +251,12 @@ impl ServiceTable {
 
     /// Removes the service; returns whether it existed.
     pub fn remove_service(&mut self, vip: Ipv4Addr, port: u16, proto: Proto) -> Result<bool> {
-        let key = SvcKey::new(vip, port, proto);
+        self.remove_frontend(SvcKey::new(vip, port, proto))
+    }
+
+    /// Removes the `services` entry `key` (any scope) and its backends; returns whether it
+    /// existed.
+    pub fn remove_frontend(&mut self, key: SvcKey) -> Result<bool> {
         let Some(state) = self.state.get_mut(&key) else {
             return Ok(false);
         };
@@ -246,17 +279,24 @@ impl ServiceTable {
 
     /// The backends of a service in slot order, as userspace last wrote them.
     pub fn backends_of(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<&[Backend]> {
-        self.state
-            .get(&SvcKey::new(vip, port, proto))
-            .map(|s| s.slots.as_slice())
+        self.frontend(&SvcKey::new(vip, port, proto))
+            .map(|f| f.backends)
     }
 
     /// The `sessionAffinity: ClientIP` timeout of a service as last written (`None`: none).
     pub fn affinity_of(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<Duration> {
-        self.state
-            .get(&SvcKey::new(vip, port, proto))
-            .filter(|s| s.affinity_timeout > 0)
-            .map(|s| Duration::from_secs(s.affinity_timeout.into()))
+        self.frontend(&SvcKey::new(vip, port, proto))
+            .and_then(|f| f.affinity)
+    }
+
+    /// What userspace last wrote for the entry `key`.
+    pub fn frontend(&self, key: &SvcKey) -> Option<Frontend<'_>> {
+        self.state.get(key).map(|s| Frontend {
+            backends: &s.slots,
+            affinity: (s.affinity_timeout > 0)
+                .then(|| Duration::from_secs(s.affinity_timeout.into())),
+            flags: s.flags,
+        })
     }
 
     /// The id a service's backends and client affinities are keyed by.
@@ -264,13 +304,20 @@ impl ServiceTable {
         self.state.get(&SvcKey::new(vip, port, proto)).map(|s| s.id)
     }
 
-    /// Every service userspace knows is in the maps (after [`ServiceTable::recover`], what an
-    /// earlier process left), as `(vip, port, proto)`; lets a caller find stale entries.
-    pub fn services(&self) -> Vec<(Ipv4Addr, u16, Proto)> {
-        self.state
-            .keys()
-            .filter_map(|k| Some((k.vip(), k.port(), Proto::from_number(k.proto)?)))
-            .collect()
+    /// Every `services` entry userspace knows is in the maps (after [`ServiceTable::recover`],
+    /// what an earlier process left); lets a caller find stale entries.
+    pub fn services(&self) -> Vec<SvcKey> {
+        self.state.keys().copied().collect()
+    }
+
+    /// Number of `services` entries.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether there is no `services` entry.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
     }
 
     /// Reads a service's entry back from the kernel map (for tests and debugging).

@@ -74,10 +74,14 @@ struct EbpfArgs {
     /// eBPF: directory of the private bpffs holding the pinned maps.
     #[arg(long, default_value = "/var/lib/netlet/proxy-ebpf")]
     ebpf_state_dir: PathBuf,
-    /// eBPF: interfaces to attach to, the node ends of pod veths (repeatable; `prefix*`
-    /// matches by prefix).
+    /// eBPF: interfaces to attach to, the node ends of pod veths and the node's uplink
+    /// (repeatable; `prefix*` matches by prefix).
     #[arg(long = "ebpf-interface", default_value = "veth*")]
     ebpf_interfaces: Vec<String>,
+    /// eBPF: the address masqueraded traffic gets (default: the pod bridge's address inside
+    /// the cluster CIDRs).
+    #[arg(long)]
+    ebpf_masquerade_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +130,7 @@ fn backend_config(kind: BackendArg, ebpf: EbpfArgs) -> BackendConfig {
         EbpfOptions {
             state_dir: ebpf.ebpf_state_dir,
             interfaces: ebpf.ebpf_interfaces,
+            masquerade_ip: ebpf.ebpf_masquerade_ip,
         },
     )
 }

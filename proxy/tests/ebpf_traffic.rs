@@ -43,8 +43,10 @@ fn make(ns: &NetNs, cfg: &ProxyConfig) -> Box<dyn Backend> {
     sweep();
     let opts = EbpfOptions {
         state_dir: state_dir(ns),
-        // The node ends of the pod veths and of the client pod's link; not the uplink (vx0).
-        interfaces: vec!["vp*".to_string(), "vc0".to_string()],
+        // The node ends of the pod veths and of the client pod's link, and the uplink (vx0).
+        interfaces: vec!["vp*".to_string(), "vc0".to_string(), "vx0".to_string()],
+        // Found on the pod bridge (br0) inside the cluster CIDR.
+        masquerade_ip: None,
     };
     let netns = NetnsExec::Named(ns.name().to_string());
     Box::new(EbpfBackend::new(cfg.clone(), netns, opts).expect("ebpf backend"))
@@ -78,13 +80,7 @@ fn leftovers(ns: &NetNs) -> Vec<String> {
 
 fn harness() -> Harness {
     Harness {
-        // No SNAT and no external frontends in the datapath yet.
-        caps: Capabilities {
-            reject: true,
-            session_affinity: true,
-            masquerade: false,
-            external_frontends: false,
-        },
+        caps: Capabilities::ALL,
         make,
         leftovers,
     }
@@ -124,8 +120,8 @@ fn restart_readopts_pinned_maps_and_keeps_flows() {
         "maps re-adopted as they were: {stats:?}"
     );
     assert_eq!(
-        stats.hooks_changed, 4,
-        "programs replaced on vp0-2 and vc0: {stats:?}"
+        stats.hooks_changed, 5,
+        "programs replaced on vp0-2, vc0 and vx0: {stats:?}"
     );
     conn.echo("after restart")
         .expect("established flow survives the restart");

@@ -17,7 +17,19 @@
 //      same backend, and every new flow stamps the client with bpf_ktime_get_ns().
 //   4. record `affinity` (original tuple -> backend) and `conntrack` (tuple after NAT ->
 //      original vip/port), then rewrite daddr/dport with incremental checksum updates.
-// svc_nat_rev  (pod-facing veth egress = packets towards the pod):
+//   Masquerade (SNAT to the node's `config.snat_ip`) applies to: clients outside the cluster
+//   CIDRs, every client of a frontend flagged SVC_F_MASQ_ALL (node ports, external and
+//   load-balancer IPs with externalTrafficPolicy Cluster), and hairpin (the client is the chosen
+//   backend). The source port is kept unless another client holds it towards the same backend.
+//   `snat`[tuple after NAT] remembers the client; such packets leave by bpf_redirect_neigh()
+//   towards the backend, since a packet from a local address would be dropped as martian by
+//   the routing input path. Their replies (to snat_ip) are recognised first thing in
+//   svc_nat_fwd, wherever they enter, translated back and redirected to the client the same
+//   way.
+//   externalTrafficPolicy Local: the frontend has a second entry with scope SCOPE_OFF_CLUSTER
+//   (node-local backends, SVC_F_KEEP_SOURCE) that off-cluster clients use; its replies are
+//   translated by svc_nat_rev on the uplink's egress.
+// svc_nat_rev  (pod-facing veth egress = packets towards the pod; uplink egress):
 //   a reply from backend:bport to client:cport finds `conntrack`[{client, backend, cport,
 //   bport, proto}] and gets its source rewritten back to vip:port.
 //
@@ -53,11 +65,28 @@ struct icmphdr {
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
+/* svc_key.scope: which clients an entry serves. */
+#define SCOPE_ANY 0
+#define SCOPE_OFF_CLUSTER 1
+
+/* svc_value.flags */
+#define SVC_F_MASQ_ALL 1 /* masquerade every client (external frontend, policy Cluster) */
+#define SVC_F_OFF_CLUSTER_VARIANT 2 /* a SCOPE_OFF_CLUSTER entry exists for off-cluster clients */
+#define SVC_F_KEEP_SOURCE 4 /* never masquerade (externalTrafficPolicy Local) */
+
+#define MAX_CLUSTER_CIDRS 4
+#define SNAT_PORT_TRIES 4
+#define SNAT_PORT_MIN 32768
+#define SNAT_PORT_RANGE 28232 /* 32768..60999, Linux's default ephemeral range */
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
 struct svc_key {
 	__u32 vip;
 	__u16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 scope;
 };
 
 struct svc_value {
@@ -101,7 +130,27 @@ struct affinity_value {
 	__u32 slot;
 	__u32 ip;
 	__u16 port;
-	__u16 pad;
+	__u16 snat_port; /* masqueraded flows: the source port towards the backend; 0: not SNATed */
+};
+
+/* snat value: who a masqueraded connection really is, keyed by the tuple after NAT. */
+struct snat_value {
+	__u32 client;
+	__u32 vip;
+	__u16 client_port;
+	__u16 vip_port;
+};
+
+struct cidr {
+	__u32 addr;
+	__u32 mask;
+};
+
+/* The node's settings, written by userspace: config[0]. */
+struct config {
+	__u32 snat_ip; /* masquerade address (the node's pod-bridge address); 0: none */
+	__u32 n_cidrs;
+	struct cidr cidrs[MAX_CLUSTER_CIDRS]; /* cluster CIDRs: sources inside are pods */
 };
 
 /* sessionAffinity ClientIP: which backend a client was last sent to in a service, and when. */
@@ -153,6 +202,20 @@ struct {
 	__type(key, struct client_key);
 	__type(value, struct client_value);
 } client_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct snat_value);
+} snat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
 
 struct pkt {
 	__u32 l3_off; /* offset of the IPv4 header */
@@ -369,6 +432,114 @@ static __always_inline int reject_udp(struct __sk_buff *skb, const struct pkt *p
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Whether `ip` is outside every cluster CIDR (no CIDRs configured: nobody is). */
+static __always_inline int off_cluster(const struct config *cfg, __u32 ip)
+{
+	if (!cfg || cfg->n_cidrs == 0)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < MAX_CLUSTER_CIDRS; i++) {
+		if (i < cfg->n_cidrs && (ip & cfg->cidrs[i].mask) == cfg->cidrs[i].addr)
+			return 0;
+	}
+	return 1;
+}
+
+/* Sends a translated packet on its way as if routed: the FIB names the egress device and the
+ * neighbour subsystem the MACs. Needed wherever the new source is a local address (the routing
+ * input path would drop it as martian). If the FIB has no answer the kernel routes it. */
+static __always_inline int route_out(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u8 proto)
+{
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = proto;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+}
+
+/* A reply to a masqueraded connection (addressed to snat_ip): back to vip -> client. */
+static __always_inline int unsnat_reply(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct ct_key k = {};
+	struct snat_value *s;
+	__u32 vip, client;
+	__u16 vport, cport;
+
+	k.saddr = p->tuple.daddr;
+	k.daddr = p->tuple.saddr;
+	k.sport = p->tuple.dport;
+	k.dport = p->tuple.sport;
+	k.proto = p->tuple.proto;
+	s = bpf_map_lookup_elem(&snat, &k);
+	if (!s)
+		return -1;
+	vip = s->vip;
+	vport = s->vip_port;
+	client = s->client;
+	cport = s->client_port;
+	if (rewrite(skb, p, p->l3_off + offsetof(struct iphdr, saddr), p->tuple.saddr, vip,
+		    p->l4_off, p->tuple.sport, vport) < 0)
+		return TC_ACT_SHOT;
+	if (rewrite(skb, p, p->l3_off + offsetof(struct iphdr, daddr), p->tuple.daddr, client,
+		    p->l4_off + 2, p->tuple.dport, cport) < 0)
+		return TC_ACT_SHOT;
+	return route_out(skb, vip, client, p->tuple.proto);
+}
+
+/* Claims a source port on snat_ip towards backend ip:port for the client's original tuple:
+ * its own port if free (or already its own), else a few random ones. 0: none found. */
+static __always_inline __u16 snat_claim(const struct pkt *p, __u32 snat_ip, __u32 ip, __u16 port,
+					__u16 want)
+{
+	struct ct_key k = {};
+	struct snat_value v = {};
+	struct snat_value *cur;
+
+	k.saddr = snat_ip;
+	k.daddr = ip;
+	k.dport = port;
+	k.proto = p->tuple.proto;
+	v.client = p->tuple.saddr;
+	v.client_port = p->tuple.sport;
+	v.vip = p->tuple.daddr;
+	v.vip_port = p->tuple.dport;
+#pragma unroll
+	for (int i = 0; i <= SNAT_PORT_TRIES; i++) {
+		if (i == 0 && want)
+			k.sport = want;
+		else if (i == 0)
+			k.sport = p->tuple.sport;
+		else
+			k.sport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
+		cur = bpf_map_lookup_elem(&snat, &k);
+		if (cur) {
+			if (cur->client == v.client && cur->client_port == v.client_port &&
+			    cur->vip == v.vip && cur->vip_port == v.vip_port)
+				return k.sport;
+			continue;
+		}
+		if (bpf_map_update_elem(&snat, &k, &v, BPF_NOEXIST) == 0)
+			return k.sport;
+	}
+	return 0;
+}
+
+/* Whether a new flow of this client to this backend is masqueraded (see the header). */
+static __always_inline int needs_masquerade(const struct svc_value *svc, int off,
+					    const struct pkt *p, __u32 backend_ip)
+{
+	if (svc->flags & SVC_F_KEEP_SOURCE)
+		return 0;
+	return off || (svc->flags & SVC_F_MASQ_ALL) || backend_ip == p->tuple.saddr;
+}
+
 SEC("classifier/svc_nat_fwd")
 int svc_nat_fwd(struct __sk_buff *skb)
 {
@@ -385,12 +556,24 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	struct client_key ck = {};
 	struct client_value *cv;
 	struct client_value new_cv = {};
+	struct svc_value *local_svc;
+	struct config *cfg;
+	__u32 zero = 0;
 	__u64 now = 0;
 	__u32 ip;
 	__u16 port;
+	__u16 snat_port = 0;
+	int off, ret;
 
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
+
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && cfg->snat_ip && p.tuple.daddr == cfg->snat_ip) {
+		ret = unsnat_reply(skb, &p);
+		if (ret >= 0)
+			return ret;
+	}
 
 	sk.vip = p.tuple.daddr;
 	sk.port = p.tuple.dport;
@@ -398,6 +581,13 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
 		return TC_ACT_OK;
+	off = off_cluster(cfg, p.tuple.saddr);
+	if (off && (svc->flags & SVC_F_OFF_CLUSTER_VARIANT)) {
+		sk.scope = SCOPE_OFF_CLUSTER;
+		local_svc = bpf_map_lookup_elem(&services, &sk);
+		if (local_svc)
+			svc = local_svc;
+	}
 	if (svc->count == 0)
 		return p.tuple.proto == IPPROTO_TCP ? reject_tcp(skb, &p) : reject_udp(skb, &p);
 
@@ -406,9 +596,11 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	if (aff && aff->service_id == svc->service_id && aff->slot < svc->count) {
 		bk.service_id = aff->service_id;
 		bk.slot = aff->slot;
+		snat_port = aff->snat_port;
 		be = bpf_map_lookup_elem(&backends, &bk);
 		if (be && be->ip == aff->ip && be->port == aff->port)
 			goto found;
+		snat_port = 0;
 	}
 
 	bk.service_id = svc->service_id;
@@ -445,11 +637,33 @@ int svc_nat_fwd(struct __sk_buff *skb)
 	new_aff.slot = bk.slot;
 	new_aff.ip = be->ip;
 	new_aff.port = be->port;
+	if (needs_masquerade(svc, off, &p, be->ip)) {
+		if (!cfg || !cfg->snat_ip)
+			return TC_ACT_SHOT;
+		new_aff.snat_port = snat_claim(&p, cfg->snat_ip, be->ip, be->port, 0);
+		if (!new_aff.snat_port)
+			return TC_ACT_SHOT; /* no free source port: like a full NAT table */
+	}
 	bpf_map_update_elem(&affinity, &p.tuple, &new_aff, BPF_ANY);
+	snat_port = new_aff.snat_port;
 
 found:
 	ip = be->ip;
 	port = be->port;
+	if (snat_port) {
+		/* Re-claim on every packet: the LRU may have evicted the entry meanwhile. */
+		if (!cfg || !cfg->snat_ip)
+			return TC_ACT_SHOT;
+		if (snat_claim(&p, cfg->snat_ip, ip, port, snat_port) != snat_port)
+			return TC_ACT_SHOT;
+		if (rewrite(skb, &p, p.l3_off + offsetof(struct iphdr, saddr), p.tuple.saddr,
+			    cfg->snat_ip, p.l4_off, p.tuple.sport, snat_port) < 0)
+			return TC_ACT_SHOT;
+		if (rewrite(skb, &p, p.l3_off + offsetof(struct iphdr, daddr), p.tuple.daddr, ip,
+			    p.l4_off + 2, p.tuple.dport, port) < 0)
+			return TC_ACT_SHOT;
+		return route_out(skb, cfg->snat_ip, ip, p.tuple.proto);
+	}
 	nat = p.tuple;
 	nat.daddr = ip;
 	nat.dport = port;

@@ -2,31 +2,36 @@
 //!
 //! # What it programs
 //!
-//! One `services` entry per `cluster IP : port / protocol` with the port's reachable endpoints
-//! (the cluster-wide ready ones, or the local ones with `internalTrafficPolicy: Local`). The
-//! programs are loaded once per process with their maps pinned in a private bpffs under
+//! One `services` entry per frontend `address : port / protocol`: every cluster IP with the
+//! port's endpoints for in-cluster traffic (the cluster-wide ready ones, or the local ones with
+//! `internalTrafficPolicy: Local`), and every node port (on each IPv4 node address), external
+//! IP and load-balancer IP with the endpoints for external traffic. External frontends with
+//! `externalTrafficPolicy: Cluster` masquerade every client (as kube-proxy does); with `Local`
+//! they get a second entry for off-cluster clients holding only this node's endpoints, which
+//! keeps the client's address, while pods still reach every endpoint through the first. The
+//! datapath masquerades hairpin (a pod reaching itself) and off-cluster clients of cluster IPs
+//! too, to [`EbpfOptions::masquerade_ip`] (by default the node's pod-bridge address inside the
+//! cluster CIDRs, found again at each sync until there is one).
+//!
+//! The programs are loaded once per process with their maps pinned in a private bpffs under
 //! [`EbpfOptions::state_dir`]; a later process re-adopts the pinned maps (services, conntrack
 //! and all) and replaces the programs in place, so established flows keep their translation.
 //!
 //! # Where it attaches
 //!
-//! On the node-side ends of pod veths ([`EbpfOptions::interfaces`]; a trailing `*` matches a
-//! name prefix). From the first sync on, a link watch (`links.rs`: rtnetlink notifications in
-//! the node namespace) attaches to matching veths the moment they appear, so a pod started
-//! after the proxy gets service NAT without waiting for a sync. Not on the pod
-//! bridge or the uplink: see the `netlet-ebpf` crate docs for why the bridge device misses
-//! replies switched between its ports. The uplink is not used because external traffic needs
-//! masquerading, which the datapath does not do (below).
+//! On the node-side ends of pod veths and on the node's uplink ([`EbpfOptions::interfaces`]; a
+//! trailing `*` matches a name prefix). From the first sync on, a link watch (`links.rs`:
+//! rtnetlink notifications in the node namespace) attaches to matching veths the moment they
+//! appear, so a pod started after the proxy gets service NAT without waiting for a sync. Not on
+//! the pod bridge: see the `netlet-ebpf` crate docs for why the bridge device misses replies
+//! switched between its ports. The uplink's ingress translates off-cluster clients (and the
+//! replies to masqueraded connections whose backend is on another node), its egress the
+//! replies of `externalTrafficPolicy: Local` connections, which keep the client's address.
 //!
 //! # What it refuses
 //!
-//! The datapath has no SNAT and no node-port/external frontends yet, so ports needing them are
-//! not programmed and the sync fails with [`Error::Unsupported`] naming each of them (the
-//! supported ports are programmed regardless): `nodePort`, `externalIPs`, load-balancer IPs,
-//! SCTP, IPv6, and `--masquerade-all` (refused when the backend is built). Not refusable per
-//! Service, and documented instead: a pod reaching itself through its Service is not
-//! masqueraded, and off-cluster clients reaching a cluster IP are not translated (no
-//! attachment on the uplink).
+//! SCTP ports (refused with [`Error::Unsupported`] naming each; the other ports are
+//! programmed regardless), IPv6 and `--masquerade-all` (refused when the backend is built).
 //!
 //! # What the datapath does besides DNAT
 //!
@@ -48,15 +53,17 @@ use crate::config::ProxyConfig;
 use crate::error::{Error, Result};
 use crate::exec::NetnsExec;
 use crate::model::{IpFamily, Protocol, ServiceKey, ServicePort, ServiceTable};
+use ipnetwork::IpNetwork;
 use links::{Datapath, LinkWatch, Shared};
-use netlet_ebpf::{Proto, ServiceNat};
+use netlet_ebpf::maps::{flags, scope};
+use netlet_ebpf::{Proto, ServiceNat, SvcKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A datapath frontend: `vip:port/proto`.
-type Frontend = (Ipv4Addr, u16, Proto);
+/// A datapath frontend: `services` key `vip:port/proto` plus the clients it serves.
+type Frontend = SvcKey;
 
 /// What a frontend should be programmed with.
 #[derive(Debug, Clone)]
@@ -67,6 +74,8 @@ struct Want {
     backends: Vec<(Ipv4Addr, u16)>,
     /// `sessionAffinity: ClientIP` timeout.
     affinity: Option<Duration>,
+    /// `netlet_ebpf::maps::flags` bits.
+    flags: u16,
 }
 
 /// Name of the file under the state dir naming each programmed frontend's service port (the
@@ -78,8 +87,13 @@ pub const NAMES_FILE: &str = "services";
 pub struct EbpfOptions {
     /// Directory for the private bpffs with the pinned maps and the names file.
     pub state_dir: PathBuf,
-    /// Interfaces to attach to (node-side pod veths); `prefix*` matches by prefix.
+    /// Interfaces to attach to (node-side pod veths and the uplink); `prefix*` matches by
+    /// prefix.
     pub interfaces: Vec<String>,
+    /// The address masqueraded traffic gets (hairpin, off-cluster clients, external frontends
+    /// with `externalTrafficPolicy: Cluster`); `None`: the first address of a bridge in the
+    /// namespace that lies inside the cluster CIDRs (the pod bridge's gateway).
+    pub masquerade_ip: Option<Ipv4Addr>,
 }
 
 impl Default for EbpfOptions {
@@ -87,6 +101,7 @@ impl Default for EbpfOptions {
         Self {
             state_dir: PathBuf::from("/var/lib/netlet/proxy-ebpf"),
             interfaces: vec!["veth*".to_string()],
+            masquerade_ip: None,
         }
     }
 }
@@ -104,6 +119,11 @@ impl EbpfOptions {
 pub struct EbpfBackend {
     netns: NetnsExec,
     opts: EbpfOptions,
+    /// IPv4 node addresses (node ports answer there) and cluster CIDRs (who is a pod).
+    node_ips: Vec<Ipv4Addr>,
+    cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The masquerade address in the datapath's config, once known.
+    masquerade_ip: Option<Ipv4Addr>,
     /// Loaded on the first sync (cleanup alone never loads); shared with the link watch.
     dp: Option<Shared>,
     /// Attaches to pod veths created between syncs; runs from the first full sync on.
@@ -125,8 +145,34 @@ impl EbpfBackend {
         if cfg.families.contains(&IpFamily::V6) {
             return Err(Error::Unsupported("the proxy config: IPv6".into()));
         }
+        let cluster_cidrs: Vec<(Ipv4Addr, u8)> = cfg
+            .cluster_cidrs
+            .iter()
+            .filter_map(|n| match n {
+                IpNetwork::V4(n) => Some((n.network(), n.prefix())),
+                IpNetwork::V6(_) => None,
+            })
+            .collect();
+        if cluster_cidrs.len() > netlet_ebpf::maps::MAX_CLUSTER_CIDRS {
+            return Err(Error::Unsupported(format!(
+                "the proxy config: {} IPv4 cluster CIDRs (the datapath holds {})",
+                cluster_cidrs.len(),
+                netlet_ebpf::maps::MAX_CLUSTER_CIDRS
+            )));
+        }
+        let node_ips = cfg
+            .node_ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(*ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         Ok(Self {
             netns,
+            masquerade_ip: None,
+            node_ips,
+            cluster_cidrs,
             opts,
             dp: None,
             watch: None,
@@ -148,8 +194,49 @@ impl EbpfBackend {
             // Pins outlive this process: the next one re-adopts them; cleanup unmounts.
             fs.keep();
             self.dp = Some(Datapath::new(nat));
+            self.masquerade_ip = None;
         }
-        Ok(self.dp.clone().expect("loaded above"))
+        let dp = self.dp.clone().expect("loaded above");
+        if self.masquerade_ip.is_none() {
+            self.masquerade_ip = match self.opts.masquerade_ip {
+                Some(ip) => Some(ip),
+                None => self.bridge_address()?,
+            };
+            let config = netlet_ebpf::Config::new(self.masquerade_ip, &self.cluster_cidrs)
+                .expect("CIDR count checked in new()");
+            links::lock(&dp)
+                .nat
+                .set_config(&config)
+                .map_err(|e| ebpf_err("writing the datapath config", e))?;
+            if self.masquerade_ip.is_none() {
+                tracing::info!(
+                    "no pod bridge address yet: masqueraded traffic is dropped until one appears"
+                );
+            }
+        }
+        Ok(dp)
+    }
+
+    /// The first IPv4 address of a bridge in the namespace inside the cluster CIDRs.
+    fn bridge_address(&self) -> Result<Option<Ipv4Addr>> {
+        let out = self.netns.run(
+            "listing bridge addresses",
+            "ip",
+            &["-o", "-4", "addr", "show", "type", "bridge"],
+            None,
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next()?.split('/').next()?.parse::<Ipv4Addr>().ok()
+            })
+            .find(|ip| {
+                self.cluster_cidrs.iter().any(|(net, prefix)| {
+                    ipnetwork::Ipv4Network::new(*net, *prefix).is_ok_and(|n| n.contains(*ip))
+                })
+            }))
     }
 
     /// Attaches to every configured interface not attached by this process yet, and starts
@@ -177,38 +264,58 @@ impl EbpfBackend {
 
     /// Desired frontends of `ports`; refused ports are collected in `refused`.
     fn desired<'a>(
+        &self,
         ports: impl Iterator<Item = &'a ServicePort>,
         refused: &mut Vec<(String, &'static str)>,
     ) -> BTreeMap<Frontend, Want> {
         let mut out = BTreeMap::new();
         for p in ports {
-            if let Some(feature) = unsupported(p) {
-                refused.push((p.name.to_string(), feature));
-                continue;
-            }
             let proto = match p.name.protocol {
                 Protocol::Tcp => Proto::Tcp,
                 Protocol::Udp => Proto::Udp,
-                Protocol::Sctp => unreachable!("refused above"),
+                Protocol::Sctp => {
+                    refused.push((p.name.to_string(), "SCTP"));
+                    continue;
+                }
             };
-            let backends: Vec<(Ipv4Addr, u16)> = p
-                .reachable_endpoints()
+            let v4 = |eps: Vec<&crate::model::Endpoint>| -> Vec<(Ipv4Addr, u16)> {
+                eps.into_iter()
+                    .filter_map(|e| match e.ip {
+                        IpAddr::V4(ip) => Some((ip, e.port)),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect()
+            };
+            let cluster = v4(p.cluster_endpoints());
+            let local = v4(p.local_endpoints());
+            let want = |backends: &Vec<(Ipv4Addr, u16)>, flags: u16| Want {
+                name: p.name.to_string(),
+                backends: backends.clone(),
+                affinity: p.affinity_timeout.map(|s| Duration::from_secs(s.into())),
+                flags,
+            };
+            let internal = if p.internal_policy_local() {
+                &local
+            } else {
+                &cluster
+            };
+            for vip in v4_only(&p.cluster_ips) {
+                out.insert(SvcKey::new(vip, p.port, proto), want(internal, 0));
+            }
+            let node_ports = p
+                .node_port
                 .into_iter()
-                .filter_map(|e| match e.ip {
-                    IpAddr::V4(ip) => Some((ip, e.port)),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            for vip in &p.cluster_ips {
-                if let IpAddr::V4(vip) = vip {
-                    out.insert(
-                        (*vip, p.port, proto),
-                        Want {
-                            name: p.name.to_string(),
-                            backends: backends.clone(),
-                            affinity: p.affinity_timeout.map(|s| Duration::from_secs(s.into())),
-                        },
-                    );
+                .flat_map(|np| self.node_ips.iter().map(move |ip| (*ip, np)));
+            let externals = v4_only(&p.external_ips)
+                .chain(v4_only(&p.load_balancer_ips))
+                .map(|ip| (ip, p.port));
+            for (ip, port) in node_ports.chain(externals) {
+                let key = SvcKey::new(ip, port, proto);
+                if p.external_policy_local() {
+                    out.insert(key, want(&cluster, flags::OFF_CLUSTER_VARIANT));
+                    out.insert(key.off_cluster(), want(&local, flags::KEEP_SOURCE));
+                } else {
+                    out.insert(key, want(&cluster, flags::MASQ_ALL));
                 }
             }
         }
@@ -230,9 +337,8 @@ impl EbpfBackend {
         for fe in &have {
             let in_scope = scope.is_none_or(|s| s.contains(fe));
             if in_scope && !want.contains_key(fe) {
-                let (vip, port, proto) = *fe;
-                nat.remove_service(vip, port, proto)
-                    .map_err(|e| ebpf_err(&format!("removing service {vip}:{port}"), e))?;
+                nat.remove_frontend(*fe)
+                    .map_err(|e| ebpf_err(&format!("removing service {}", frontend(fe)), e))?;
                 stats.chains_deleted += 1;
                 stats.transactions += 1;
                 self.names.remove(fe);
@@ -243,23 +349,19 @@ impl EbpfBackend {
                 name,
                 backends,
                 affinity,
+                flags,
             } = w;
-            let (vip, port, proto) = fe;
-            let mut now: Vec<_> = nat
-                .table()
-                .backends_of(vip, port, proto)
-                .map(<[_]>::to_vec)
-                .unwrap_or_default();
+            let now = nat.table().frontend(&fe);
+            let mut now_sorted: Vec<_> = now.map(|f| f.backends.to_vec()).unwrap_or_default();
             let mut wanted = backends.clone();
-            now.sort();
+            now_sorted.sort();
             wanted.sort();
             wanted.dedup();
-            let affinity_now = nat.table().affinity_of(vip, port, proto);
-            if !have.contains(&fe) || now != wanted || affinity_now != affinity {
-                nat.set_service_with_affinity(vip, port, proto, &backends, affinity)
-                    .map_err(|e| {
-                        ebpf_err(&format!("programming {name} ({vip}:{port}/{proto:?})"), e)
-                    })?;
+            let unchanged = now.is_some_and(|f| f.affinity == affinity && f.flags == flags)
+                && now_sorted == wanted;
+            if !unchanged {
+                nat.set_frontend(fe, flags, &backends, affinity)
+                    .map_err(|e| ebpf_err(&format!("programming {name} ({})", frontend(&fe)), e))?;
                 stats.chains_written += 1;
                 stats.rules_written += wanted.len();
                 stats.transactions += 1;
@@ -274,7 +376,7 @@ impl EbpfBackend {
         let text: String = self
             .names
             .iter()
-            .map(|((vip, port, proto), name)| format!("{vip}:{port}/{proto:?} {name}\n"))
+            .map(|(fe, name)| format!("{} {name}\n", frontend(fe)))
             .collect();
         let path = self.opts.state_dir.join(NAMES_FILE);
         let tmp = path.with_extension("tmp");
@@ -305,19 +407,25 @@ impl EbpfBackend {
     }
 }
 
-/// The first feature of `p` the datapath cannot serve.
-fn unsupported(p: &ServicePort) -> Option<&'static str> {
-    if p.name.protocol == Protocol::Sctp {
-        Some("SCTP")
-    } else if p.node_port.is_some() {
-        Some("nodePort")
-    } else if !p.external_ips.is_empty() {
-        Some("externalIPs")
-    } else if !p.load_balancer_ips.is_empty() {
-        Some("load-balancer IPs")
+/// The IPv4 addresses of `ips`.
+fn v4_only(ips: &[IpAddr]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    ips.iter().filter_map(|ip| match ip {
+        IpAddr::V4(ip) => Some(*ip),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// `vip:port/Proto`, with `/off-cluster` for the entries of off-cluster clients.
+fn frontend(key: &SvcKey) -> String {
+    let proto = key
+        .proto()
+        .map_or_else(|| key.proto.to_string(), |p| format!("{p:?}"));
+    let scope = if key.scope == scope::OFF_CLUSTER {
+        "/off-cluster"
     } else {
-        None
-    }
+        ""
+    };
+    format!("{}:{}/{proto}{scope}", key.vip(), key.port())
 }
 
 fn ebpf_err(op: &str, source: netlet_ebpf::Error) -> Error {
@@ -354,7 +462,7 @@ impl Backend for EbpfBackend {
 
     fn sync(&mut self, table: &ServiceTable) -> Result<SyncStats> {
         let mut refused = Vec::new();
-        let want = Self::desired(table.ports(), &mut refused);
+        let want = self.desired(table.ports(), &mut refused);
         let mut stats = SyncStats {
             service_ports: want.len(),
             ..SyncStats::default()
@@ -375,7 +483,7 @@ impl Backend for EbpfBackend {
         }
         let changed: BTreeSet<&ServiceKey> = changed.iter().collect();
         let mut refused = Vec::new();
-        let want = Self::desired(
+        let want = self.desired(
             table.ports().filter(|p| changed.contains(&p.name.service)),
             &mut refused,
         );
@@ -404,6 +512,7 @@ impl Backend for EbpfBackend {
         self.watch = None;
         self.dp = None;
         self.names.clear();
+        self.masquerade_ip = None;
         // Every interface of the namespace: filters of an earlier config count too.
         let all = self
             .netns
