@@ -200,7 +200,8 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let (cni_ready_tx, cni_ready) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let proxy = service_proxy::new_syncer(&cfg, node_ip)
+    let uplink = address::interface_of(&netlink, node_ip).await?;
+    let proxy = service_proxy::new_syncer(&cfg, node_ip, uplink.as_deref())
         .with_context(|| format!("creating the {} service proxy backend", cfg.proxy_backend))?;
     let metrics = AgentMetrics {
         node_name: cfg.node_name.clone(),

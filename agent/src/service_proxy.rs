@@ -21,22 +21,29 @@ pub fn proxy_config(cfg: &AgentConfig, node_ip: Ipv4Addr) -> ProxyConfig {
 }
 
 /// Builds the configured backend (so a kernel that refuses it stops the agent at start-up,
-/// not later); `None` when the proxy is off.
+/// not later); `None` when the proxy is off. `uplink` is the interface holding the node IP.
 pub fn new_syncer(
     cfg: &AgentConfig,
     node_ip: Ipv4Addr,
+    uplink: Option<&str>,
 ) -> Result<Option<ProxySyncer>, netlet_proxy::Error> {
     if cfg.proxy_backend == BackendKind::None {
         return Ok(None);
     }
-    // The eBPF backend keeps its pinned maps below the agent's state dir and attaches to the
-    // pods' host-side veths.
-    let ebpf = EbpfOptions {
+    let backend = setup::backend_config(cfg.proxy_backend, ebpf_options(cfg, uplink));
+    setup::new_syncer(&backend, proxy_config(cfg, node_ip)).map(Some)
+}
+
+/// The eBPF backend keeps its pinned maps below the agent's state dir and attaches to the
+/// pods' host-side veths and to the uplink (off-cluster clients, node ports); it masquerades
+/// to the pod bridge's address, which it finds inside the cluster CIDR.
+fn ebpf_options(cfg: &AgentConfig, uplink: Option<&str>) -> EbpfOptions {
+    let mut ebpf = EbpfOptions {
         state_dir: cfg.state_dir.join("proxy-ebpf"),
         ..EbpfOptions::default()
     };
-    let backend = setup::backend_config(cfg.proxy_backend, ebpf);
-    setup::new_syncer(&backend, proxy_config(cfg, node_ip)).map(Some)
+    ebpf.interfaces.extend(uplink.map(str::to_owned));
+    ebpf
 }
 
 /// Keeps the backend in step with Services and EndpointSlices until `cancel` fires; the rules
@@ -73,9 +80,12 @@ mod tests {
             proxy_backend: BackendKind::None,
             ..cfg
         };
-        assert!(new_syncer(&off, Ipv4Addr::new(192, 0, 2, 4))
+        assert!(new_syncer(&off, Ipv4Addr::new(192, 0, 2, 4), None)
             .unwrap()
             .is_none());
+        let ebpf = ebpf_options(&off, Some("eth0"));
+        assert_eq!(ebpf.interfaces, ["veth*", "eth0"]);
+        assert!(ebpf.state_dir.ends_with("proxy-ebpf"));
     }
 
     #[test]

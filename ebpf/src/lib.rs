@@ -54,15 +54,29 @@
 //! before the bridge and whose tc egress runs on every frame the bridge sends to the pod, so
 //! per-veth attachment sees both directions; it is also what the CNI plugin can do at ADD time.
 //!
+//! # Masquerade and external frontends
+//! `config[0]` holds the node's masquerade address (its pod-bridge address) and the cluster
+//! CIDRs. `svc_nat_fwd` masquerades a new flow when the client is outside the cluster CIDRs,
+//! when the frontend is flagged `MASQ_ALL` (node ports, external and load-balancer IPs with
+//! `externalTrafficPolicy: Cluster`, as kube-proxy does), or when the client is the chosen
+//! backend (hairpin): the source becomes `snat_ip`, keeping the client's port unless another
+//! client holds it towards that backend (then a random one of 32768–60999), recorded in the
+//! LRU `snat` map under the tuple after NAT, and the port in the flow's `affinity` entry. A
+//! packet from a local address would be dropped as martian by the routing input path, so
+//! masqueraded packets leave by `bpf_fib_lookup` + `bpf_redirect_neigh`. Their replies
+//! (addressed to `snat_ip`) are recognised first thing in `svc_nat_fwd` wherever they enter —
+//! a pod veth, or the uplink when the backend is on another node — and translated back to
+//! `frontend -> client` the same way. `externalTrafficPolicy: Local` frontends have a second
+//! `services` entry with scope `OFF_CLUSTER` and only the node's endpoints, flagged
+//! `KEEP_SOURCE`; off-cluster clients use it and keep their address, and the replies are
+//! translated by `svc_nat_rev` on the uplink's egress.
+//!
 //! # How the proxy uses it
 //! The proxy's ebpf backend attaches to the interfaces its config names
-//! (`--ebpf-interface`, `prefix*` allowed; default `veth*`): the node ends of pod veths, per the
-//! reasoning above, and no bridge device. It does not attach to the node's uplink: traffic
-//! from off-cluster clients (to a cluster IP or to node ports / external IPs) must be
-//! masqueraded so replies come back through this node, and the datapath has no SNAT yet; a
-//! DNAT-only uplink hook would make replies bypass the reverse translation. The backend
-//! therefore refuses node ports, external and load-balancer IPs, SCTP,
-//! IPv6 and masquerade-all with an error naming the service port.
+//! (`--ebpf-interface`, `prefix*` allowed; default `veth*`, and the agent adds its uplink):
+//! the node ends of pod veths, per the reasoning above, and the uplink for off-cluster clients;
+//! no bridge device. It refuses SCTP, IPv6 and masquerade-all with an error naming the service
+//! port or setting.
 //!
 //! Restart: the backend keeps the maps pinned in [`BpfFs`] under its state dir (kept mounted
 //! across processes); a new process [`ServiceNat::load_pinned`]s them, rebuilds the mirror and
@@ -75,7 +89,9 @@
 //!   expiry, so a client reusing a source port towards a former backend directly could have
 //!   its replies SNATed to the VIP until the entry is evicted.
 //! - Fragments after the first are not translated; first fragments are.
-//! - SNAT (hairpin, off-cluster clients), IPv6, NodePort/external traffic.
+//! - IPv6 and SCTP; clients in the node's own network namespace (no hook sees their packets
+//!   before routing; socket-level load balancing would cover them).
+//! - Masqueraded packets are not TTL-decremented (they skip the forwarding path).
 
 pub mod bpffs;
 pub mod error;

@@ -42,10 +42,16 @@ pub struct Suite {
 }
 
 /// The registered e2e suites, run in this order.
-pub const SUITES: &[Suite] = &[Suite {
-    name: "cluster",
-    run: crate::e2e::run_cluster_suite,
-}];
+pub const SUITES: &[Suite] = &[
+    Suite {
+        name: "cluster",
+        run: crate::e2e::run_cluster_suite,
+    },
+    Suite {
+        name: "cluster-ebpf",
+        run: crate::e2e::run_cluster_ebpf_suite,
+    },
+];
 
 /// `cargo xtask test`; `Ok(false)` when anything failed.
 pub fn run() -> Result<bool> {

@@ -6,13 +6,14 @@
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Why no node address could be found.
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {
-    /// The netlink address dump failed.
-    #[error("listing the network namespace's addresses over netlink: {0}")]
+    /// The netlink address or link dump failed.
+    #[error("listing the network namespace's addresses or links over netlink: {0}")]
     Dump(#[source] rtnetlink::Error),
     /// The namespace has no address a node could use.
     #[error("no IPv4 address outside loopback, link-local and the pod network in the agent's network namespace; set --node-ip")]
@@ -45,6 +46,33 @@ pub async fn detect_node_ip(
     handle: &rtnetlink::Handle,
     pod_network: Ipv4Network,
 ) -> Result<Ipv4Addr, AddressError> {
+    let addrs = ipv4_addresses(handle).await?;
+    pick(&addrs, pod_network).ok_or(AddressError::NoneFound)
+}
+
+/// The name of the interface holding `ip` (the node's uplink, for the eBPF service proxy,
+/// which translates off-cluster clients there); `None` when no interface has it.
+pub async fn interface_of(
+    handle: &rtnetlink::Handle,
+    ip: Ipv4Addr,
+) -> Result<Option<String>, AddressError> {
+    let addrs = ipv4_addresses(handle).await?;
+    let Some((index, _)) = addrs.iter().find(|(_, a)| *a == ip) else {
+        return Ok(None);
+    };
+    let mut links = handle.link().get().match_index(*index).execute();
+    while let Some(msg) = links.try_next().await.map_err(AddressError::Dump)? {
+        for attr in msg.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Every IPv4 address of the namespace as `(interface index, address)`.
+async fn ipv4_addresses(handle: &rtnetlink::Handle) -> Result<Vec<(u32, Ipv4Addr)>, AddressError> {
     let mut addrs = Vec::new();
     let mut dump = handle.address().get().execute();
     while let Some(msg) = dump.try_next().await.map_err(AddressError::Dump)? {
@@ -62,7 +90,7 @@ pub async fn detect_node_ip(
             addrs.push((msg.header.index, ip));
         }
     }
-    pick(&addrs, pod_network).ok_or(AddressError::NoneFound)
+    Ok(addrs)
 }
 
 #[cfg(test)]

@@ -52,12 +52,33 @@ pub fn down() -> Result<()> {
     if !failed.is_empty() {
         bail!("could not delete namespaces {}", failed.join(" "));
     }
+    // The eBPF proxy keeps its bpffs mounted under each agent's state dir across restarts.
+    for mount in mounts_under(&dir) {
+        match nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => println!("unmounted {}", mount.display()),
+            Err(e) => bail!("unmounting {}: {e}", mount.display()),
+        }
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
     }
     println!("cluster down ({stopped} processes stopped)");
     Ok(())
+}
+
+/// Mount points at or below `dir`, deepest first (from `/proc/self/mountinfo`).
+fn mounts_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
 }
 
 /// SIGTERM, then SIGKILL after [`GRACE`], if `pid` is still ours; whether it was.

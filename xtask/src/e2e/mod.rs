@@ -1,10 +1,12 @@
 //! The `cluster` e2e suite: `up` with three nodes, every scenario of [`scenarios`] in order
 //! (each counted as one test), then `down` — also when a scenario or `up` fails, so nothing is
-//! left behind.
+//! left behind. The `cluster-ebpf` suite does the same with the eBPF service proxy on every
+//! node and the networking scenarios only.
 
 mod kubectl;
 mod pod_lifecycle;
 mod scenarios;
+mod service_frontends;
 mod static_pod;
 mod streaming;
 
@@ -13,14 +15,25 @@ use anyhow::Result;
 use crate::cluster::{self, UpArgs};
 use crate::test::Tally;
 
-/// Runs the suite.
+/// Runs the `cluster` suite (the agents' default service proxy, nftables).
 pub fn run_cluster_suite() -> Result<Tally> {
+    run_suite(Vec::new(), |_| true)
+}
+
+/// Runs the `cluster-ebpf` suite.
+pub fn run_cluster_ebpf_suite() -> Result<Tally> {
+    run_suite(vec!["--proxy-backend=ebpf".to_string()], |name| {
+        scenarios::EBPF_SCENARIOS.contains(&name)
+    })
+}
+
+fn run_suite(agent_args: Vec<String>, selected: impl Fn(&str) -> bool) -> Result<Tally> {
     // A previous run that crashed may have left a cluster; start clean.
     cluster::down()?;
     let args = UpArgs {
         nodes: 3,
         release: false,
-        agent_args: Vec::new(),
+        agent_args,
     };
     let mut tally = Tally::default();
     match cluster::up(&args) {
@@ -29,7 +42,7 @@ pub fn run_cluster_suite() -> Result<Tally> {
                 kubectl: kubectl::Kubectl::new(cluster::cluster_dir().join("admin.kubeconfig")),
                 nodes: args.nodes,
             };
-            for (name, scenario) in scenarios::SCENARIOS {
+            for (name, scenario) in scenarios::SCENARIOS.iter().filter(|(n, _)| selected(n)) {
                 match scenario(&ctx) {
                     Ok(()) => {
                         println!("e2e {name} ... ok");

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::kubectl::Kubectl;
 use super::pod_lifecycle;
+use super::service_frontends;
 use super::static_pod;
 use super::streaming;
 use crate::cluster::underlay;
@@ -27,6 +28,23 @@ pub struct Ctx {
 
 /// A scenario: its name and body.
 pub type Scenario = (&'static str, fn(&Ctx) -> Result<()>);
+
+/// The scenarios of the `cluster-ebpf` suite (the eBPF service proxy on every node): those
+/// that exercise pod networking and Services, plus an agent restart, which must keep the
+/// pinned datapath, in the same order as in [`SCENARIOS`].
+pub const EBPF_SCENARIOS: &[&str] = &[
+    "nodes get distinct pod CIDRs",
+    "deployment spreads over nodes",
+    "pod to pod across nodes without NAT",
+    "pod to outside is masqueraded",
+    "service ClusterIP reaches the pods",
+    "NodePort from outside the cluster is masqueraded",
+    "NodePort with externalTrafficPolicy Local keeps the client address",
+    "a pod reaches itself through its Service (hairpin)",
+    "readiness failure leaves the service endpoints",
+    "agent kill -9 keeps its pods running",
+    "deleted pods go away",
+];
 
 /// The scenarios, in order (later ones use the Deployment the second one creates).
 pub const SCENARIOS: &[Scenario] = &[
@@ -49,6 +67,18 @@ pub const SCENARIOS: &[Scenario] = &[
     (
         "service ClusterIP reaches the pods",
         service_cluster_ip_reaches_pods,
+    ),
+    (
+        "NodePort from outside the cluster is masqueraded",
+        service_frontends::node_port_from_outside_is_masqueraded,
+    ),
+    (
+        "NodePort with externalTrafficPolicy Local keeps the client address",
+        service_frontends::node_port_local_policy_keeps_source,
+    ),
+    (
+        "a pod reaches itself through its Service (hairpin)",
+        service_frontends::hairpin_through_service,
     ),
     ("kubectl logs shows container output", kubectl_logs),
     (
@@ -374,6 +404,20 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ebpf_suite_names_existing_scenarios_in_order() {
+        let order: Vec<usize> = EBPF_SCENARIOS
+            .iter()
+            .map(|n| {
+                SCENARIOS
+                    .iter()
+                    .position(|(s, _)| s == n)
+                    .unwrap_or_else(|| panic!("{n} is not a scenario"))
+            })
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    }
 
     #[test]
     fn cidr_membership() {
