@@ -49,6 +49,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A batch write of many map elements failed.
+    #[error("writing {count} elements to the eBPF map {map} in one batch: {source}")]
+    Batch {
+        /// The map's name.
+        map: &'static str,
+        /// Elements in the batch.
+        count: usize,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
     /// A service has more backends than `count` (u16) can express.
     #[error("{count} backends exceed the datapath's limit of 65535 per service")]
     TooManyBackends {

@@ -93,6 +93,7 @@
 //!   before routing; socket-level load balancing would cover them).
 //! - Masqueraded packets are not TTL-decremented (they skip the forwarding path).
 
+pub mod batch;
 pub mod bpffs;
 pub mod error;
 pub mod loader;
@@ -103,4 +104,4 @@ pub use bpffs::BpfFs;
 pub use error::{Error, Result};
 pub use loader::{detach, Direction, ServiceNat, TestRunOutput};
 pub use maps::{Config, Proto, SvcKey};
-pub use service_table::{Backend, Frontend, ServiceTable};
+pub use service_table::{Backend, Frontend, NewFrontend, ServiceTable};

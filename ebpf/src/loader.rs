@@ -13,6 +13,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -152,8 +153,14 @@ impl ServiceNat {
             let prog = classifier(&mut ebpf, name)?;
             prog.load().map_err(|e| prog_err(name, e))?;
         }
-        let services = HashMap::try_from(take_map(&mut ebpf, names::SERVICES)?)?;
-        let backends = HashMap::try_from(take_map(&mut ebpf, names::BACKENDS)?)?;
+        let services = take_map(&mut ebpf, names::SERVICES)?;
+        let backends = take_map(&mut ebpf, names::BACKENDS)?;
+        let batch_fds = (
+            dup_fd(&services, names::SERVICES)?,
+            dup_fd(&backends, names::BACKENDS)?,
+        );
+        let services = HashMap::try_from(services)?;
+        let backends = HashMap::try_from(backends)?;
         let conntrack = HashMap::try_from(take_map(&mut ebpf, names::CONNTRACK)?)?;
         let affinity = HashMap::try_from(take_map(&mut ebpf, names::AFFINITY)?)?;
         let client_affinity = HashMap::try_from(take_map(&mut ebpf, names::CLIENT_AFFINITY)?)?;
@@ -161,7 +168,7 @@ impl ServiceNat {
         let config = Array::try_from(take_map(&mut ebpf, names::CONFIG)?)?;
         Ok(Self {
             ebpf,
-            table: ServiceTable::new(services, backends),
+            table: ServiceTable::new(services, backends, batch_fds),
             conntrack,
             affinity,
             client_affinity,
@@ -190,6 +197,12 @@ impl ServiceNat {
     ) -> Result<()> {
         self.table
             .set_frontend(key, flags, backends, affinity_timeout)
+    }
+
+    /// Creates many new `services` entries in two batch writes; see
+    /// [`ServiceTable::add_frontends`].
+    pub fn add_frontends(&mut self, items: &[crate::service_table::NewFrontend<'_>]) -> Result<()> {
+        self.table.add_frontends(items)
     }
 
     /// Removes the `services` entry `key`; see [`ServiceTable::remove_frontend`].
@@ -386,6 +399,25 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
         })?
         .try_into()
         .map_err(|e| prog_err(name, e))
+}
+
+/// A duplicate of a hash map's descriptor (for batch writes, which aya does not offer).
+fn dup_fd(map: &aya::maps::Map, name: &'static str) -> Result<OwnedFd> {
+    match map {
+        aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Batch {
+                map: name,
+                count: 0,
+                source,
+            }),
+        _ => Err(Error::Missing {
+            kind: "hash map",
+            name,
+        }),
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {

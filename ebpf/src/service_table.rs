@@ -13,14 +13,28 @@
 //! A slot replaced in place is seen either with its old or its new backend, both valid choices.
 
 use crate::error::{Error, Result};
-use crate::maps::{BackendKey, BackendValue, Proto, SvcKey, SvcValue};
+use crate::maps::{names, BackendKey, BackendValue, Proto, SvcKey, SvcValue};
 use aya::maps::{HashMap, MapData, MapError};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 /// A backend endpoint `ip:port` (port in host order).
 pub type Backend = (Ipv4Addr, u16);
+
+/// One entry for [`ServiceTable::add_frontends`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewFrontend<'a> {
+    /// The `services` key.
+    pub key: SvcKey,
+    /// [`crate::maps::flags`] bits.
+    pub flags: u16,
+    /// Its backends.
+    pub backends: &'a [Backend],
+    /// `sessionAffinity: ClientIP` timeout.
+    pub affinity: Option<Duration>,
+}
 
 /// A `services` entry as userspace last wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,20 +67,25 @@ struct ServiceState {
 pub struct ServiceTable {
     services: HashMap<MapData, SvcKey, SvcValue>,
     backends: HashMap<MapData, BackendKey, BackendValue>,
+    /// Duplicates of the two maps' descriptors, for batch writes (aya has none).
+    batch_fds: (OwnedFd, OwnedFd),
     state: BTreeMap<SvcKey, ServiceState>,
     next_id: u32,
     free_ids: Vec<u32>,
 }
 
 impl ServiceTable {
-    /// Wraps the two maps, which must be empty (freshly loaded).
+    /// Wraps the two maps, which must be empty (freshly loaded); `batch_fds` are duplicates of
+    /// the `services` and `backends` descriptors.
     pub fn new(
         services: HashMap<MapData, SvcKey, SvcValue>,
         backends: HashMap<MapData, BackendKey, BackendValue>,
+        batch_fds: (OwnedFd, OwnedFd),
     ) -> Self {
         Self {
             services,
             backends,
+            batch_fds,
             state: BTreeMap::new(),
             next_id: 1,
             free_ids: Vec::new(),
@@ -167,8 +186,7 @@ impl ServiceTable {
         backends: &[Backend],
         affinity_timeout: Option<Duration>,
     ) -> Result<()> {
-        let affinity =
-            affinity_timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1));
+        let affinity = affinity_secs(affinity_timeout);
         let mut wanted: Vec<Backend> = Vec::with_capacity(backends.len());
         for b in backends {
             if !wanted.contains(b) {
@@ -245,6 +263,78 @@ impl ServiceTable {
         if let Some(s) = self.state.get_mut(&key) {
             s.dirty = false;
             s.high_water = new_len;
+        }
+        Ok(())
+    }
+
+    /// Creates many new `services` entries at once (a full sync into empty maps): every
+    /// backend slot in one batch write, then every entry in another, so no entry is visible
+    /// before its slots. Entries that exist already go through [`ServiceTable::set_frontend`].
+    pub fn add_frontends(&mut self, items: &[NewFrontend<'_>]) -> Result<()> {
+        let mut slot_keys = Vec::new();
+        let mut slot_values = Vec::new();
+        let mut svc_keys = Vec::new();
+        let mut svc_values = Vec::new();
+        for item in items {
+            if self.state.contains_key(&item.key) {
+                self.set_frontend(item.key, item.flags, item.backends, item.affinity)?;
+                continue;
+            }
+            let mut slots: Vec<Backend> = Vec::with_capacity(item.backends.len());
+            for b in item.backends {
+                if !slots.contains(b) {
+                    slots.push(*b);
+                }
+            }
+            let count = u16::try_from(slots.len())
+                .map_err(|_| Error::TooManyBackends { count: slots.len() })?;
+            let id = self.alloc_id();
+            for (slot, b) in slots.iter().enumerate() {
+                slot_keys.push(BackendKey {
+                    service_id: id,
+                    slot: slot as u32,
+                });
+                slot_values.push(BackendValue::new(b.0, b.1));
+            }
+            let affinity = affinity_secs(item.affinity);
+            svc_keys.push(item.key);
+            svc_values.push(SvcValue {
+                count,
+                flags: item.flags,
+                service_id: id,
+                affinity_timeout: affinity,
+            });
+            // Dirty until both batches went through: a failure leaves slots to clean up.
+            self.state.insert(
+                item.key,
+                ServiceState {
+                    id,
+                    high_water: slots.len() as u32,
+                    slots,
+                    affinity_timeout: affinity,
+                    flags: item.flags,
+                    dirty: true,
+                },
+            );
+        }
+        crate::batch::update(self.batch_fds.1.as_fd(), &slot_keys, &slot_values).map_err(
+            |source| Error::Batch {
+                map: names::BACKENDS,
+                count: slot_keys.len(),
+                source,
+            },
+        )?;
+        crate::batch::update(self.batch_fds.0.as_fd(), &svc_keys, &svc_values).map_err(
+            |source| Error::Batch {
+                map: names::SERVICES,
+                count: svc_keys.len(),
+                source,
+            },
+        )?;
+        for key in &svc_keys {
+            if let Some(s) = self.state.get_mut(key) {
+                s.dirty = false;
+            }
         }
         Ok(())
     }
@@ -342,6 +432,12 @@ impl ServiceTable {
         self.next_id += 1;
         id
     }
+}
+
+/// A `sessionAffinity: ClientIP` timeout as the map stores it: whole seconds, at least 1;
+/// 0 for none.
+fn affinity_secs(timeout: Option<Duration>) -> u32 {
+    timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1))
 }
 
 fn remove_ignoring_missing<K: aya::Pod, V: aya::Pod>(

@@ -486,3 +486,54 @@ fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
     let spread: BTreeSet<_> = (0..30).map(|i| run(&nat, CLIENT, 44000 + i)).collect();
     assert_eq!(spread.len(), 2, "{spread:?}");
 }
+
+#[test]
+fn frontends_added_in_one_batch_translate_like_single_writes() {
+    use netlet_ebpf::{NewFrontend, SvcKey};
+    let mut nat = load();
+    nat.set_service(VIP, 80, Proto::Tcp, &[B1]).unwrap();
+    let vip2 = Ipv4Addr::new(10, 96, 0, 11);
+    let items = [
+        // Exists already: updated in place, not re-added.
+        NewFrontend {
+            key: SvcKey::new(VIP, 80, Proto::Tcp),
+            flags: 0,
+            backends: &[B2],
+            affinity: None,
+        },
+        NewFrontend {
+            key: SvcKey::new(vip2, 80, Proto::Tcp),
+            flags: 0,
+            backends: &[B1, B3, B1],
+            affinity: None,
+        },
+        NewFrontend {
+            key: SvcKey::new(vip2, 53, Proto::Udp),
+            flags: 0,
+            backends: &[],
+            affinity: None,
+        },
+    ];
+    nat.add_frontends(&items).unwrap();
+    assert_eq!(
+        nat.table().backends_of(VIP, 80, Proto::Tcp),
+        Some(&[B2][..])
+    );
+    assert_eq!(
+        nat.table().backends_of(vip2, 80, Proto::Tcp),
+        Some(&[B1, B3][..])
+    );
+    assert_eq!(nat.table().backend_entries(), 3);
+    assert_eq!(
+        nat.table()
+            .read_service(vip2, 53, Proto::Udp)
+            .unwrap()
+            .map(|v| v.count),
+        Some(0)
+    );
+    let (v, out) = forward(&nat, Proto::Tcp, 40000, 80, false);
+    assert_eq!((v, backend_of(&out)), (TC_ACT_OK, B2));
+    let pkt = packet(Proto::Tcp, CLIENT, 40001, vip2, 80, b"x", false);
+    let out = nat.test_run(Direction::Forward, &pkt, 1).unwrap();
+    assert!([B1, B3].contains(&backend_of(&out.packet)));
+}

@@ -47,6 +47,7 @@
 //! their backend sets).
 
 mod links;
+mod names;
 
 use super::{Backend, SyncStats};
 use crate::config::ProxyConfig;
@@ -55,8 +56,9 @@ use crate::exec::NetnsExec;
 use crate::model::{IpFamily, Protocol, ServiceKey, ServicePort, ServiceTable};
 use ipnetwork::IpNetwork;
 use links::{Datapath, LinkWatch, Shared};
+use names::Names;
 use netlet_ebpf::maps::{flags, scope};
-use netlet_ebpf::{Proto, ServiceNat, SvcKey};
+use netlet_ebpf::{NewFrontend, Proto, ServiceNat, SvcKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -129,7 +131,7 @@ pub struct EbpfBackend {
     /// Attaches to pod veths created between syncs; runs from the first full sync on.
     watch: Option<LinkWatch>,
     /// Which service port each programmed frontend belongs to.
-    names: BTreeMap<Frontend, String>,
+    names: Names,
     /// A full sync went through: partial syncs may trust the maps' mirror.
     synced: bool,
 }
@@ -176,7 +178,7 @@ impl EbpfBackend {
             opts,
             dp: None,
             watch: None,
-            names: BTreeMap::new(),
+            names: Names::default(),
             synced: false,
         })
     }
@@ -333,46 +335,78 @@ impl EbpfBackend {
         let dp = self.loaded()?;
         let mut dp = links::lock(&dp);
         let nat = &mut dp.nat;
-        let have: BTreeSet<Frontend> = nat.table().services().into_iter().collect();
-        for fe in &have {
-            let in_scope = scope.is_none_or(|s| s.contains(fe));
-            if in_scope && !want.contains_key(fe) {
-                nat.remove_frontend(*fe)
-                    .map_err(|e| ebpf_err(&format!("removing service {}", frontend(fe)), e))?;
-                stats.chains_deleted += 1;
-                stats.transactions += 1;
-                self.names.remove(fe);
-            }
+        // Programmed but no longer wanted: among everything, or among the scope's frontends.
+        let stale: Vec<Frontend> = match scope {
+            None => nat.table().services(),
+            Some(scope) => scope
+                .iter()
+                .filter(|fe| nat.table().frontend(fe).is_some())
+                .copied()
+                .collect(),
+        };
+        for fe in stale.iter().filter(|fe| !want.contains_key(fe)) {
+            nat.remove_frontend(*fe)
+                .map_err(|e| ebpf_err(&format!("removing service {}", frontend(fe)), e))?;
+            stats.chains_deleted += 1;
+            stats.transactions += 1;
+            self.names.remove(fe);
         }
+        // New frontends go in two batch writes (all slots, then all entries).
+        let mut fresh: Vec<(Frontend, Want)> = Vec::new();
         for (fe, w) in want {
-            let Want {
-                name,
-                backends,
-                affinity,
-                flags,
-            } = w;
-            let now = nat.table().frontend(&fe);
-            let mut now_sorted: Vec<_> = now.map(|f| f.backends.to_vec()).unwrap_or_default();
-            let mut wanted = backends.clone();
+            let Some(now) = nat.table().frontend(&fe) else {
+                fresh.push((fe, w));
+                continue;
+            };
+            let mut now_sorted = now.backends.to_vec();
+            let mut wanted = w.backends.clone();
             now_sorted.sort();
             wanted.sort();
             wanted.dedup();
-            let unchanged = now.is_some_and(|f| f.affinity == affinity && f.flags == flags)
-                && now_sorted == wanted;
-            if !unchanged {
-                nat.set_frontend(fe, flags, &backends, affinity)
-                    .map_err(|e| ebpf_err(&format!("programming {name} ({})", frontend(&fe)), e))?;
+            if now.affinity != w.affinity || now.flags != w.flags || now_sorted != wanted {
+                nat.set_frontend(fe, w.flags, &w.backends, w.affinity)
+                    .map_err(|e| {
+                        ebpf_err(&format!("programming {} ({})", w.name, frontend(&fe)), e)
+                    })?;
                 stats.chains_written += 1;
                 stats.rules_written += wanted.len();
                 stats.transactions += 1;
             }
-            self.names.insert(fe, name);
+            self.names.insert(fe, w.name);
+        }
+        if !fresh.is_empty() {
+            let items: Vec<NewFrontend<'_>> = fresh
+                .iter()
+                .map(|(fe, w)| NewFrontend {
+                    key: *fe,
+                    flags: w.flags,
+                    backends: &w.backends,
+                    affinity: w.affinity,
+                })
+                .collect();
+            nat.add_frontends(&items).map_err(|e| {
+                let first = fresh.first().map_or("", |(_, w)| w.name.as_str());
+                ebpf_err(
+                    &format!("programming {} new frontends ({first}, …)", items.len()),
+                    e,
+                )
+            })?;
+            stats.chains_written += fresh.len();
+            stats.transactions += fresh.len();
+            for (fe, w) in fresh {
+                stats.rules_written += w.backends.len();
+                self.names.insert(fe, w.name);
+            }
         }
         drop(dp);
         self.write_names()
     }
 
-    fn write_names(&self) -> Result<()> {
+    /// Rewrites the names file if a name changed since it was last written.
+    fn write_names(&mut self) -> Result<()> {
+        if !self.names.take_dirty() {
+            return Ok(());
+        }
         let text: String = self
             .names
             .iter()
@@ -382,7 +416,10 @@ impl EbpfBackend {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| Error::StateFile { path, source })
+            .map_err(|source| {
+                self.names.mark_dirty();
+                Error::StateFile { path, source }
+            })
     }
 
     fn finish(
@@ -483,18 +520,11 @@ impl Backend for EbpfBackend {
         }
         let changed: BTreeSet<&ServiceKey> = changed.iter().collect();
         let mut refused = Vec::new();
-        let want = self.desired(
-            table.ports().filter(|p| changed.contains(&p.name.service)),
-            &mut refused,
-        );
+        let want = self.desired(changed.iter().flat_map(|k| table.ports_of(k)), &mut refused);
         // In scope: the changed services' frontends, as programmed before and as wanted now.
         let mut scope: BTreeSet<Frontend> = want.keys().copied().collect();
-        let prefixes: Vec<String> = changed.iter().map(|k| k.to_string()).collect();
-        for (fe, name) in &self.names {
-            let service = name.split(':').next().unwrap_or(name);
-            if prefixes.iter().any(|p| p == service) {
-                scope.insert(*fe);
-            }
+        for k in &changed {
+            scope.extend(self.names.frontends_of(&k.to_string()));
         }
         let mut stats = SyncStats {
             service_ports: self.names.len(),

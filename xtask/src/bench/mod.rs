@@ -6,6 +6,7 @@ mod apiserver;
 mod cni;
 mod podstart;
 mod proxy;
+mod proxy_datapath;
 mod scheduler;
 mod server;
 mod stats;
@@ -19,8 +20,9 @@ pub enum Bench {
     /// netlet-cni against the reference bridge + host-local plugins: ADD/DEL latency,
     /// sequential and concurrent. Needs root.
     Cni(cni::Args),
-    /// netlet-proxy's iptables and nftables backends against kube-proxy's rulesets: full sync
-    /// of N services x 5 endpoints and one endpoint change. Needs root.
+    /// netlet-proxy's iptables, nftables and eBPF backends against kube-proxy's rulesets: full
+    /// sync of N services x 5 endpoints and one endpoint change; then the eBPF datapath's
+    /// throughput against direct pod-to-pod and its per-packet cost. Needs root.
     Proxy(proxy::Args),
     /// netlet-control-plane on embedded storage against etcd: create, LIST, watch delivery,
     /// RSS and durable writes/s. Needs the Debian etcd-server package.

@@ -1,5 +1,6 @@
-//! `cargo xtask bench proxy`: netlet-proxy's iptables and nftables backends against the
-//! rulesets kube-proxy writes for the same Services.
+//! `cargo xtask bench proxy`: netlet-proxy's iptables, nftables and eBPF backends against the
+//! rulesets kube-proxy writes for the same Services, then the eBPF datapath's throughput and
+//! per-packet cost (`proxy_datapath.rs`).
 //!
 //! `--services` Services (ClusterIP `10.96.x.y:80` → targetPort 8080), each with one
 //! EndpointSlice of 5 ready endpoints in `10.244.0.0/16`, are generated in memory as k8s-openapi
@@ -18,6 +19,9 @@
 //!   always rewrites, plus the changed Service's chains and the stale endpoint chain's deletion),
 //!   the nftables reference kube-proxy's nftables partial sync (`nft -f` of the changed chains).
 //!
+//! The eBPF backend's full sync is timed into loaded maps: its one-time program load and map
+//! creation (an empty first sync) is timed and printed separately.
+//!
 //! Our backends run in-process; the root Cargo.toml builds `netlet-proxy` with opt-level 3 in
 //! the dev profile, so the debug `cargo xtask` times optimised backend code. The references are
 //! timed from spawn to exit of the tool, which is also what ours pays per kernel transaction.
@@ -35,7 +39,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use netlet_proxy::backend::IptablesMode;
+use netlet_proxy::backend::{EbpfOptions, IptablesMode};
 use netlet_proxy::model::SERVICE_NAME_LABEL;
 use netlet_proxy::{
     new_backend, Backend, BackendConfig, BackendKind, NetnsExec, ProxyConfig, ServiceKey,
@@ -71,6 +75,10 @@ const NFT_CHANGE_TARGET_MS: f64 = 1.0;
 const IPT_FULL_TARGET_RATIO: f64 = 1.0;
 /// See [`NFT_FULL_TARGET_S`].
 const IPT_CHANGE_TARGET_MS: f64 = 50.0;
+/// eBPF full sync into loaded maps (issue 8).
+const EBPF_FULL_TARGET_MS: f64 = 100.0;
+/// See [`EBPF_FULL_TARGET_MS`].
+const EBPF_CHANGE_TARGET_MS: f64 = 1.0;
 
 /// Options of `cargo xtask bench proxy`.
 #[derive(Debug, clap::Args)]
@@ -87,6 +95,13 @@ pub struct Args {
     /// Seconds a reference full sync may take before it is killed and reported as "> timeout".
     #[arg(long, default_value_t = 180)]
     reference_timeout: u64,
+    /// Run only the subjects whose row label contains this text (repeatable; e.g.
+    /// `--only ebpf --only legacy`); the datapath figures run when eBPF is selected.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Seconds of each iperf3 run in the throughput figure.
+    #[arg(long, default_value_t = 5)]
+    iperf_seconds: u32,
 }
 
 /// Who programs the rules.
@@ -104,17 +119,20 @@ enum Subject {
     OursIptablesNft,
     /// Our nftables backend (netlink).
     OursNftables,
+    /// Our eBPF backend (map updates).
+    OursEbpf,
 }
 
 impl Subject {
     /// All subjects, in run order (each reference before the backend compared with it).
-    const ALL: [Subject; 6] = [
+    const ALL: [Subject; 7] = [
         Subject::RefIptablesLegacy,
         Subject::OursIptablesLegacy,
         Subject::RefIptablesNft,
         Subject::OursIptablesNft,
         Subject::RefNft,
         Subject::OursNftables,
+        Subject::OursEbpf,
     ];
 
     /// The row label in the report.
@@ -126,13 +144,14 @@ impl Subject {
             Subject::OursIptablesLegacy => "netlet iptables (legacy)",
             Subject::OursIptablesNft => "netlet iptables (nft)",
             Subject::OursNftables => "netlet nftables",
+            Subject::OursEbpf => "netlet ebpf",
         }
     }
 
     /// The reference a row's ratio is taken against (`None` for references).
     fn reference(self) -> Option<Subject> {
         match self {
-            Subject::OursIptablesLegacy | Subject::OursIptablesNft => {
+            Subject::OursIptablesLegacy | Subject::OursIptablesNft | Subject::OursEbpf => {
                 Some(Subject::RefIptablesLegacy)
             }
             Subject::OursNftables => Some(Subject::RefNft),
@@ -226,6 +245,9 @@ pub fn run(args: &Args) -> Result<()> {
     let mut results: BTreeMap<usize, Vec<RunResult>> = BTreeMap::new();
     for run in 1..=args.runs {
         for (i, subject) in Subject::ALL.iter().enumerate() {
+            if !selected(args, *subject) {
+                continue;
+            }
             interrupt::check()?;
             println!("[run {run}/{}] {}", args.runs, subject.label());
             let r = bench_one(*subject, &workload, &table, &changes, timeout)
@@ -246,7 +268,20 @@ pub fn run(args: &Args) -> Result<()> {
     }
     println!();
     print!("{}", report(&results, args));
+    if selected(args, Subject::OursEbpf) {
+        println!();
+        super::proxy_datapath::run(args.iperf_seconds)?;
+    }
     Ok(())
+}
+
+/// Whether `--only` selects `subject` (everything without `--only`).
+fn selected(args: &Args, subject: Subject) -> bool {
+    args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|o| subject.label().contains(o.as_str()))
 }
 
 /// Whether `tool` is on `PATH`.
@@ -265,20 +300,42 @@ fn bench_one(
 ) -> Result<RunResult> {
     let ns = util::netns("bproxy")?;
     match subject {
-        Subject::OursIptablesLegacy | Subject::OursIptablesNft | Subject::OursNftables => {
+        Subject::OursIptablesLegacy
+        | Subject::OursIptablesNft
+        | Subject::OursNftables
+        | Subject::OursEbpf => {
             let (kind, iptables_mode) = match subject {
                 Subject::OursIptablesLegacy => (BackendKind::Iptables, IptablesMode::Legacy),
                 Subject::OursIptablesNft => (BackendKind::Iptables, IptablesMode::Nft),
+                Subject::OursEbpf => (BackendKind::Ebpf, IptablesMode::Auto),
                 _ => (BackendKind::Nftables, IptablesMode::Auto),
             };
+            let state = tempfile::tempdir().context("creating the eBPF state dir")?;
             let cfg = BackendConfig {
                 kind,
                 netns: NetnsExec::Named(ns.name().to_owned()),
                 iptables_mode,
-                ebpf: Default::default(),
+                ebpf: EbpfOptions {
+                    state_dir: state.path().to_owned(),
+                    interfaces: Vec::new(),
+                    masquerade_ip: Some(Ipv4Addr::new(10, 244, 0, 1)),
+                },
             };
             let mut backend = new_backend(&cfg, &workload.cfg).context("creating the backend")?;
-            bench_ours(backend.as_mut(), workload, table, changes)
+            if subject == Subject::OursEbpf {
+                // Program load and map creation happen once per node, not per sync.
+                let start = Instant::now();
+                backend
+                    .sync(&ServiceTable::default())
+                    .context("loading the eBPF programs")?;
+                println!(
+                    "  program load and map creation {:.3} s (once per node; not in the full sync)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            let result = bench_ours(backend.as_mut(), workload, table, changes);
+            backend.cleanup().context("cleaning up the backend")?;
+            result
         }
         Subject::RefIptablesLegacy | Subject::RefIptablesNft => {
             let tool = if subject == Subject::RefIptablesLegacy {
@@ -1011,6 +1068,7 @@ fn report(results: &BTreeMap<usize, Vec<RunResult>>, args: &Args) -> String {
         Subject::OursIptablesNft,
         Subject::RefNft,
         Subject::OursNftables,
+        Subject::OursEbpf,
     ];
     for subject in order {
         let (full, cell, change) = figures(subject);
@@ -1073,6 +1131,22 @@ fn report(results: &BTreeMap<usize, Vec<RunResult>>, args: &Args) -> String {
             None => format!("iptables ({tag}) change <= {IPT_CHANGE_TARGET_MS} ms: not measured"),
         });
     }
+    let (ebpf_full, _, ebpf_change) = figures(Subject::OursEbpf);
+    targets.push(match ebpf_full {
+        Some(f) => format!(
+            "ebpf full {:.1} ms <= {EBPF_FULL_TARGET_MS} ms: {}",
+            f * 1e3,
+            verdict(f * 1e3 <= EBPF_FULL_TARGET_MS)
+        ),
+        None => format!("ebpf full <= {EBPF_FULL_TARGET_MS} ms: not measured"),
+    });
+    targets.push(match ebpf_change {
+        Some(c) => format!(
+            "ebpf change {c:.3} ms <= {EBPF_CHANGE_TARGET_MS} ms: {}",
+            verdict(c <= EBPF_CHANGE_TARGET_MS)
+        ),
+        None => format!("ebpf change <= {EBPF_CHANGE_TARGET_MS} ms: not measured"),
+    });
     let _ = writeln!(s, "targets (issue):");
     for t in targets {
         let _ = writeln!(s, "  {t}");
