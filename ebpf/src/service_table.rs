@@ -405,6 +405,11 @@ impl ServiceTable {
         self.state.len()
     }
 
+    /// Number of backend slots userspace wrote (the `backends` map's entries when in sync).
+    pub fn slot_count(&self) -> usize {
+        self.state.values().map(|s| s.slots.len()).sum()
+    }
+
     /// Whether there is no `services` entry.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()

@@ -52,6 +52,8 @@ pub struct SyncMetrics {
     endpoints: AtomicU64,
     conntrack_deleted: AtomicU64,
     conntrack_failures: AtomicU64,
+    /// The backend's map sizes after the last successful sync ([`Backend::map_entries`]).
+    map_entries: std::sync::Mutex<Vec<(&'static str, usize)>>,
 }
 
 impl SyncMetrics {
@@ -129,6 +131,27 @@ impl SyncMetrics {
             "Conntrack cleanups that failed (the entries then expire on their own).",
             &[("", get(&self.conntrack_failures).to_string())],
         );
+        let maps = self
+            .map_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !maps.is_empty() {
+            let samples: Vec<(String, String)> = maps
+                .iter()
+                .map(|(map, n)| (format!("{{map=\"{map}\"}}"), n.to_string()))
+                .collect();
+            let samples: Vec<(&str, String)> = samples
+                .iter()
+                .map(|(l, v)| (l.as_str(), v.clone()))
+                .collect();
+            metric(
+                "netlet_proxy_map_entries",
+                "gauge",
+                "Entries in the backend's kernel maps after the last sync (eBPF).",
+                &samples,
+            );
+        }
         out
     }
 }
@@ -206,6 +229,8 @@ impl ProxySyncer {
                     .store(table.services().len() as u64, Ordering::Relaxed);
                 m.service_ports.store(table.len() as u64, Ordering::Relaxed);
                 m.endpoints.store(endpoints as u64, Ordering::Relaxed);
+                *m.map_entries.lock().unwrap_or_else(|p| p.into_inner()) =
+                    self.backend.map_entries();
                 self.clean_conntrack(&table);
                 if let Some(hc) = self.health_check.as_mut() {
                     // Logged by the server; a busy port must not fail the service rules.

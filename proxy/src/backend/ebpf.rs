@@ -535,6 +535,18 @@ impl Backend for EbpfBackend {
         self.finish(result, refused, stats)
     }
 
+    fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        let Some(dp) = &self.dp else {
+            return Vec::new();
+        };
+        let dp = links::lock(dp);
+        let table = dp.nat.table();
+        vec![
+            (netlet_ebpf::maps::names::SERVICES, table.len()),
+            (netlet_ebpf::maps::names::BACKENDS, table.slot_count()),
+        ]
+    }
+
     fn cleanup(&mut self) -> Result<SyncStats> {
         let mut stats = SyncStats::default();
         self.synced = false;

@@ -75,6 +75,12 @@ pub trait Backend: Send {
 
     /// Removes everything this backend installs, also what a previous process left.
     fn cleanup(&mut self) -> Result<SyncStats>;
+
+    /// Entries per kernel map the backend programs, as `(map, entries)`, for the metrics
+    /// endpoint; empty for backends without maps of their own.
+    fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
 }
 
 /// The dataplanes `netlet-proxy` can be configured with (also a `netlet-agent` config key, so

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, UdpSocket};
 const VIP: &str = "10.96.0.10";
 
 /// One datagram on the client's long-lived socket: who answered, or the error.
-fn ask(sock: &UdpSocket) -> std::io::Result<String> {
+pub fn ask(sock: &UdpSocket) -> std::io::Result<String> {
     sock.send(b"hi")?;
     let mut buf = [0; 512];
     let n = sock.recv(&mut buf)?;
