@@ -16,7 +16,10 @@
 //!   the object).
 //!
 //! References to kinds outside that table (or to kinds whose list failed in this scan) count as
-//! existing owners, so nothing is deleted on missing knowledge. Scans run when any watched kind
+//! existing owners, so nothing is deleted on missing knowledge. An owner missing from the scan's
+//! lists is looked up live by name before anything is done about it (as upstream's
+//! `isDangling` does): it may have been created after its kind was listed and already have
+//! adopted the dependent. Scans run when any watched kind
 //! changes (metadata watches, debounced) and every [`RESYNC`] regardless.
 
 use std::collections::{HashMap, HashSet};
@@ -240,16 +243,7 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
     let mut orphaning: HashSet<&str> = HashSet::new();
     let state = |r: &OwnerReference| -> OwnerState {
         match by_uid.get(r.uid.as_str()) {
-            Some(owner) => {
-                let m = &owner.meta;
-                let fg = m.deletion_timestamp.is_some()
-                    && m.finalizers.iter().flatten().any(|f| f == FOREGROUND);
-                if fg {
-                    OwnerState::Foreground
-                } else {
-                    OwnerState::Solid
-                }
-            }
+            Some(owner) => owner_state(&owner.meta),
             None if listed.contains(&(r.api_version.clone(), r.kind.clone())) => OwnerState::Absent,
             None => OwnerState::Solid,
         }
@@ -274,7 +268,12 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
             apply(client, k, &o.meta, Action::SetOwners(kept)).await?;
             continue;
         }
-        let states: Vec<OwnerState> = refs.iter().map(state).collect();
+        let mut states: Vec<OwnerState> = refs.iter().map(state).collect();
+        for (r, st) in refs.iter().zip(states.iter_mut()) {
+            if *st == OwnerState::Absent {
+                *st = live_state(client, kinds, r, o.meta.namespace.as_deref()).await;
+            }
+        }
         let action = decide(
             &o.meta,
             &states,
@@ -286,6 +285,44 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
         }
     }
     Ok(())
+}
+
+/// The state of an owner the scan's lists lacked, from a live GET by name: absent only when the
+/// API says not found or the name now holds another uid; any other failure counts as present,
+/// so nothing is deleted on missing knowledge.
+async fn live_state(
+    client: &Client,
+    kinds: &[Kind],
+    r: &OwnerReference,
+    namespace: Option<&str>,
+) -> OwnerState {
+    let Some(k) = kinds
+        .iter()
+        .find(|k| k.resource.api_version == r.api_version && k.resource.kind == r.kind)
+    else {
+        return OwnerState::Solid;
+    };
+    match api(client, k, namespace).get_metadata_opt(&r.name).await {
+        Ok(Some(owner)) if owner.metadata.uid.as_deref() == Some(r.uid.as_str()) => {
+            owner_state(&owner.metadata)
+        }
+        Ok(_) => OwnerState::Absent,
+        Err(err) => {
+            tracing::debug!(owner = %r.name, error = %err, "garbage collector owner lookup failed");
+            OwnerState::Solid
+        }
+    }
+}
+
+/// Solid, or Foreground while the owner is being deleted in the foreground.
+fn owner_state(m: &ObjectMeta) -> OwnerState {
+    let fg =
+        m.deletion_timestamp.is_some() && m.finalizers.iter().flatten().any(|f| f == FOREGROUND);
+    if fg {
+        OwnerState::Foreground
+    } else {
+        OwnerState::Solid
+    }
 }
 
 async fn apply(
