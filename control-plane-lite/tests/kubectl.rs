@@ -817,3 +817,128 @@ fn older_kubectl_applies_with_openapi_v2() {
         );
     }
 }
+
+/// `kubectl apply --server-side`: creates, re-applies (a dropped label goes, a field set by
+/// someone else stays), refuses another manager's change to an owned field with a conflict
+/// naming it, and `--force-conflicts` takes the field over.
+#[test]
+fn kubectl_server_side_apply_owns_fields_and_reports_conflicts() {
+    let s = Server::start();
+    s.kubectl_ok(&["create", "namespace", "ssa"]);
+    let manifest = s.dir.path().join("cm.yaml");
+    let write = |data: &str, labels: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  labels: {labels}\ndata: {data}\n"),
+        )
+        .unwrap();
+    };
+    let file = manifest.display().to_string();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "--server-side", "-f", &file, "-n", "ssa"];
+        args.extend_from_slice(extra);
+        s.kubectl(&args)
+    };
+    write("{a: '1', b: '2'}", "{app: web, tier: x}");
+    let out = apply(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serverside-applied"));
+    let get = |path: &str| {
+        s.kubectl_ok(&[
+            "get",
+            "cm",
+            "cfg",
+            "-n",
+            "ssa",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    assert_eq!(get("{.metadata.managedFields[0].manager}"), "kubectl");
+    assert_eq!(get("{.metadata.managedFields[0].operation}"), "Apply");
+    // Someone else adds a label with a plain patch; kubectl's next apply drops `tier` and
+    // changes `a`.
+    s.kubectl_ok(&["label", "cm", "cfg", "-n", "ssa", "extra=yes"]);
+    write("{a: '10', b: '2'}", "{app: web}");
+    let out = apply(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get("{.data.a}"), "10");
+    assert_eq!(
+        get("{.metadata.labels.tier}"),
+        "",
+        "dropped from the applied config"
+    );
+    assert_eq!(
+        get("{.metadata.labels.extra}"),
+        "yes",
+        "not kubectl's to remove"
+    );
+
+    // A second manager changing `a` conflicts and names the field and its owner.
+    let other = s.dir.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a: '99'\n",
+    )
+    .unwrap();
+    let other = other.display().to_string();
+    let out = s.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=robot",
+        "-f",
+        &other,
+        "-n",
+        "ssa",
+    ]);
+    assert!(!out.status.success(), "a conflict must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict") && err.contains("kubectl") && err.contains(".data.a"),
+        "{err}"
+    );
+    assert_eq!(get("{.data.a}"), "10", "nothing stored");
+    s.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=robot",
+        "--force-conflicts",
+        "-f",
+        &other,
+        "-n",
+        "ssa",
+    ]);
+    assert_eq!(get("{.data.a}"), "99");
+    assert_eq!(get("{.data.b}"), "2", "kubectl still owns b");
+    // A request without a field manager is a 400 Status naming it.
+    let body = s.dir.path().join("apply.json");
+    std::fs::write(
+        &body,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cfg"}}"#,
+    )
+    .unwrap();
+    let (ca, cert, key) = (s.pki("ca.crt"), s.pki("admin.crt"), s.pki("admin.key"));
+    let (code, status) = s.curl_raw(
+        &["--cacert", &ca, "--cert", &cert, "--key", &key],
+        "PATCH",
+        "/api/v1/namespaces/ssa/configmaps/cfg",
+        Some("application/apply-patch+yaml"),
+        Some(&body),
+    );
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fieldManager"),
+        "{status}"
+    );
+}

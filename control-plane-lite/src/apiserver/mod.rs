@@ -41,6 +41,7 @@
 //! DELETEs), IPv6 and dual-stack
 //! Services, `healthCheckNodePort`.
 
+mod apply;
 mod binding;
 mod bootstrap;
 mod defaults;

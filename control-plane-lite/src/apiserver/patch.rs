@@ -14,10 +14,12 @@ pub enum PatchType {
     Json,
     /// `application/strategic-merge-patch+json`.
     StrategicMerge,
+    /// `application/apply-patch+yaml`: server-side apply (`apply.rs`).
+    Apply,
 }
 
 /// The media types PATCH accepts, for the 415 message.
-pub const ACCEPTED: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
+pub const ACCEPTED: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml";
 
 impl PatchType {
     /// The patch type of a `Content-Type` header value (parameters ignored).
@@ -26,6 +28,7 @@ impl PatchType {
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/json-patch+json" => Some(PatchType::Json),
             "application/strategic-merge-patch+json" => Some(PatchType::StrategicMerge),
+            "application/apply-patch+yaml" => Some(PatchType::Apply),
             _ => None,
         }
     }
@@ -66,6 +69,11 @@ pub fn apply(kind: PatchType, target: &mut Value, patch: &[u8]) -> Result<(), Ap
             } else {
                 super::strategic::apply(target, &patch);
             }
+        }
+        PatchType::Apply => {
+            return Err(ApiError::BadRequest(
+                "an apply patch is not a merge of the stored object".into(),
+            ))
         }
         PatchType::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(patch)

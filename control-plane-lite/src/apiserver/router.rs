@@ -197,10 +197,20 @@ impl Router {
                 let object = http::json_body(&headers, &bytes)?;
                 write::update(storage, &t, &name, object, opts).await
             }
-            (Method::PATCH, Some(name)) => {
-                let kind = patch_type(&headers)?;
-                write::patch(storage, &t, &name, kind, &bytes, opts).await
-            }
+            (Method::PATCH, Some(name)) => match patch_type(&headers)? {
+                PatchType::Apply => {
+                    let manager = query.get("fieldManager").ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "PATCH with application/apply-patch+yaml requires fieldManager to be set"
+                                .into(),
+                        )
+                    })?;
+                    let force = query.flag("force");
+                    write::server_side_apply(storage, &t, &name, &bytes, (manager, force), opts)
+                        .await
+                }
+                kind => write::patch(storage, &t, &name, kind, &bytes, opts).await,
+            },
             (Method::DELETE, None) if t.subresource.is_none() => {
                 let options = DeleteOptions::parse(&bytes, query.get("gracePeriodSeconds"))?;
                 deletecollection::delete_collection(storage, &t, &query, &options, dry_run).await

@@ -5,6 +5,7 @@
 use hyper::Response;
 use serde_json::{json, Value};
 
+use super::apply;
 use super::defaults;
 use super::error::ApiError;
 use super::http::{self, Body};
@@ -360,6 +361,61 @@ pub async fn patch(
             Err(ApiError::Conflict { .. }) if precondition.is_none() && attempt < PATCH_RETRIES => {
                 continue
             }
+            Err(err) => return Err(err),
+            Ok(stored) => return Ok(http::json(200, &render(t, &stored))),
+        }
+    }
+}
+
+/// Server-side apply (`PATCH` with `application/apply-patch+yaml`) of `body` for `manager`:
+/// creates the object when it does not exist, else merges it as `apply.rs` describes;
+/// retried when a concurrent write wins.
+pub async fn server_side_apply(
+    storage: &dyn Storage,
+    t: &Target,
+    name: &str,
+    body: &[u8],
+    (manager, force): (&str, bool),
+    opts: WriteOptions<'_>,
+) -> Result<Response<Body>, ApiError> {
+    if t.subresource.is_some() {
+        return Err(ApiError::BadRequest(
+            "server-side apply is supported on the main resource only".into(),
+        ));
+    }
+    let mut config: Value = serde_saphyr::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("error decoding the YAML apply body: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::BadRequest(
+            "the apply body must be an object".into(),
+        ));
+    }
+    let r = t.resource;
+    for field in ["apiVersion", "kind"] {
+        if config[field].as_str().unwrap_or_default().is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{field} must be set in an apply request"
+            )));
+        }
+    }
+    object::check_type_meta(r, &mut config, r.kind, &r.api_version())?;
+    check_body_name(t, name, &mut config)?;
+    let names = (r.group, r.plural, name);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (kv, current) = match get_object(storage, t, name).await {
+            Ok(found) => found,
+            Err(ApiError::NotFound { .. }) => {
+                let object =
+                    apply::apply(&json!({}), &config, manager, force, &defaults::now(), names)?;
+                return create(storage, t, object, opts).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let merged = apply::apply(&current, &config, manager, force, &defaults::now(), names)?;
+        match replace(storage, t, name, (&kv, &current), merged, None, opts).await {
+            Err(ApiError::Conflict { .. }) if attempt < PATCH_RETRIES => continue,
             Err(err) => return Err(err),
             Ok(stored) => return Ok(http::json(200, &render(t, &stored))),
         }
