@@ -161,7 +161,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let w = Workload::of("deployment", d.as_ref())?;
     let query = w.selector_query(&d.spec.selector)?;
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &w.ns);
-    let mut owned = w.list_owned(&rs_api, &query, "list replicasets of").await?;
+    let mut owned = Vec::new();
+    for rs in w.list(&rs_api, &query, "list replicasets of").await? {
+        match owner::controller_of(&rs.metadata) {
+            Some(r) if r.uid == w.uid => owned.push(rs),
+            // Orphans matching the selector are adopted, as upstream does (e.g. after
+            // `kubectl delete deployment --cascade=orphan` and a re-create).
+            None if d.metadata.deletion_timestamp.is_none()
+                && rs.metadata.deletion_timestamp.is_none() =>
+            {
+                owned.push(owner::adopt(&rs_api, d.as_ref(), &rs).await?)
+            }
+            _ => {}
+        }
+    }
     owned.sort_by_key(revision);
     let ro = Rollout {
         d: &d,
@@ -555,13 +568,15 @@ pub async fn run(client: Client) {
     let controller = Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
-    )
+    );
+    let store = controller.store();
     // `watches` with full objects, not `owns`: `owns` uses a metadata-only watch
-    // (PartialObjectMetadata), which our apiserver answers with 406.
-    .watches(
+    // (PartialObjectMetadata), which our apiserver answers with 406. Orphan ReplicaSets wake
+    // the Deployments selecting them, which adopt them.
+    let controller = controller.watches(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
-        |rs| owner::controller_ref_of::<Deployment>(&rs.metadata),
+        move |rs| owner::owners_of(&rs, &store, |d: &Deployment| Some(&d.spec.selector)),
     );
     let ctx = Arc::new(Ctx { client });
     super::drain(

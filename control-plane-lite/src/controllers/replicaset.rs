@@ -13,15 +13,13 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use serde_json::json;
 
 use super::workload::{self, Workload};
-use super::{owner, pods, selector, ControllerError};
+use super::{owner, pods, ControllerError};
 
 /// Most pods created or deleted in one reconcile (upstream's burst limit).
 const BURST: usize = 500;
@@ -99,7 +97,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
             Some(r) if r.uid == w.uid => owned.push(pod),
             Some(_) => {}
             None if !deleting && !pods::is_terminating(&pod) => {
-                owned.push(adopt(&api, &rs, pod).await?)
+                owned.push(owner::adopt(&api, rs.as_ref(), &pod).await?)
             }
             None => {}
         }
@@ -141,36 +139,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
     ))
 }
 
-/// Makes `rs` the controller of the orphan `pod`.
-async fn adopt(api: &Api<Pod>, rs: &ReplicaSet, pod: Pod) -> Result<Pod, ControllerError> {
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.extend(owner::controller_ref(rs));
-    let patch = json!({"metadata": {"ownerReferences": refs,
-        "resourceVersion": pod.metadata.resource_version}});
-    tracing::info!(pod = %pod_name, replicaset = %super::key(rs), "adopting orphan pod");
-    api.patch(&pod_name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(ControllerError::kube("adopt pod", pod_name))
-}
-
-/// ReplicaSets a pod event concerns: its controller, or for an orphan every set selecting it.
-fn owners_of(pod: &Pod, store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    match owner::controller_of(&pod.metadata) {
-        Some(_) => owner::controller_ref_of(&pod.metadata)
-            .into_iter()
-            .collect(),
-        None => store
-            .state()
-            .iter()
-            .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .filter(|rs| selector::matches(&rs.spec.selector, pod.metadata.labels.as_ref()))
-            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-            .collect(),
-    }
-}
-
 /// The controller future (runs until its watches end).
 pub async fn run(client: Client) {
     let controller = Controller::new(
@@ -181,7 +149,7 @@ pub async fn run(client: Client) {
     let controller = controller.watches(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
-        move |pod| owners_of(&pod, &store),
+        move |pod| owner::owners_of(&pod, &store, |rs: &ReplicaSet| Some(&rs.spec.selector)),
     );
     let ctx = Arc::new(Ctx { client });
     super::drain(
@@ -194,6 +162,7 @@ pub async fn run(client: Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: &str) -> Pod {
         serde_json::from_value(json!({

@@ -162,6 +162,8 @@ async fn deployment_with_pods_unbound(h: &Harness, name: &str) -> Deployment {
     created
 }
 
+/// Orphan propagation leaves the ReplicaSet and its pods; a new Deployment selecting them adopts
+/// the ReplicaSet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_orphan_leaves_replicaset_without_owner() {
     let h = Harness::start(ControllersConfig::default()).await;
@@ -202,6 +204,35 @@ async fn gc_orphan_leaves_replicaset_without_owner() {
         rss[0].metadata.owner_references
     );
     assert_eq!(active_pods(&c, "app=or").await.len(), 2, "its pods stay");
+
+    // The same Deployment created again adopts the orphan ReplicaSet (same template, so no
+    // new one) and its pods stay as they are.
+    let again = deployment_with_pods(&h, "or").await;
+    let uid = again.metadata.uid.clone().unwrap();
+    let rs_api = Api::<ReplicaSet>::namespaced(c.clone(), "default");
+    let adopted = h
+        .wait("the orphan ReplicaSet to be adopted", || {
+            let (rs_api, uid) = (rs_api.clone(), uid.clone());
+            async move {
+                let rss = rs_api
+                    .list(&ListParams::default().labels("app=or"))
+                    .await
+                    .unwrap()
+                    .items;
+                let owned = rss.iter().all(|rs| {
+                    rs.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|r| r.uid == uid && r.controller == Some(true))
+                });
+                (owned && !rss.is_empty()).then_some(rss)
+            }
+        })
+        .await;
+    assert_eq!(adopted.len(), 1, "adopted, not replaced: {adopted:?}");
+    assert_eq!(adopted[0].metadata.name, rss[0].metadata.name);
+    assert_eq!(active_pods(&c, "app=or").await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
