@@ -317,20 +317,8 @@ impl ServiceTable {
                 },
             );
         }
-        crate::batch::update(self.batch_fds.1.as_fd(), &slot_keys, &slot_values).map_err(
-            |source| Error::Batch {
-                map: names::BACKENDS,
-                count: slot_keys.len(),
-                source,
-            },
-        )?;
-        crate::batch::update(self.batch_fds.0.as_fd(), &svc_keys, &svc_values).map_err(
-            |source| Error::Batch {
-                map: names::SERVICES,
-                count: svc_keys.len(),
-                source,
-            },
-        )?;
+        batch_write(&self.batch_fds.1, names::BACKENDS, &slot_keys, &slot_values)?;
+        batch_write(&self.batch_fds.0, names::SERVICES, &svc_keys, &svc_values)?;
         for key in &svc_keys {
             if let Some(s) = self.state.get_mut(key) {
                 s.dirty = false;
@@ -437,6 +425,20 @@ impl ServiceTable {
         self.next_id += 1;
         id
     }
+}
+
+/// [`crate::batch::update`] of the map `name` behind `fd`, with the error naming the map.
+fn batch_write<K: aya::Pod, V: aya::Pod>(
+    fd: &OwnedFd,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<()> {
+    crate::batch::update(fd.as_fd(), keys, values).map_err(|source| Error::Batch {
+        map: name,
+        count: keys.len(),
+        source,
+    })
 }
 
 /// A `sessionAffinity: ClientIP` timeout as the map stores it: whole seconds, at least 1;

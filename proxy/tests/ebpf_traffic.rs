@@ -185,24 +185,17 @@ fn pod_veth_created_after_sync_gets_service_nat() {
 /// reaches a new one at once. The sync loop's metrics report the maps' sizes.
 #[test]
 fn udp_flow_moves_off_a_removed_endpoint_without_cleanup() {
-    use conformance::conntrack::ask;
-    use conformance::topology::{in_ns, Topology, CLIENT_TIMEOUT, NODE};
-    use conformance::{objects, service, slice};
+    use conformance::conntrack::{ask, sync_pods, udp_client};
+    use conformance::service;
+    use conformance::topology::{Topology, NODE};
     use netlet_proxy::sync_loop::ProxySyncer;
-    use netlet_proxy::watch::Change;
     use std::io::ErrorKind;
-    use std::net::{SocketAddr, UdpSocket};
 
     let topo = Topology::new();
     let cfg = topo.config();
     let svc = service("web", "10.96.0.10", serde_json::json!({}));
     let mut syncer = ProxySyncer::new(make(&topo.node, &cfg), cfg.clone());
-    let sync = |syncer: &mut ProxySyncer, pods: &[(usize, &str)]| {
-        let (svcs, slices) = objects(std::slice::from_ref(&svc), &[slice("web", pods)]);
-        syncer
-            .apply(&svcs, &slices, &Change::Resync)
-            .expect("sync loop apply");
-    };
+    let sync = |syncer: &mut ProxySyncer, pods: &[(usize, &str)]| sync_pods(syncer, &svc, pods);
     sync(&mut syncer, &[(0, NODE)]);
     let metrics = syncer.metrics().render_prometheus();
     for line in [
@@ -211,13 +204,7 @@ fn udp_flow_moves_off_a_removed_endpoint_without_cleanup() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
-    let vip: SocketAddr = "10.96.0.10:53".parse().unwrap();
-    let sock = in_ns(&topo.client, || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.connect(vip).expect("connect");
-        s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-        s
-    });
+    let sock = udp_client(&topo);
     assert_eq!(ask(&sock).expect("first answer"), "pod0");
     sync(&mut syncer, &[(1, NODE)]);
     assert_eq!(ask(&sock).expect("answer after the move"), "pod1");

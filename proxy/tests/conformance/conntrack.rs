@@ -16,6 +16,25 @@ use std::net::{SocketAddr, UdpSocket};
 
 const VIP: &str = "10.96.0.10";
 
+/// A full sync through the sync loop of Service `svc` (named `web`) with `pods` as endpoints.
+pub fn sync_pods(syncer: &mut ProxySyncer, svc: &serde_json::Value, pods: &[(usize, &str)]) {
+    let (svcs, slices) = objects(std::slice::from_ref(svc), &[slice("web", pods)]);
+    syncer
+        .apply(&svcs, &slices, &Change::Resync)
+        .expect("sync loop apply");
+}
+
+/// The client pod's long-lived UDP socket, connected to the Service's `dns` port (UDP 53).
+pub fn udp_client(topo: &Topology) -> UdpSocket {
+    let vip: SocketAddr = format!("{VIP}:53").parse().unwrap();
+    in_ns(&topo.client, || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(vip).expect("connect");
+        s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        s
+    })
+}
+
 /// One datagram on the client's long-lived socket: who answered, or the error.
 pub fn ask(sock: &UdpSocket) -> std::io::Result<String> {
     sock.send(b"hi")?;
@@ -36,20 +55,9 @@ pub fn udp_flow_moves_off_a_removed_endpoint(h: &Harness) {
     let netns = NetnsExec::Named(topo.node.name().to_string());
     // No cleanup at first, to show what it is for.
     let mut syncer = ProxySyncer::new((h.make)(&topo.node, &cfg), cfg.clone());
-    let sync = |syncer: &mut ProxySyncer, pods: &[(usize, &str)]| {
-        let (svcs, slices) = objects(std::slice::from_ref(&svc), &[slice("web", pods)]);
-        syncer
-            .apply(&svcs, &slices, &Change::Resync)
-            .expect("sync loop apply");
-    };
+    let sync = |syncer: &mut ProxySyncer, pods: &[(usize, &str)]| sync_pods(syncer, &svc, pods);
     sync(&mut syncer, &[(0, NODE)]);
-    let vip: SocketAddr = format!("{VIP}:53").parse().unwrap();
-    let sock = in_ns(&topo.client, || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.connect(vip).expect("connect");
-        s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-        s
-    });
+    let sock = udp_client(&topo);
     assert_eq!(ask(&sock).expect("first answer"), "pod0");
 
     sync(&mut syncer, &[(1, NODE)]);
