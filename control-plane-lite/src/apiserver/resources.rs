@@ -313,6 +313,14 @@ pub static RESOURCES: &[Resource] = &[
             typed::<apps::v1::StatefulSet>(),
         )
     },
+    grouped(
+        "apps",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        &[],
+        typed::<apps::v1::ControllerRevision>(),
+    ),
     Resource {
         status: true,
         ..grouped(

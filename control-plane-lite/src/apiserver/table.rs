@@ -122,6 +122,11 @@ fn columns(resource: &Resource) -> Vec<Column> {
             ("Age", "string", 0),
         ],
         "configmaps" => &[("Data", "integer", 0), ("Age", "string", 0)],
+        "controllerrevisions" => &[
+            ("Controller", "string", 0),
+            ("Revision", "integer", 0),
+            ("Age", "string", 0),
+        ],
         "secrets" => &[
             ("Type", "string", 0),
             ("Data", "integer", 0),
@@ -326,6 +331,22 @@ fn cell(resource: &Resource, name: &str, o: &Value) -> Value {
             json!(v.join(","))
         }
         (_, "Selector") if resource.plural != "services" => json!(selector(&spec["selector"])),
+        ("controllerrevisions", "Controller") => {
+            let owner = o["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true);
+            json!(owner.map_or_else(
+                || "<none>".to_string(),
+                |r| format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or("").to_lowercase(),
+                    r["name"].as_str().unwrap_or("")
+                )
+            ))
+        }
+        ("controllerrevisions", "Revision") => json!(int(&o["revision"])),
         ("replicasets", "Desired") => json!(spec["replicas"].as_i64().unwrap_or(1)),
         ("replicasets", "Current") => json!(int(&status["replicas"])),
         ("replicasets", "Ready") => json!(int(&status["readyReplicas"])),

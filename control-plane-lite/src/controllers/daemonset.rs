@@ -10,9 +10,11 @@
 //! `RollingUpdate` (the default) old pods are replaced while at most `maxUnavailable` nodes
 //! lack an available pod (`daemonset_update.rs`), under `OnDelete` only when deleted.
 //!
-//! Not implemented: `maxSurge` (updates replace in place, as with `maxSurge: 0`), revision
-//! history (ControllerRevisions, so no `kubectl rollout undo daemonset`) and `nodeAffinity` in
-//! the template when choosing nodes.
+//! Every template gets a ControllerRevision (`history.rs`), so `kubectl rollout history` and
+//! `kubectl rollout undo daemonset` work.
+//!
+//! Not implemented: `maxSurge` (updates replace in place, as with `maxSurge: 0`) and
+//! `nodeAffinity` in the template when choosing nodes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use super::daemonset_update::{self, Slot, SlotPod};
 use super::statefulset::{self, REVISION_LABEL};
 use super::workload::{self, Workload};
-use super::{owner, pods, rollout, ControllerError};
+use super::{history, owner, pods, rollout, ControllerError};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -161,6 +163,22 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
     let owned = w.list_owned(&api, &query, "list pods of").await?;
     let hash = rollout::pod_template_hash(&template, None);
+    let live: HashSet<String> = owned
+        .iter()
+        .map(statefulset::revision_of)
+        .map(str::to_owned)
+        .collect();
+    history::sync(
+        &Api::namespaced(ctx.client.clone(), &w.ns),
+        &w,
+        ds.as_ref(),
+        &query,
+        (&template, &hash),
+        spec.revision_history_limit
+            .unwrap_or(history::DEFAULT_HISTORY_LIMIT),
+        &live,
+    )
+    .await?;
     let mut by_node: HashMap<String, Vec<&Pod>> = HashMap::new();
     let mut terminating: HashSet<String> = HashSet::new();
     for pod in &owned {

@@ -27,6 +27,7 @@ mod daemonset_update;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+mod history;
 pub mod job;
 pub mod node_ipam;
 pub mod node_lifecycle;

@@ -1,6 +1,6 @@
 //! Jobs and DaemonSets.
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -373,5 +373,48 @@ async fn daemonset_rolling_update_replaces_one_node_at_a_time() {
         out.status.success(),
         "kubectl rollout status: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Each template is a ControllerRevision, so kubectl can list and undo the rollout.
+    let history = kubectl(&h, &["rollout", "history", "daemonset/roll"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.status.success() && text.contains("1 ") && text.contains("2 "),
+        "kubectl rollout history: {text}{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    let undo = kubectl(&h, &["rollout", "undo", "daemonset/roll"]);
+    assert!(
+        undo.status.success(),
+        "kubectl rollout undo: {}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    let done = rolled_out("testapp:v1");
+    h.wait("all daemon pods back at v1", || async {
+        let seen = daemon_kubelets(&c, &next_ip).await;
+        done(seen).await
+    })
+    .await;
+    // The v1 revision is the newest again: renumbered to 3, not copied.
+    let revisions = Api::<ControllerRevision>::namespaced(c.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let mut numbers: Vec<(i64, String)> = revisions
+        .iter()
+        .map(|r| {
+            let image = r.data.0["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (r.revision.unwrap_or(0), image)
+        })
+        .collect();
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        [(2, "testapp:v2".to_string()), (3, "testapp:v1".to_string())],
+        "{revisions:?}"
     );
 }
