@@ -1,5 +1,5 @@
-//! Revision history of DaemonSets as `apps/v1 ControllerRevision`s, the objects
-//! `kubectl rollout history|undo daemonset` read.
+//! Revision history of DaemonSets and StatefulSets as `apps/v1 ControllerRevision`s, the
+//! objects `kubectl rollout history|undo daemonset|statefulset` read.
 //!
 //! One revision per pod template the set has had: name `<set>-<template hash>`, labels the
 //! template's labels (so the set's selector finds it, as kubectl looks it up) plus

@@ -5,11 +5,11 @@
 //! The decisions are in `statefulset_plan.rs`; this file reads the pods and carries them out.
 //!
 //! Revisions: a revision is `<set>-<hash>` with the same template hash as Deployments'
-//! `pod-template-hash`, set on pods as `controller-revision-hash`. Our apiserver does not serve
-//! `apps/v1 controllerrevisions`, so revisions live only in the status (`currentRevision`,
-//! `updateRevision`) and no old templates are kept: a pod below the partition that is deleted
-//! comes back at the update revision, not at its old one as upstream would recreate it, and
-//! `kubectl rollout undo statefulset` has no history to go back to.
+//! `pod-template-hash`, set on pods as `controller-revision-hash`, and kept as a
+//! ControllerRevision of that name (`history.rs`), so `kubectl rollout history|undo
+//! statefulset` work. Pods are still made from the set's current template: a pod below the
+//! partition that is deleted comes back at the update revision, not at its old one as upstream
+//! would recreate it from the old revision.
 //!
 //! Not implemented: `volumeClaimTemplates` (the cluster has no PersistentVolumeClaims; they
 //! are ignored, with a warning in the log, and pods get no claim volumes), `spec.ordinals`,
@@ -29,7 +29,7 @@ use kube::{Api, Client};
 
 use super::statefulset_plan::{self, PodState, Policy, Step, Strategy};
 use super::workload::{self, Workload};
-use super::{owner, pods, rollout, ControllerError};
+use super::{history, owner, pods, rollout, ControllerError};
 
 /// Label with the pod's own name, so a Service can select exactly one set member.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -150,6 +150,27 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         .collect();
     let update_revision = update_revision(&sts);
     if sts.metadata.deletion_timestamp.is_none() {
+        // Revisions are `<set>-<hash>`; the history is kept by hash.
+        let prefix = format!("{}-", w.name);
+        let hash = update_revision
+            .strip_prefix(&prefix)
+            .unwrap_or(&update_revision);
+        let live = by_ordinal
+            .values()
+            .filter_map(|p| revision_of(p).strip_prefix(&prefix))
+            .map(str::to_owned)
+            .collect();
+        history::sync(
+            &Api::namespaced(ctx.client.clone(), &w.ns),
+            &w,
+            sts.as_ref(),
+            &query,
+            (&spec.template, hash),
+            spec.revision_history_limit
+                .unwrap_or(history::DEFAULT_HISTORY_LIMIT),
+            &live,
+        )
+        .await?;
         if spec
             .volume_claim_templates
             .as_ref()

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use netlet_control_plane::controllers::statefulset::{
     POD_INDEX_LABEL, POD_NAME_LABEL, REVISION_LABEL,
@@ -349,7 +349,32 @@ async fn statefulset_rolling_update_honours_partition() {
     })
     .await;
     assert_eq!(image(&get_pod(&c, "web-0").await.unwrap()), "testapp:v2");
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.terminations, ["web-2", "web-1", "web-0"]);
-    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.terminations, ["web-2", "web-1", "web-0"]);
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+    }
+
+    // Both templates are ControllerRevisions named like the revisions: kubectl undoes the
+    // rollout to v1, which becomes the update revision again.
+    let names: Vec<String> = Api::<ControllerRevision>::namespaced(c.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    assert!(names.contains(&rev1) && names.contains(&rev2), "{names:?}");
+    let undo = kubectl(&h, &["rollout", "undo", "statefulset/web"]);
+    assert!(
+        undo.status.success(),
+        "kubectl rollout undo: {}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    h.wait("the update revision back at v1", || async {
+        let s = sts_status(&c, "web").await?;
+        (s.update_revision.as_deref() == Some(rev1.as_str())).then_some(())
+    })
+    .await;
 }
