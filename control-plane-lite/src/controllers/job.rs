@@ -2,10 +2,14 @@
 //! one does), at most `parallelism` at a time, and gives up once more than `backoffLimit` have
 //! failed; reports active/ready/succeeded/failed and the Complete or Failed condition.
 //!
+//! With `completionMode: Indexed` every index `0..completions` needs one succeeded pod
+//! (`job_index.rs`).
+//!
 //! Counts come from the Job's pods as listed at each reconcile (finished pods are kept, not
 //! deleted, so they stay countable); the pod-tracking finalizers upstream uses for deleted pods
 //! are not implemented.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
@@ -18,7 +22,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
 use super::workload::{self, Workload};
-use super::{owner, pods, ControllerError};
+use super::{job_index, owner, pods, ControllerError};
 
 /// What the Job's pods say, and what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +97,28 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.ns);
     let owned = w.list_owned(&api, &query, "list pods of").await?;
     let count = |phase: &str| owned.iter().filter(|p| pods::phase(p) == phase).count() as i32;
-    let (succeeded, failed) = (count("Succeeded"), count("Failed"));
+    let failed = count("Failed");
     let mut active: Vec<&Pod> = owned.iter().filter(|p| pods::is_active(p)).collect();
+    // Indexed Jobs count succeeded indexes, not pods (`job_index.rs`).
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    if indexed && spec.completions.is_none() {
+        return Err(w.missing("spec.completions (required by completionMode Indexed)"));
+    }
+    let indexes = |phase: &dyn Fn(&Pod) -> bool| -> BTreeSet<i32> {
+        owned
+            .iter()
+            .filter(|p| phase(p))
+            .filter_map(job_index::index_of)
+            .filter(|i| spec.completions.is_some_and(|c| *i < c))
+            .collect()
+    };
+    let succeeded_idx = indexes(&|p| pods::phase(p) == "Succeeded");
+    let active_idx = indexes(&pods::is_active);
+    let succeeded = if indexed {
+        succeeded_idx.len() as i32
+    } else {
+        count("Succeeded")
+    };
     let ready = active.iter().filter(|p| pods::is_ready(p)).count() as i32;
     let suspended = spec.suspend.unwrap_or(false);
     let p = plan(
@@ -113,8 +137,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     if n_active < p.want_active {
         let pod = workload::pod_from_template(job.as_ref(), &spec.template)
             .ok_or_else(|| w.missing("metadata.uid"))?;
+        let new_pods: Vec<Pod> = match spec.completions.filter(|_| indexed) {
+            Some(c) => job_index::to_start(c, p.want_active, &active_idx, &succeeded_idx)
+                .into_iter()
+                .map(|i| job_index::for_index(pod.clone(), &w.name, i))
+                .collect(),
+            None => (n_active..p.want_active).map(|_| pod.clone()).collect(),
+        };
         let pp = PostParams::default();
-        let creates = (n_active..p.want_active).map(|_| api.create(&pp, &pod));
+        let creates = new_pods.iter().map(|pod| api.create(&pp, pod));
         futures::future::try_join_all(creates)
             .await
             .map_err(ControllerError::kube("create pod for", w.object.clone()))?;
@@ -169,6 +200,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         start_time: old.start_time.clone().or(Some(now)),
         completion_time,
         conditions: Some(conditions).filter(|c| !c.is_empty()),
+        completed_indexes: if indexed {
+            Some(job_index::compress(&succeeded_idx))
+        } else {
+            old.completed_indexes.clone()
+        },
         ..old.clone()
     };
     if status != old {

@@ -29,6 +29,7 @@ pub mod endpoints;
 pub mod garbage_collector;
 mod history;
 pub mod job;
+mod job_index;
 pub mod node_ipam;
 pub mod node_lifecycle;
 mod owner;

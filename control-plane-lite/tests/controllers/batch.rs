@@ -119,6 +119,80 @@ async fn job_runs_to_completion_within_parallelism_and_fails_past_backoff_limit(
     assert_eq!(cond.reason.as_deref(), Some("BackoffLimitExceeded"));
 }
 
+/// An Indexed Job runs one pod per index (hostname and JOB_COMPLETION_INDEX from the index),
+/// retries only the index whose pod failed, and reports its completed indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_job_completes_every_index_once() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    spawn_kubelet(c.clone(), true, h.cancel.clone());
+    let mut j = job("idx", 4, 2, 6);
+    j.spec.as_mut().unwrap().completion_mode = Some("Indexed".into());
+    Api::<Job>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &j)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let index = |p: &Pod| -> String {
+        p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"].clone()
+    };
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let status = h
+        .wait("indexed job Complete", || async {
+            let list = pods
+                .list(&ListParams::default().labels("batch.kubernetes.io/job-name=idx"))
+                .await
+                .unwrap()
+                .items;
+            for p in &list {
+                if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                    continue;
+                }
+                // Index 1's first pod fails; everything else succeeds.
+                let phase = if index(p) == "1" && !failed_once.swap(true, Ordering::SeqCst) {
+                    "Failed"
+                } else {
+                    "Succeeded"
+                };
+                let _ = pods
+                    .patch_status(
+                        p.metadata.name.as_deref().unwrap(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"phase": phase}})),
+                    )
+                    .await;
+            }
+            job_condition(&c, "idx", "Complete").await
+        })
+        .await;
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-3"));
+    assert_eq!((status.succeeded, status.failed), (Some(4), Some(1)));
+    let all = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=idx"))
+        .await
+        .unwrap()
+        .items;
+    let mut runs: Vec<String> = all.iter().map(index).collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        ["0", "1", "1", "2", "3"],
+        "index 1 ran twice, the rest once"
+    );
+    for p in &all {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.hostname.as_deref(),
+            Some(format!("idx-{}", index(p)).as_str())
+        );
+        let env = spec.containers[0].env.as_ref().unwrap();
+        assert!(
+            env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX"),
+            "{env:?}"
+        );
+    }
+}
+
 /// Node names the active daemon pods (label app=ds) are pinned to by their required node
 /// affinity `matchFields metadata.name In [node]`, sorted.
 async fn daemon_targets(c: &Client) -> Vec<String> {
