@@ -4,7 +4,7 @@
 //! unbound with a required node affinity `matchFields metadata.name In [node]`, as upstream, and
 //! the scheduler places them; pods on nodes that are gone or no longer eligible are deleted.
 //! A node whose pod is still terminating gets its replacement only once that pod is gone, so
-//! one node never runs the daemon twice.
+//! one node never runs the daemon twice (except during a `maxSurge` update).
 //!
 //! Template updates: pods carry the template hash as `controller-revision-hash`; under
 //! `RollingUpdate` (the default) old pods are replaced while at most `maxUnavailable` nodes
@@ -13,13 +13,15 @@
 //! Every template gets a ControllerRevision (`history.rs`), so `kubectl rollout history` and
 //! `kubectl rollout undo daemonset` work.
 //!
-//! Not implemented: `maxSurge` (updates replace in place, as with `maxSurge: 0`) and
-//! `nodeAffinity` in the template when choosing nodes.
+//! With `maxSurge` above 0 the new pod starts beside the old one and the old one goes once the
+//! new one is available (`daemonset_update::surge`).
+//!
+//! Not implemented: `nodeAffinity` in the template when choosing nodes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::daemonset_update::{self, Slot, SlotPod};
+use super::daemonset_update::{self, Slot, SlotPod, SurgeSlot};
 use super::statefulset::{self, REVISION_LABEL};
 use super::workload::{self, Workload};
 use super::{history, owner, pods, rollout, ControllerError};
@@ -196,6 +198,12 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let mut create: Vec<String> = Vec::new();
     let (mut desired, mut current, mut ready, mut available, mut updated) = (0, 0, 0, 0, 0);
     let mut slots: Vec<Slot> = Vec::new();
+    let mut surge_slots: Vec<SurgeSlot> = Vec::new();
+    let eligible_nodes = nodes
+        .iter()
+        .filter(|n| eligible(n, &node_selector, &tolerations))
+        .count() as i32;
+    let surge_budget = daemonset_update::max_surge(spec.update_strategy.as_ref(), eligible_nodes);
     for node in &nodes {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         let mut here = by_node.remove(&node_name).unwrap_or_default();
@@ -209,6 +217,33 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
             here.drain(..).partition(|p| pods::phase(p) == "Failed");
         delete.extend(failed);
         live.sort_by_key(|p| p.metadata.creation_timestamp.clone());
+        let slot_pod = |p: &Pod| SlotPod {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            updated: statefulset::revision_of(p) == hash,
+            available: pods::is_available(p, min_ready, now),
+        };
+        if !live.is_empty() {
+            current += 1;
+            ready += i32::from(live.iter().any(|p| pods::is_ready(p)));
+            available += i32::from(live.iter().any(|p| pods::is_available(p, min_ready, now)));
+            updated += i32::from(live.iter().any(|p| statefulset::revision_of(p) == hash));
+        }
+        if surge_budget > 0 {
+            // Surge: one old and one new pod may share the node; further ones go.
+            let (new, old): (Vec<&Pod>, Vec<&Pod>) = live
+                .into_iter()
+                .partition(|p| statefulset::revision_of(p) == hash);
+            delete.extend(new.iter().skip(1).chain(old.iter().skip(1)).copied());
+            let slot = SurgeSlot {
+                node: node_name.clone(),
+                old: old.first().map(|p| slot_pod(p)),
+                new: new.first().map(|p| slot_pod(p)),
+            };
+            if slot.old.is_some() || slot.new.is_some() || !terminating.contains(&node_name) {
+                surge_slots.push(slot);
+            }
+            continue;
+        }
         match live.split_first() {
             None => {
                 slots.push(Slot { pod: None });
@@ -218,23 +253,24 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
             }
             Some((keep, extra)) => {
                 delete.extend(extra.iter().copied());
-                let is_available = pods::is_available(keep, min_ready, now);
-                let is_updated = statefulset::revision_of(keep) == hash;
-                current += 1;
-                ready += i32::from(pods::is_ready(keep));
-                available += i32::from(is_available);
-                updated += i32::from(is_updated);
                 slots.push(Slot {
-                    pod: Some(SlotPod {
-                        name: keep.metadata.name.clone().unwrap_or_default(),
-                        updated: is_updated,
-                        available: is_available,
-                    }),
+                    pod: Some(slot_pod(keep)),
                 });
             }
         }
     }
-    if let Some(max) = daemonset_update::max_unavailable(spec.update_strategy.as_ref(), desired) {
+    if surge_budget > 0 {
+        let steps = daemonset_update::surge(&surge_slots, surge_budget);
+        create.extend(steps.create);
+        delete.extend(owned.iter().filter(|p| {
+            steps
+                .delete
+                .iter()
+                .any(|n| p.metadata.name.as_ref() == Some(n))
+        }));
+    } else if let Some(max) =
+        daemonset_update::max_unavailable(spec.update_strategy.as_ref(), desired)
+    {
         let names = daemonset_update::pods_to_delete(&slots, max);
         delete.extend(
             owned

@@ -1,7 +1,11 @@
-//! The DaemonSet `RollingUpdate` decision, kept pure for unit tests: which old daemon pods to
-//! delete now so that at most `maxUnavailable` nodes are without an available pod (upstream's
-//! `rollingUpdate` with `maxSurge: 0`). The controller creates the replacement once the old pod
-//! is gone, so a node's daemon never runs twice (host ports, host network).
+//! The DaemonSet `RollingUpdate` decisions, kept pure for unit tests.
+//!
+//! With `maxSurge: 0` (the default): which old daemon pods to delete now so that at most
+//! `maxUnavailable` nodes are without an available pod; the controller creates the
+//! replacement once the old pod is gone, so a node's daemon never runs twice (host ports, host
+//! network). With `maxSurge` above 0 ([`surge`]): the new pod starts beside the old one on up
+//! to `maxSurge` nodes at a time, and the old one goes once the new one is available, so no
+//! node is ever without an available daemon (the daemon must tolerate running twice).
 
 use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -43,6 +47,69 @@ pub fn max_unavailable(strategy: Option<&DaemonSetUpdateStrategy>, desired: i32)
         }
     };
     Some(n.max(1))
+}
+
+/// `maxSurge` of the strategy for a set that wants `desired` pods: 0 unless `RollingUpdate` sets
+/// it; percentages round up, as upstream.
+pub fn max_surge(strategy: Option<&DaemonSetUpdateStrategy>, desired: i32) -> i32 {
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("OnDelete") {
+        return 0;
+    }
+    match strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.clone())
+    {
+        Some(IntOrString::Int(n)) => n.max(0),
+        Some(IntOrString::String(s)) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            ((pct * i64::from(desired) + 99) / 100).max(0) as i32
+        }
+        None => 0,
+    }
+}
+
+/// One eligible node during a surge update: its oldest old pod and its newest updated pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SurgeSlot {
+    /// The node.
+    pub node: String,
+    /// A live pod with an older template.
+    pub old: Option<SlotPod>,
+    /// A live pod with the current template.
+    pub new: Option<SlotPod>,
+}
+
+/// What a surge update does now: nodes that get a new pod, old pods to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SurgeSteps {
+    /// Nodes to start a current pod on (beside their old one, or on an empty node).
+    pub create: Vec<String>,
+    /// Old pods whose node has an available new one, or that serve nothing.
+    pub delete: Vec<String>,
+}
+
+/// The surge update: a node with an available new pod loses its old one; a node with only an
+/// old pod gets a new one beside it while fewer than `max_surge` nodes are surging (at once
+/// when its old pod is unavailable, as upstream); an empty node gets a new pod.
+pub fn surge(slots: &[SurgeSlot], max_surge: i32) -> SurgeSteps {
+    let mut steps = SurgeSteps::default();
+    let mut surging = slots
+        .iter()
+        .filter(|s| s.old.is_some() && s.new.as_ref().is_some_and(|n| !n.available))
+        .count() as i32;
+    for slot in slots {
+        match (&slot.old, &slot.new) {
+            (None, None) => steps.create.push(slot.node.clone()),
+            (Some(old), Some(new)) if new.available => steps.delete.push(old.name.clone()),
+            (Some(old), None) if !old.available => steps.create.push(slot.node.clone()),
+            (Some(_), None) if surging < max_surge => {
+                surging += 1;
+                steps.create.push(slot.node.clone());
+            }
+            _ => {}
+        }
+    }
+    steps
 }
 
 /// The old pods to delete now: every unavailable old pod (it serves nothing anyway), then
@@ -125,6 +192,52 @@ mod tests {
         assert_eq!(pods_to_delete(&slots, 3), ["a", "b", "c"]);
     }
 
+    fn surge_slot(node: &str, old: Option<bool>, new: Option<bool>) -> SurgeSlot {
+        let pod = |kind: &str, available: bool, updated: bool| SlotPod {
+            name: format!("{node}-{kind}"),
+            updated,
+            available,
+        };
+        SurgeSlot {
+            node: node.into(),
+            old: old.map(|a| pod("old", a, false)),
+            new: new.map(|a| pod("new", a, true)),
+        }
+    }
+
+    #[test]
+    fn surge_starts_new_pods_beside_old_ones_within_the_budget() {
+        let all_old = [
+            surge_slot("a", Some(true), None),
+            surge_slot("b", Some(true), None),
+            surge_slot("c", Some(true), None),
+        ];
+        assert_eq!(surge(&all_old, 1).create, ["a"]);
+        assert_eq!(surge(&all_old, 2).create, ["a", "b"]);
+        // a surging (new not available yet): nothing more with a budget of 1.
+        let a_surging = [
+            surge_slot("a", Some(true), Some(false)),
+            surge_slot("b", Some(true), None),
+            surge_slot("c", Some(false), None),
+        ];
+        let steps = surge(&a_surging, 1);
+        assert_eq!(
+            steps.create,
+            ["c"],
+            "an unavailable old pod is replaced at once"
+        );
+        assert!(steps.delete.is_empty());
+        // a's new pod is available: its old one goes, and b may start.
+        let a_done = [
+            surge_slot("a", Some(true), Some(true)),
+            surge_slot("b", Some(true), None),
+            surge_slot("", None, None),
+        ];
+        let steps = surge(&a_done, 1);
+        assert_eq!(steps.delete, ["a-old"]);
+        assert_eq!(steps.create, ["b", ""]);
+    }
+
     #[test]
     fn budget_follows_the_strategy() {
         let rolling = |v: IntOrString| DaemonSetUpdateStrategy {
@@ -152,5 +265,19 @@ mod tests {
             rolling_update: None,
         };
         assert_eq!(max_unavailable(Some(&on_delete), 10), None);
+        assert_eq!(max_surge(Some(&on_delete), 10), 0);
+        assert_eq!(max_surge(None, 10), 0);
+        let surge = |v: IntOrString| DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(IntOrString::Int(0)),
+                max_surge: Some(v),
+            }),
+        };
+        assert_eq!(max_surge(Some(&surge(IntOrString::Int(2))), 10), 2);
+        assert_eq!(
+            max_surge(Some(&surge(IntOrString::String("15%".into()))), 10),
+            2
+        );
     }
 }

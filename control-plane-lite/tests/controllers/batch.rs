@@ -368,6 +368,78 @@ async fn daemon_kubelets(c: &Client, next_ip: &AtomicU32) -> Vec<(String, usize,
         .collect()
 }
 
+/// `maxSurge: 1, maxUnavailable: 0`: the new pod starts beside the old one on one node at a
+/// time and the old one goes once the new one is ready, so every node always has a ready
+/// daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_surge_update_keeps_every_node_served() {
+    let h = Harness::start(ControllersConfig::default()).await;
+    let c = h.client.clone();
+    for n in ["n1", "n2", "n3"] {
+        create_node(&c, n).await;
+    }
+    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "roll"},
+        "spec": {"selector": {"matchLabels": {"app": "roll"}},
+                 "updateStrategy": {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": {"app": "roll"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let next_ip = AtomicU32::new(0);
+    let all_at = |image: &'static str| {
+        let c = c.clone();
+        move || {
+            let c = c.clone();
+            async move {
+                let pods = active_pods(&c, "app=roll").await;
+                (pods.len() == 3
+                    && pods.iter().all(|p| {
+                        is_ready(p)
+                            && p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                                == Some(image)
+                    }))
+                .then_some(())
+            }
+        }
+    };
+    let v1 = all_at("testapp:v1");
+    h.wait("three ready v1 daemon pods", || async {
+        daemon_kubelets(&c, &next_ip).await;
+        v1().await
+    })
+    .await;
+    dss.patch(
+        "roll",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let v2 = all_at("testapp:v2");
+    let most_doubled = AtomicUsize::new(0);
+    h.wait("all daemon pods at v2", || async {
+        let seen = daemon_kubelets(&c, &next_ip).await;
+        assert!(
+            seen.len() == 3 && seen.iter().all(|(_, live, ready)| *ready && *live <= 2),
+            "a node without a ready daemon, or with more than two: {seen:?}"
+        );
+        let doubled = seen.iter().filter(|(_, live, _)| *live == 2).count();
+        most_doubled.fetch_max(doubled, Ordering::SeqCst);
+        v2().await
+    })
+    .await;
+    // A new pod is only made ready by a poll that also sees the old one beside it.
+    assert_eq!(
+        most_doubled.load(Ordering::SeqCst),
+        1,
+        "maxSurge 1: exactly one node at a time runs its old and new daemon pods"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonset_rolling_update_replaces_one_node_at_a_time() {
     let h = Harness::start(ControllersConfig::default()).await;
