@@ -453,3 +453,70 @@ async fn scheduler_subcommand_with_custom_name_and_leader_election() {
         "holder {holder}"
     );
 }
+
+/// Creates pod `ns/name` with `labels` and `affinity`.
+async fn affine_pod(client: &Client, ns: &str, name: &str, labels: Value, affinity: Value) {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"affinity": affinity, "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {ns}/{name}: {e}"));
+}
+
+/// Required pod anti-affinity by hostname puts three replicas on three nodes and leaves a
+/// fourth unschedulable, saying why; required pod affinity puts a pod beside its peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_affinity_and_anti_affinity_by_hostname() {
+    let (server, client) = start().await;
+    namespace(&client, "aff").await;
+    for n in ["n1", "n2", "n3"] {
+        node(
+            &client,
+            n,
+            alloc("4", 110),
+            json!({"kubernetes.io/hostname": n}),
+            json!([]),
+        )
+        .await;
+    }
+    let _scheduler = run_scheduler(&client);
+    let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+    let mut placed = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let labels = if i == 0 {
+            json!({"app": "db", "role": "primary"})
+        } else {
+            json!({"app": "db"})
+        };
+        let name = format!("db-{i}");
+        affine_pod(&client, "aff", &name, labels, anti.clone()).await;
+        placed.insert(wait_bound(&client, &server, "aff", &name).await);
+    }
+    assert_eq!(placed.len(), 3, "one db per node: {placed:?}");
+    affine_pod(&client, "aff", "db-3", json!({"app": "db"}), anti).await;
+    wait_message(
+        &client,
+        "aff",
+        "db-3",
+        "FailedScheduling",
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.",
+    )
+    .await;
+    let primary = wait_bound(&client, &server, "aff", "db-0").await;
+    affine_pod(
+        &client,
+        "aff",
+        "web",
+        json!({"app": "web"}),
+        json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"role": "primary"}},
+             "topologyKey": "kubernetes.io/hostname"}]}}),
+    )
+    .await;
+    assert_eq!(wait_bound(&client, &server, "aff", "web").await, primary);
+}

@@ -36,7 +36,7 @@ mod owner;
 mod pods;
 pub mod replicaset;
 mod rollout;
-mod selector;
+pub(crate) mod selector;
 pub mod statefulset;
 mod statefulset_plan;
 mod workload;

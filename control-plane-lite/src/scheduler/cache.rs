@@ -4,7 +4,7 @@
 //! decides ("assumes") it, so a burst never overcommits while binds are still in flight.
 
 use super::resources::{pod_requests, Resources};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -55,6 +55,40 @@ pub fn controller_uid(pod: &Pod) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
+/// What inter-pod affinity needs to know of a pod on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodMeta {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its required pod anti-affinity terms (other pods must keep away from it).
+    pub anti: Vec<PodAffinityTerm>,
+}
+
+impl PodMeta {
+    fn new(pod: &Pod) -> Self {
+        Self {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            anti: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// What one pod contributes to its node's sums.
 #[derive(Debug, Clone)]
 struct PodEntry {
@@ -62,6 +96,7 @@ struct PodEntry {
     non_zero: Resources,
     ports: Vec<HostPort>,
     owner: Option<String>,
+    meta: Arc<PodMeta>,
 }
 
 impl PodEntry {
@@ -71,6 +106,7 @@ impl PodEntry {
             non_zero: pod_requests(pod, true),
             ports: host_ports(pod),
             owner: controller_uid(pod).map(str::to_string),
+            meta: Arc::new(PodMeta::new(pod)),
         }
     }
 }
@@ -90,6 +126,10 @@ pub struct NodeInfo {
     pub used_ports: HashMap<HostPort, usize>,
     /// Pods per controller uid.
     pub owners: HashMap<String, usize>,
+    /// The pods' namespaces, labels and required anti-affinity, for inter-pod affinity.
+    pub metas: HashMap<PodKey, Arc<PodMeta>>,
+    /// How many of them have required anti-affinity terms.
+    pub anti_pods: usize,
     pods: HashSet<PodKey>,
 }
 
@@ -132,6 +172,8 @@ impl NodeInfo {
         if let Some(owner) = &entry.owner {
             *self.owners.entry(owner.clone()).or_default() += 1;
         }
+        self.anti_pods += usize::from(!entry.meta.anti.is_empty());
+        self.metas.insert(key.clone(), entry.meta.clone());
     }
 
     fn remove(&mut self, key: &PodKey, entry: &PodEntry) {
@@ -156,6 +198,8 @@ impl NodeInfo {
                 }
             }
         }
+        self.anti_pods -= usize::from(!entry.meta.anti.is_empty());
+        self.metas.remove(key);
     }
 
     /// Accounts `pod` on this node (test helper and what assuming does).

@@ -27,6 +27,12 @@ pub enum Reason {
     Insufficient(&'static str),
     /// No pod slot left.
     TooManyPods,
+    /// A required pod affinity term has no matching pod in the node's domain.
+    PodAffinity,
+    /// A required pod anti-affinity term has a matching pod in the node's domain.
+    PodAntiAffinity,
+    /// A pod in the node's domain has anti-affinity against this pod.
+    ExistingAntiAffinity,
 }
 
 impl fmt::Display for Reason {
@@ -47,6 +53,14 @@ impl fmt::Display for Reason {
             }
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
             Reason::TooManyPods => write!(f, "Too many pods"),
+            Reason::PodAffinity => write!(f, "node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => write!(f, "node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                write!(
+                    f,
+                    "node(s) didn't satisfy existing pods anti-affinity rules"
+                )
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod inter_pod;
 pub mod queue;
 pub mod resources;
 pub mod schedule;

@@ -1,5 +1,7 @@
 //! One scheduling decision: filter cached nodes until enough fit, score the ones that fit, pick
-//! the best (ties at random), or explain per node why none fits in upstream's words.
+//! the best (ties at random), or explain per node why none fits in upstream's words. Inter-pod
+//! (anti-)affinity (`inter_pod.rs`) is resolved once per pod over every node, then checked per
+//! node after the other filters.
 //!
 //! Like upstream's `percentageOfNodesToScore`, a big cluster is not filtered in full for every
 //! pod: the search stops once [`feasible_nodes_to_find`] nodes fit, and the next pod's search
@@ -9,6 +11,7 @@
 
 use super::cache::Cache;
 use super::filters::{run_filters, PodFacts};
+use super::inter_pod::InterPod;
 use super::scores::score_nodes;
 use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
@@ -46,6 +49,10 @@ impl fmt::Display for FitError {
     }
 }
 
+/// Weight of the inter-pod affinity score beside `scores.rs`'s (upstream's default profile
+/// weighs it 2, like node affinity).
+const INTER_POD_WEIGHT: i64 = 2;
+
 /// Clusters up to this many nodes are filtered in full (upstream's `minFeasibleNodesToFind`).
 const MIN_FEASIBLE_NODES: usize = 100;
 /// The smallest share of a big cluster that is searched (upstream's
@@ -76,6 +83,7 @@ pub fn find_node(
     rng: &mut impl Rng,
 ) -> Result<String, FitError> {
     let facts = PodFacts::new(pod);
+    let inter = InterPod::prepare(pod, || cache.nodes());
     let want = feasible_nodes_to_find(cache.node_count());
     let mut feasible = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -88,7 +96,10 @@ pub fn find_node(
             break;
         }
         num_nodes += 1;
-        let failed = run_filters(&facts, info);
+        let mut failed = run_filters(&facts, info);
+        if let (true, Some(inter), Some(node)) = (failed.is_empty(), &inter, info.node.as_deref()) {
+            failed.extend(inter.filter(node));
+        }
         if failed.is_empty() {
             feasible.push(info);
         }
@@ -100,7 +111,12 @@ pub fn find_node(
     if feasible.is_empty() {
         return Err(FitError { num_nodes, reasons });
     }
-    let scores = score_nodes(pod, &feasible);
+    let mut scores = score_nodes(pod, &feasible);
+    if let Some(inter) = &inter {
+        for (s, extra) in scores.iter_mut().zip(inter.score(&feasible)) {
+            *s += INTER_POD_WEIGHT * extra;
+        }
+    }
     // Reservoir sampling over the top score: each tied node is equally likely.
     let (mut best, mut best_score, mut ties) = (0, i64::MIN, 0u32);
     for (i, &s) in scores.iter().enumerate() {
