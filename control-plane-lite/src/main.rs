@@ -110,7 +110,22 @@ enum Command {
     },
 }
 
+/// glibc gives every thread that allocates concurrently its own malloc arena (up to 8 per
+/// core), and objects freed on other threads keep each arena's pages: with tokio's workers
+/// and 10,000 cached pods that was 175 MB of the apiserver's 552 MB RSS
+/// (`cargo xtask bench apiserver`). Two arenas give 377 MB at the same create throughput
+/// (1,100–1,230 creates/s over runs, against 1,172 before).
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread
+    // exists, as glibc requires for M_ARENA_MAX to take effect everywhere.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
