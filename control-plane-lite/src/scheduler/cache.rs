@@ -67,7 +67,8 @@ pub struct PodMeta {
 }
 
 impl PodMeta {
-    fn new(pod: &Pod) -> Self {
+    /// The facts of `pod`.
+    pub fn new(pod: &Pod) -> Self {
         Self {
             namespace: pod
                 .metadata

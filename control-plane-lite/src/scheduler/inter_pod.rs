@@ -108,15 +108,7 @@ impl InterPod {
         if req_aff.is_empty() && req_anti.is_empty() && pref.is_empty() && !others_anti {
             return None;
         }
-        let me = PodMeta {
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            anti: Vec::new(),
-        };
+        let me = PodMeta::new(pod);
         let mut out = InterPod {
             affinity: req_aff
                 .iter()
