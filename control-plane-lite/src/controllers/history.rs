@@ -34,6 +34,26 @@ pub fn data_of(template: &PodTemplateSpec) -> serde_json::Value {
     json!({ "spec": { "template": t } })
 }
 
+/// The pod template the revision `name` restores (`None` if there is no such revision or its
+/// data holds no template).
+pub async fn template_of(
+    api: &Api<ControllerRevision>,
+    name: &str,
+) -> Result<Option<PodTemplateSpec>, ControllerError> {
+    let Some(rev) = api
+        .get_opt(name)
+        .await
+        .map_err(ControllerError::kube("read revision", name.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let mut template = rev.data.0["spec"]["template"].clone();
+    if let Some(t) = template.as_object_mut() {
+        t.remove("$patch");
+    }
+    Ok(serde_json::from_value(template).ok())
+}
+
 /// A revision's number (0 when unset).
 fn number(r: &ControllerRevision) -> i64 {
     r.revision.unwrap_or(0)

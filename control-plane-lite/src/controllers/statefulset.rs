@@ -7,9 +7,8 @@
 //! Revisions: a revision is `<set>-<hash>` with the same template hash as Deployments'
 //! `pod-template-hash`, set on pods as `controller-revision-hash`, and kept as a
 //! ControllerRevision of that name (`history.rs`), so `kubectl rollout history|undo
-//! statefulset` work. Pods are still made from the set's current template: a pod below the
-//! partition that is deleted comes back at the update revision, not at its old one as upstream
-//! would recreate it from the old revision.
+//! statefulset` work. A pod below the partition that is deleted comes back at the current
+//! revision, made from that revision's template, as upstream recreates it.
 //!
 //! Not implemented: `volumeClaimTemplates` (the cluster has no PersistentVolumeClaims; they
 //! are ignored, with a warning in the log, and pods get no claim volumes), `spec.ordinals`,
@@ -20,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
@@ -54,11 +53,22 @@ pub fn update_revision(sts: &StatefulSet) -> String {
     )
 }
 
-/// The pod for `ordinal` of `sts` at `revision`; `None` if the set has no name or uid yet.
+/// The pod for `ordinal` of `sts` at `revision` (the set's current template); `None` if the
+/// set has no name or uid yet.
 fn pod_for(sts: &StatefulSet, ordinal: usize, revision: &str) -> Option<Pod> {
+    pod_at(sts, ordinal, revision, &sts.spec.template)
+}
+
+/// The pod for `ordinal` of `sts` from `template`, the template of `revision`.
+fn pod_at(
+    sts: &StatefulSet,
+    ordinal: usize,
+    revision: &str,
+    template: &PodTemplateSpec,
+) -> Option<Pod> {
     let spec = &sts.spec;
     let name = format!("{}-{ordinal}", sts.metadata.name.as_deref()?);
-    let mut pod = workload::pod_from_template(sts, &spec.template)?;
+    let mut pod = workload::pod_from_template(sts, template)?;
     pod.metadata.generate_name = None;
     pod.metadata.name = Some(name.clone());
     let labels = pod.metadata.labels.get_or_insert_with(Default::default);
@@ -201,9 +211,28 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         for step in statefulset_plan::plan(replicas, policy, strategy, &update_revision, &states) {
             match step {
                 Step::Create(ord) => {
-                    let pod = pod_for(&sts, ord, &update_revision)
-                        .ok_or_else(|| w.missing("metadata.uid"))?;
-                    tracing::info!(statefulset = %w.object, ordinal = ord, revision = %update_revision, "creating pod");
+                    // Below the partition a pod comes back at the current revision, from its
+                    // ControllerRevision, as upstream recreates it.
+                    let current = sts.status.as_ref().and_then(|s| s.current_revision.clone());
+                    let old = match (strategy, current) {
+                        (Strategy::RollingUpdate { partition }, Some(cur))
+                            if ord < partition && cur != update_revision =>
+                        {
+                            history::template_of(&Api::namespaced(ctx.client.clone(), &w.ns), &cur)
+                                .await?
+                                .map(|t| (cur, t))
+                        }
+                        _ => None,
+                    };
+                    let (revision, pod) = match &old {
+                        Some((rev, template)) => (rev.as_str(), pod_at(&sts, ord, rev, template)),
+                        None => (
+                            update_revision.as_str(),
+                            pod_for(&sts, ord, &update_revision),
+                        ),
+                    };
+                    let pod = pod.ok_or_else(|| w.missing("metadata.uid"))?;
+                    tracing::info!(statefulset = %w.object, ordinal = ord, %revision, "creating pod");
                     api.create(&PostParams::default(), &pod).await.map_err(
                         ControllerError::kube("create pod", format!("{}/{}-{ord}", w.ns, w.name)),
                     )?;

@@ -328,9 +328,27 @@ async fn statefulset_rolling_update_honours_partition() {
     assert_eq!(
         get_pod(&c, "web-0").await.unwrap().metadata.uid.unwrap(),
         web0,
-        "web-0 is below the partition and must not be replaced"
+        "web-0 is below the partition and must not be replaced by the update"
     );
     assert_eq!(seen.lock().unwrap().terminations, ["web-2", "web-1"]);
+
+    // Below the partition a deleted pod comes back at the current revision, from its
+    // ControllerRevision's template.
+    Api::<Pod>::namespaced(c.clone(), "default")
+        .delete("web-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let back = wait_running(&h, "web-0", Some(&web0)).await;
+    assert_eq!(
+        (label(&back, REVISION_LABEL), image(&back).as_str()),
+        (rev1.as_str(), "testapp:v1"),
+        "web-0 recreated at the current revision"
+    );
+    h.wait("web-0 ready again", || async {
+        let s = sts_status(&c, "web").await?;
+        (s.ready_replicas == Some(3) && s.current_replicas == Some(1)).then_some(())
+    })
+    .await;
 
     // Partition 0: web-0 follows, and the update revision becomes the current one.
     sets.patch(
@@ -351,7 +369,7 @@ async fn statefulset_rolling_update_honours_partition() {
     assert_eq!(image(&get_pod(&c, "web-0").await.unwrap()), "testapp:v2");
     {
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.terminations, ["web-2", "web-1", "web-0"]);
+        assert_eq!(seen.terminations, ["web-2", "web-1", "web-0", "web-0"]);
         assert!(seen.violations.is_empty(), "{:?}", seen.violations);
     }
 
