@@ -199,15 +199,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let (mut desired, mut current, mut ready, mut available, mut updated) = (0, 0, 0, 0, 0);
     let mut slots: Vec<Slot> = Vec::new();
     let mut surge_slots: Vec<SurgeSlot> = Vec::new();
-    let eligible_nodes = nodes
+    let fits: Vec<bool> = nodes
         .iter()
-        .filter(|n| eligible(n, &node_selector, &tolerations))
-        .count() as i32;
+        .map(|n| eligible(n, &node_selector, &tolerations))
+        .collect();
+    let eligible_nodes = fits.iter().filter(|f| **f).count() as i32;
     let surge_budget = daemonset_update::max_surge(spec.update_strategy.as_ref(), eligible_nodes);
-    for node in &nodes {
+    for (node, fits) in nodes.iter().zip(fits) {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         let mut here = by_node.remove(&node_name).unwrap_or_default();
-        if !eligible(node, &node_selector, &tolerations) {
+        if !fits {
             delete.extend(here);
             continue;
         }

@@ -254,6 +254,7 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
             orphaning.extend(m.uid.as_deref());
         }
     }
+    let mut looked_up: HashMap<String, OwnerState> = HashMap::new();
     for o in &objects {
         let k = &kinds[o.kind];
         let uid = o.meta.uid.as_deref().unwrap_or("");
@@ -270,9 +271,18 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
         }
         let mut states: Vec<OwnerState> = refs.iter().map(state).collect();
         for (r, st) in refs.iter().zip(states.iter_mut()) {
-            if *st == OwnerState::Absent {
-                *st = live_state(client, kinds, r, o.meta.namespace.as_deref()).await;
+            if *st != OwnerState::Absent {
+                continue;
             }
+            // Once per owner and scan: a deleted owner's many dependents share the answer.
+            *st = match looked_up.get(r.uid.as_str()) {
+                Some(known) => *known,
+                None => {
+                    let s = live_state(client, kinds, r, o.meta.namespace.as_deref()).await;
+                    looked_up.insert(r.uid.clone(), s);
+                    s
+                }
+            };
         }
         let action = decide(
             &o.meta,

@@ -129,8 +129,6 @@ pub struct NodeInfo {
     pub owners: HashMap<String, usize>,
     /// The pods' namespaces, labels and required anti-affinity, for inter-pod affinity.
     pub metas: HashMap<PodKey, Arc<PodMeta>>,
-    /// How many of them have required anti-affinity terms.
-    pub anti_pods: usize,
     pods: HashSet<PodKey>,
 }
 
@@ -173,7 +171,6 @@ impl NodeInfo {
         if let Some(owner) = &entry.owner {
             *self.owners.entry(owner.clone()).or_default() += 1;
         }
-        self.anti_pods += usize::from(!entry.meta.anti.is_empty());
         self.metas.insert(key.clone(), entry.meta.clone());
     }
 
@@ -199,7 +196,6 @@ impl NodeInfo {
                 }
             }
         }
-        self.anti_pods -= usize::from(!entry.meta.anti.is_empty());
         self.metas.remove(key);
     }
 
@@ -223,6 +219,9 @@ struct Placement {
 pub struct Cache {
     nodes: BTreeMap<String, NodeInfo>,
     pods: HashMap<PodKey, Placement>,
+    /// Cached pods with required pod anti-affinity: while 0, pods without inter-pod terms of
+    /// their own skip that plugin without looking at any node.
+    anti_pods: usize,
 }
 
 /// Whether `new` differs from `old` in anything a filter or score reads (labels, taints,
@@ -329,6 +328,11 @@ impl Cache {
         self.pods.contains_key(key)
     }
 
+    /// Whether some cached pod has required pod anti-affinity.
+    pub fn has_anti_affinity(&self) -> bool {
+        self.anti_pods > 0
+    }
+
     /// The nodes that exist (node object seen), in name order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values().filter(|n| n.node.is_some())
@@ -367,6 +371,7 @@ impl Cache {
     }
 
     fn place(&mut self, key: PodKey, node: String, entry: PodEntry, assumed: bool) {
+        self.anti_pods += usize::from(!entry.meta.anti.is_empty());
         self.nodes
             .entry(node.clone())
             .or_default()
@@ -383,6 +388,7 @@ impl Cache {
 
     fn remove_key(&mut self, key: &PodKey) {
         if let Some(p) = self.pods.remove(key) {
+            self.anti_pods -= usize::from(!p.entry.meta.anti.is_empty());
             if let Some(info) = self.nodes.get_mut(&p.node) {
                 info.remove(key, &p.entry);
                 if info.node.is_none() && info.pods.is_empty() {

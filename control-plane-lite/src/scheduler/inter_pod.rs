@@ -65,12 +65,13 @@ fn domain<'a>(node: &'a Node, key: &str) -> Option<&'a String> {
 }
 
 impl InterPod {
-    /// The constraints of `pod` against the pods on the nodes `nodes()` yields (called at most
-    /// twice); `None` when there are none.
-    pub fn prepare<'a, I>(pod: &Pod, nodes: impl Fn() -> I) -> Option<Self>
-    where
-        I: Iterator<Item = &'a NodeInfo>,
-    {
+    /// The constraints of `pod` against the pods on `nodes`; `placed_anti` says whether any
+    /// of them has required anti-affinity. `None` when there are none.
+    pub fn prepare<'a>(
+        pod: &Pod,
+        placed_anti: bool,
+        nodes: impl Iterator<Item = &'a NodeInfo>,
+    ) -> Option<Self> {
         let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
         let pa = affinity.and_then(|a| a.pod_affinity.as_ref());
         let paa = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
@@ -104,8 +105,7 @@ impl InterPod {
                 .map(|t| (t, -1)),
             )
             .collect();
-        let others_anti = nodes().any(|n| n.anti_pods > 0);
-        if req_aff.is_empty() && req_anti.is_empty() && pref.is_empty() && !others_anti {
+        if req_aff.is_empty() && req_anti.is_empty() && pref.is_empty() && !placed_anti {
             return None;
         }
         let me = PodMeta::new(pod);
@@ -128,7 +128,7 @@ impl InterPod {
             ..InterPod::default()
         };
         let mut any_match = vec![false; req_aff.len()];
-        for info in nodes() {
+        for info in nodes {
             let Some(node) = info.node.as_deref() else {
                 continue;
             };
@@ -260,6 +260,14 @@ mod tests {
         json!({"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": key})
     }
 
+    /// [`InterPod::prepare`] over `nodes` as the cache would call it.
+    fn prepare(pod: &Pod, nodes: &[NodeInfo]) -> Option<InterPod> {
+        let placed_anti = nodes
+            .iter()
+            .any(|n| n.metas.values().any(|m| !m.anti.is_empty()));
+        InterPod::prepare(pod, placed_anti, nodes.iter())
+    }
+
     fn node_of(info: &NodeInfo) -> &Node {
         info.node.as_deref().unwrap()
     }
@@ -275,7 +283,7 @@ mod tests {
             json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
                 [term("web", "kubernetes.io/hostname")]}}),
         );
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         assert_eq!(ip.filter(node_of(&nodes[0])), Some(Reason::PodAntiAffinity));
         assert_eq!(ip.filter(node_of(&nodes[1])), None);
         // By zone both nodes are excluded.
@@ -284,7 +292,7 @@ mod tests {
             json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
                 [term("web", "zone")]}}),
         );
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         assert!(nodes.iter().all(|n| ip.filter(node_of(n)).is_some()));
     }
 
@@ -299,7 +307,7 @@ mod tests {
             json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
                 [term("db", "zone")]}}),
         );
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         assert_eq!(ip.filter(node_of(&nodes[0])), None);
         assert_eq!(ip.filter(node_of(&nodes[1])), Some(Reason::PodAffinity));
         // Co-locating with its own kind when none runs yet: anywhere.
@@ -308,7 +316,7 @@ mod tests {
             json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
                 [term("cache", "zone")]}}),
         );
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         assert!(nodes.iter().all(|n| ip.filter(node_of(n)).is_none()));
     }
 
@@ -324,7 +332,7 @@ mod tests {
             p
         })
         .unwrap();
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         assert_eq!(
             ip.filter(node_of(&nodes[0])),
             Some(Reason::ExistingAntiAffinity)
@@ -337,7 +345,7 @@ mod tests {
             p
         })
         .unwrap();
-        let ip = InterPod::prepare(&other, || nodes.iter()).unwrap();
+        let ip = prepare(&other, &nodes).unwrap();
         assert_eq!(ip.filter(node_of(&nodes[0])), None);
     }
 
@@ -352,7 +360,7 @@ mod tests {
             json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution":
                 [{"weight": 50, "podAffinityTerm": term("web", "zone")}]}}),
         );
-        let ip = InterPod::prepare(&pod, || nodes.iter()).unwrap();
+        let ip = prepare(&pod, &nodes).unwrap();
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
         assert_eq!(ip.score(&refs), [0, 100]);
         let plain: Pod = serde_json::from_value({
@@ -361,6 +369,6 @@ mod tests {
             p
         })
         .unwrap();
-        assert!(InterPod::prepare(&plain, || nodes.iter()).is_none());
+        assert!(prepare(&plain, &nodes).is_none());
     }
 }

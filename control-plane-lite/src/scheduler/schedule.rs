@@ -83,7 +83,7 @@ pub fn find_node(
     rng: &mut impl Rng,
 ) -> Result<String, FitError> {
     let facts = PodFacts::new(pod);
-    let inter = InterPod::prepare(pod, || cache.nodes());
+    let inter = InterPod::prepare(pod, cache.has_anti_affinity(), cache.nodes());
     let want = feasible_nodes_to_find(cache.node_count());
     let mut feasible = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -368,6 +368,36 @@ async fn daemon_kubelets(c: &Client, next_ip: &AtomicU32) -> Vec<(String, usize,
         .collect()
 }
 
+/// Three nodes and the DaemonSet `roll` (label `app=roll`, image `testapp:v1`) with
+/// `strategy` as its `updateStrategy` (`null`: the default).
+async fn roll_daemonset(c: &Client, strategy: serde_json::Value) -> Api<DaemonSet> {
+    for n in ["n1", "n2", "n3"] {
+        create_node(c, n).await;
+    }
+    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "roll"},
+        "spec": {"selector": {"matchLabels": {"app": "roll"}},
+                 "updateStrategy": strategy,
+                 "template": {"metadata": {"labels": {"app": "roll"}},
+                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
+    }))
+    .unwrap();
+    dss.create(&PostParams::default(), &ds).await.unwrap();
+    dss
+}
+
+/// Moves the `roll` DaemonSet's template to `image`.
+async fn set_roll_image(dss: &Api<DaemonSet>, image: &str) {
+    dss.patch(
+        "roll",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})),
+    )
+    .await
+    .unwrap();
+}
+
 /// `maxSurge: 1, maxUnavailable: 0`: the new pod starts beside the old one on one node at a
 /// time and the old one goes once the new one is ready, so every node always has a ready
 /// daemon.
@@ -375,20 +405,11 @@ async fn daemon_kubelets(c: &Client, next_ip: &AtomicU32) -> Vec<(String, usize,
 async fn daemonset_surge_update_keeps_every_node_served() {
     let h = Harness::start(ControllersConfig::default()).await;
     let c = h.client.clone();
-    for n in ["n1", "n2", "n3"] {
-        create_node(&c, n).await;
-    }
-    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
-    let ds: DaemonSet = serde_json::from_value(json!({
-        "metadata": {"name": "roll"},
-        "spec": {"selector": {"matchLabels": {"app": "roll"}},
-                 "updateStrategy": {"type": "RollingUpdate",
-                                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                 "template": {"metadata": {"labels": {"app": "roll"}},
-                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
-    }))
-    .unwrap();
-    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let dss = roll_daemonset(
+        &c,
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+    )
+    .await;
     let next_ip = AtomicU32::new(0);
     let all_at = |image: &'static str| {
         let c = c.clone();
@@ -412,13 +433,7 @@ async fn daemonset_surge_update_keeps_every_node_served() {
         v1().await
     })
     .await;
-    dss.patch(
-        "roll",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
-    )
-    .await
-    .unwrap();
+    set_roll_image(&dss, "testapp:v2").await;
     let v2 = all_at("testapp:v2");
     let most_doubled = AtomicUsize::new(0);
     h.wait("all daemon pods at v2", || async {
@@ -444,18 +459,7 @@ async fn daemonset_surge_update_keeps_every_node_served() {
 async fn daemonset_rolling_update_replaces_one_node_at_a_time() {
     let h = Harness::start(ControllersConfig::default()).await;
     let c = h.client.clone();
-    for n in ["n1", "n2", "n3"] {
-        create_node(&c, n).await;
-    }
-    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
-    let ds: DaemonSet = serde_json::from_value(json!({
-        "metadata": {"name": "roll"},
-        "spec": {"selector": {"matchLabels": {"app": "roll"}},
-                 "template": {"metadata": {"labels": {"app": "roll"}},
-                              "spec": {"containers": [{"name": "c", "image": "testapp:v1"}]}}}
-    }))
-    .unwrap();
-    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let dss = roll_daemonset(&c, serde_json::Value::Null).await;
     let next_ip = AtomicU32::new(0);
     let rolled_out = |image: &'static str| {
         let (c, dss) = (c.clone(), dss.clone());
@@ -485,13 +489,7 @@ async fn daemonset_rolling_update_replaces_one_node_at_a_time() {
     })
     .await;
 
-    dss.patch(
-        "roll",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "testapp:v2"}]}}}})),
-    )
-    .await
-    .unwrap();
+    set_roll_image(&dss, "testapp:v2").await;
     let done = rolled_out("testapp:v2");
     let worst = AtomicUsize::new(3);
     h.wait("all daemon pods at v2", || async {
