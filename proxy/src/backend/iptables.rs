@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::exec::NetnsExec;
 use crate::model::{IpFamily, ServiceKey, ServicePortName, ServiceTable};
 use render::{RenderContext, ServiceRules};
-use ruleset::{ChainId, Transaction};
+use ruleset::{ChainId, Table, Transaction};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Chains of the kernel's own that our hooks live in.
@@ -47,6 +47,82 @@ struct FamilyState {
     fragments: BTreeMap<ServicePortName, ServiceRules>,
     /// Our chains as this process last wrote or verified them.
     installed: BTreeMap<ChainId, Vec<String>>,
+}
+
+impl FamilyState {
+    /// The transaction for a partial sync of the Services `keys`, updating `fragments` and
+    /// `installed` as if it succeeds. Work is proportional to the change: the Services' own
+    /// chains are diffed one by one, and the shared dispatch chains are re-assembled only
+    /// when a changed Service's lines in them differ (Services or ports added or removed,
+    /// endpoints appearing or all going), never for an endpoint moving.
+    fn plan_partial(
+        &mut self,
+        table: &ServiceTable,
+        keys: &[ServiceKey],
+        ctx: &RenderContext,
+    ) -> Transaction {
+        let mut tx = Transaction::default();
+        let mut shared_changed = false;
+        for key in keys {
+            let stale: Vec<ServicePortName> = self
+                .fragments
+                .keys()
+                .filter(|name| &name.service == key)
+                .cloned()
+                .collect();
+            let old: Vec<ServiceRules> = stale
+                .iter()
+                .filter_map(|name| self.fragments.remove(name))
+                .collect();
+            let new: Vec<(ServicePortName, ServiceRules)> = table
+                .ports_of(key)
+                .filter_map(|p| render_port(p, ctx))
+                .collect();
+            let shared = |f: &ServiceRules| f.shared.clone();
+            shared_changed |= old
+                .iter()
+                .flat_map(shared)
+                .ne(new.iter().flat_map(|(_, f)| shared(f)));
+            let old_own: BTreeSet<&String> = old.iter().flat_map(|f| f.own.keys()).collect();
+            for (_, f) in &new {
+                for (name, rules) in &f.own {
+                    let id = ChainId::new(Table::Nat, name.as_str());
+                    if self.installed.get(&id) != Some(rules) {
+                        tx.write_chain(&id, rules);
+                        self.installed.insert(id, rules.clone());
+                    }
+                }
+            }
+            for name in old_own {
+                if !new.iter().any(|(_, f)| f.own.contains_key(name)) {
+                    let id = ChainId::new(Table::Nat, name.as_str());
+                    tx.delete_chain(&id);
+                    self.installed.remove(&id);
+                }
+            }
+            self.fragments.extend(new);
+        }
+        if shared_changed {
+            // The shared chains are the same set whatever the Services: none to delete.
+            let shared = render::assemble_shared(ctx, self.fragments.values());
+            for (id, rules) in shared.chains {
+                if self.installed.get(&id) != Some(&rules) {
+                    tx.write_chain(&id, &rules);
+                    self.installed.insert(id, rules);
+                }
+            }
+        }
+        tx
+    }
+}
+
+/// A service port's rules for the family `ctx` renders, if the port has that family.
+fn render_port(
+    p: &crate::model::ServicePort,
+    ctx: &RenderContext,
+) -> Option<(ServicePortName, ServiceRules)> {
+    let p = p.for_family(ctx.family)?;
+    Some((p.name.clone(), render::render_service(&p, ctx)))
 }
 
 /// The iptables [`Backend`].
@@ -86,45 +162,28 @@ impl IptablesBackend {
     ) -> Result<SyncStats> {
         let ctx = RenderContext::new(&self.cfg, family);
         let st = self.state.entry(family).or_default();
-        let fragment = |p: &crate::model::ServicePort| {
-            let p = p.for_family(family)?;
-            Some((p.name.clone(), render::render_service(&p, &ctx)))
+        let tx = match changed {
+            None => {
+                st.fragments = table.ports().filter_map(|p| render_port(p, &ctx)).collect();
+                let desired = render::assemble(&ctx, st.fragments.values()).chains;
+                let kernel = save::parse(&self.cli.save(family)?);
+                let mut tx = Transaction::default();
+                for (id, rules) in &desired {
+                    let verified = kernel.chains.get(id) == Some(&rules.len())
+                        && st.installed.get(id) == Some(rules);
+                    if !verified {
+                        tx.write_chain(id, rules);
+                    }
+                }
+                for id in kernel.chains.keys().filter(|id| !desired.contains_key(*id)) {
+                    tx.delete_chain(id);
+                }
+                plan_hooks(&kernel, &desired, &mut tx);
+                st.installed = desired;
+                tx
+            }
+            Some(keys) => st.plan_partial(table, keys, &ctx),
         };
-        match changed {
-            None => st.fragments = table.ports().filter_map(fragment).collect(),
-            Some(keys) => {
-                for key in keys {
-                    st.fragments.retain(|name, _| &name.service != key);
-                    st.fragments
-                        .extend(table.ports_of(key).filter_map(fragment));
-                }
-            }
-        }
-        let desired = render::assemble(&ctx, st.fragments.values()).chains;
-        let mut tx = Transaction::default();
-        if changed.is_none() {
-            let kernel = save::parse(&self.cli.save(family)?);
-            for (id, rules) in &desired {
-                let verified = kernel.chains.get(id) == Some(&rules.len())
-                    && st.installed.get(id) == Some(rules);
-                if !verified {
-                    tx.write_chain(id, rules);
-                }
-            }
-            for id in kernel.chains.keys().filter(|id| !desired.contains_key(*id)) {
-                tx.delete_chain(id);
-            }
-            plan_hooks(&kernel, &desired, &mut tx);
-        } else {
-            for (id, rules) in &desired {
-                if st.installed.get(id) != Some(rules) {
-                    tx.write_chain(id, rules);
-                }
-            }
-            for id in st.installed.keys().filter(|id| !desired.contains_key(*id)) {
-                tx.delete_chain(id);
-            }
-        }
         let mut stats = SyncStats {
             service_ports: st.fragments.len(),
             chains_written: tx.chains_written(),
@@ -141,7 +200,6 @@ impl IptablesBackend {
             }
             stats.transactions = 1;
         }
-        st.installed = desired;
         tracing::debug!(%family, ?stats, "iptables sync");
         Ok(stats)
     }

@@ -172,6 +172,21 @@ pub fn render(table: &ServiceTable, ctx: &RenderContext) -> Ruleset {
 /// Joins the fixed chains and the services' fragments (in the given order) into a ruleset.
 pub fn assemble<'a>(
     ctx: &RenderContext,
+    fragments: impl Iterator<Item = &'a ServiceRules> + Clone,
+) -> Ruleset {
+    let mut rs = assemble_shared(ctx, fragments.clone());
+    for f in fragments {
+        for (name, rules) in &f.own {
+            rs.chains.insert(nat(name), rules.clone());
+        }
+    }
+    rs
+}
+
+/// Only the chains every Service shares (dispatch, reject, masquerade), with the services'
+/// lines in them: what a partial sync rebuilds when a Service's lines there change.
+pub fn assemble_shared<'a>(
+    ctx: &RenderContext,
     fragments: impl Iterator<Item = &'a ServiceRules>,
 ) -> Ruleset {
     let mut rs = Ruleset::default();
@@ -213,13 +228,6 @@ pub fn assemble<'a>(
         rs.push(nat(MASQ_OFF_CLUSTER), format!("-j {MARK_MASQ}"));
     }
     for f in fragments {
-        for (name, rules) in &f.own {
-            let id = nat(name);
-            rs.chain(id.clone());
-            for r in rules {
-                rs.push(id.clone(), r.clone());
-            }
-        }
         for (id, rule) in &f.shared {
             rs.push(id.clone(), rule.clone());
         }

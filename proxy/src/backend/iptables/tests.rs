@@ -188,3 +188,53 @@ fn cleanup_removes_every_chain_and_hook() {
     assert!(!fake.save(IpFamily::V4).unwrap().contains("NETLET"));
     assert!(b.cleanup().unwrap().is_noop());
 }
+
+#[test]
+fn partial_syncs_end_where_a_fresh_full_sync_would() {
+    let fake = FakeIptables::default();
+    let mut b = backend(&fake);
+    b.sync(&two_services()).unwrap();
+    let key = |n: &str| ServiceKey::new("default", n);
+    // Each step: the table after it, and the Services it changed.
+    let steps: Vec<(ServiceTable, Vec<ServiceKey>)> = vec![
+        // An endpoint moves: own chains only.
+        (
+            ServiceTable::from_ports([
+                port("a", "10.96.0.10", &["10.244.1.2", "10.244.1.9"]),
+                port("b", "10.96.0.11", &["10.244.1.4"]),
+            ]),
+            vec![key("a")],
+        ),
+        // A Service appears and another loses every endpoint: shared chains change.
+        (
+            ServiceTable::from_ports([
+                port("a", "10.96.0.10", &["10.244.1.2", "10.244.1.9"]),
+                port("b", "10.96.0.11", &[]),
+                port("c", "10.96.0.12", &["10.244.2.2"]),
+            ]),
+            vec![key("b"), key("c")],
+        ),
+        // Endpoints come back and a Service goes.
+        (
+            ServiceTable::from_ports([
+                port("b", "10.96.0.11", &["10.244.1.5"]),
+                port("c", "10.96.0.12", &["10.244.2.2"]),
+            ]),
+            vec![key("a"), key("b")],
+        ),
+    ];
+    for (i, (table, keys)) in steps.iter().enumerate() {
+        b.sync_changed(table, keys).unwrap();
+        let fresh = FakeIptables::default();
+        backend(&fresh).sync(table).unwrap();
+        assert_eq!(netlet_chains(&fake), netlet_chains(&fresh), "step {i}");
+        assert_eq!(
+            fake.save(IpFamily::V4).unwrap(),
+            fresh.save(IpFamily::V4).unwrap(),
+            "step {i}"
+        );
+    }
+    // After the partial syncs the backend still vouches for exactly what is installed.
+    let s = b.sync(&steps[2].0).unwrap();
+    assert_eq!(s.transactions, 0, "{s:?}");
+}
