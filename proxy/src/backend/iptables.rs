@@ -8,8 +8,10 @@
 //! connections keep flowing through every sync. A second sync of the same table writes nothing.
 //!
 //! A partial sync re-renders only the changed Services and diffs against what this process
-//! installed, without reading the kernel: rendering and kernel writes are proportional to the
-//! change (plus the dispatch chains when they change); only the in-memory diff walks all chains.
+//! installed, without reading the kernel: rendering, diffing and kernel writes are proportional
+//! to the change (plus the shared dispatch chains when the changed Services' lines in them do).
+//! What the kernel then does is not: legacy iptables replaces the whole nat table on every
+//! commit, and nf_tables re-validates every chain reachable from a hook when a jump is added.
 
 mod cli;
 #[cfg(test)]
