@@ -9,7 +9,7 @@ mod fixtures;
 use integration::NetNs;
 use netlet_proxy::backend::nftables::base::{set, Family, ELEMENT_SETS};
 use netlet_proxy::backend::nftables::netlink::NftSocket;
-use netlet_proxy::backend::nftables::{apply, render_elements};
+use netlet_proxy::backend::nftables::{apply, capacity, render_elements};
 use netlet_proxy::backend::NftablesBackend;
 use netlet_proxy::model::{
     Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, TrafficPolicy,
@@ -213,4 +213,48 @@ fn scale_smoke_full_sync_then_one_endpoint() {
     );
     // The whole kernel state matches a fresh render of the changed table.
     assert!(backend.sync(&changed).unwrap().is_noop());
+}
+
+#[test]
+fn a_set_outgrowing_its_capacity_is_rebuilt_bigger_by_a_partial_sync() {
+    let ns = NetNs::new("nftgrow");
+    let cfg = ProxyConfig {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..ProxyConfig::new("node-a")
+    };
+    let mut backend = NftablesBackend::new(cfg, &netns(&ns)).unwrap();
+    let few = ServiceTable::from_ports((0..2).map(scale_port));
+    backend.sync(&few).expect("full sync");
+    let size = |ns: &NetNs| {
+        let out = ns.run_ok(
+            "nft",
+            &["list", "map", "ip", "netlet", set::SERVICE_ENDPOINTS],
+        );
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("size "))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("no size in\n{out}"))
+    };
+    assert_eq!(size(&ns), capacity::MIN.to_string());
+
+    // 300 Services × 5 endpoints in one partial sync: 1,500 endpoint slots > 1,024.
+    let many = ServiceTable::from_ports((0..300).map(scale_port));
+    let keys: Vec<ServiceKey> = (2..300)
+        .map(|i| ServiceKey::new("scale", format!("svc-{i}")))
+        .collect();
+    let stats = backend.sync_changed(&many, &keys).expect("partial sync");
+    assert!(stats.rules_written > 0, "the table was rebuilt: {stats:?}");
+    assert_eq!(size(&ns), "3000");
+    let mut sock = NftSocket::open(&netns(&ns)).unwrap();
+    let slots = apply::read_set(&mut sock, Family::V4, set::SERVICE_ENDPOINTS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(slots.len(), 1_500);
+    assert!(backend.sync(&many).unwrap().is_noop());
+    // Within the new capacity a partial sync only writes elements again.
+    let fewer = ServiceTable::from_ports((0..299).map(scale_port));
+    let stats = backend
+        .sync_changed(&fewer, &[ServiceKey::new("scale", "svc-299")])
+        .unwrap();
+    assert_eq!(stats.rules_written, 0, "{stats:?}");
 }

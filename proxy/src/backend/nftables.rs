@@ -79,6 +79,7 @@
 
 pub mod apply;
 pub mod base;
+pub mod capacity;
 pub mod expr;
 pub mod netlink;
 pub mod render;
@@ -91,6 +92,7 @@ use crate::exec::NetnsExec;
 use crate::model::{IpFamily, Protocol, ServiceKey, ServicePortName, ServiceTable};
 use apply::Elements;
 use base::{BaseSpec, Family};
+use capacity::{Capacities, Counts};
 use netlink::NftSocket;
 use render::{Context, Element, Encoded};
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,6 +133,10 @@ struct FamilyState {
     base: Option<BaseSpec>,
     /// The elements as this process last wrote them.
     installed: Elements,
+    /// `installed`'s elements per set.
+    counts: Counts,
+    /// What the sets were created with.
+    capacity: Capacities,
 }
 
 impl FamilyState {
@@ -232,7 +238,8 @@ impl NftablesBackend {
             timeouts: st.timeouts(),
             ctx,
         };
-        let mut rebuild = st.base.as_ref() != Some(&spec);
+        let counts = capacity::count(&want);
+        let mut rebuild = st.base.as_ref() != Some(&spec) || !st.capacity.fits(&counts);
         if !rebuild {
             let mut a = netlink::Attrs::new();
             a.str(1, base::TABLE);
@@ -258,7 +265,8 @@ impl NftablesBackend {
                 .filter(|k| !want.contains_key(*k))
                 .count();
             stats.chains_written = want.len();
-            let (objects, rules) = base::build(&mut batch, &spec);
+            st.capacity = Capacities::for_counts(&counts);
+            let (objects, rules) = base::build(&mut batch, &spec, &st.capacity);
             apply::push_all(&mut batch, f, &want);
             stats.rules_written = rules;
             stats.hooks_changed = objects;
@@ -272,6 +280,7 @@ impl NftablesBackend {
         let st = self.state.get_mut(&ipf).expect("state exists");
         st.base = Some(spec);
         st.installed = want;
+        st.counts = counts;
         if !stats.is_noop() && affine && !rebuild {
             self.forget_stale_affinity(ipf)?;
         }
@@ -331,6 +340,18 @@ impl NftablesBackend {
             }
             add.push((k, want));
         }
+        let mut counts = st.counts.clone();
+        for (set, _) in &delete {
+            *counts.entry(set).or_default() -= 1;
+        }
+        for ((set, _), _) in &add {
+            *counts.entry(set).or_default() += 1;
+        }
+        if !st.capacity.fits(&counts) {
+            // A set would pass its limit: rebuild with room for what is wanted now.
+            st.base = None;
+            return self.full_sync_family(ipf, table);
+        }
         let affine = apply::has_affinity(&st.installed) || !timeouts.is_empty();
         let service_ports = st.fragments.len();
         let d = apply::Diff {
@@ -355,6 +376,7 @@ impl NftablesBackend {
             st.installed.remove(k);
         }
         st.installed.extend(add);
+        st.counts = counts;
         if !stats.is_noop() && affine {
             self.forget_stale_affinity(ipf)?;
         }

@@ -2,6 +2,7 @@
 //! on the node's config and the distinct affinity timeouts in use, never on which Services
 //! exist, so Service changes never touch it.
 
+use super::capacity::Capacities;
 use super::expr::{encode_all, Expr};
 use super::netlink::{msg, Attrs, Batch, F_APPEND, F_CREATE};
 use super::render::Context;
@@ -334,8 +335,8 @@ fn rule_comment(c: &str) -> Vec<u8> {
 }
 
 /// Adds the whole fixed part (table, chains, sets, rules) to a batch, replacing any table of
-/// ours already there. Returns the number of chains and rules written.
-pub fn build(b: &mut Batch, spec: &BaseSpec) -> (usize, usize) {
+/// ours already there; the sets get `capacity`. Returns the number of chains and rules written.
+pub fn build(b: &mut Batch, spec: &BaseSpec, capacity: &Capacities) -> (usize, usize) {
     let f = spec.ctx.family;
     let fam = f.nfproto();
     delete_table(b, f);
@@ -391,11 +392,15 @@ pub fn build(b: &mut Batch, spec: &BaseSpec) -> (usize, usize) {
                 .u32(7, concat_len(s.data, f));
         }
         a.u32(10, id);
-        if s.dynamic {
-            a.nest(9, |d| {
-                d.u32(1, 65_535); // NFTA_SET_DESC_SIZE
-            });
-        }
+        // NFTA_SET_DESC_SIZE: the limit, and what the kernel sizes the hash table for.
+        let size = if s.dynamic {
+            65_535
+        } else {
+            capacity.of(s.name)
+        };
+        a.nest(9, |d| {
+            d.u32(1, size);
+        });
         // NFTNL_UDATA_SET_KEYBYTEORDER: big endian (2) when the key starts with an address,
         // host (1) for our ids; nft only uses it to print.
         let order: u32 = if s.key[0] == Mark { 1 } else { 2 };
