@@ -185,6 +185,48 @@ impl FamilyState {
     }
 }
 
+/// Ports in a table from which a full sync renders on two threads.
+const PARALLEL_RENDER_MIN: usize = 2_000;
+
+/// Renders `ports` (in table order) for `ipf`: each port's elements, and all of them encoded
+/// and stably sorted by key.
+#[allow(clippy::type_complexity)]
+fn render_sorted(
+    ports: &[&crate::model::ServicePort],
+    ipf: IpFamily,
+) -> (
+    Vec<(ServicePortName, Vec<Element>)>,
+    Vec<(ElementKey, Encoded)>,
+) {
+    let fragments: Vec<(ServicePortName, Vec<Element>)> = ports
+        .iter()
+        .filter_map(|p| p.for_family(ipf))
+        .map(|p| (p.name.clone(), render::render_port(&p)))
+        .collect();
+    let mut pairs: Vec<(ElementKey, Encoded)> = fragments
+        .iter()
+        .flat_map(|(_, elems)| elems)
+        .map(|e| ((e.set, render::concat_bytes(&e.key)), e.encoded()))
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    (fragments, pairs)
+}
+
+/// Merges two runs sorted by key, `a`'s before `b`'s among equal keys (a stable sort of
+/// `a` then `b`).
+fn merge_sorted<V>(a: Vec<(ElementKey, V)>, b: Vec<(ElementKey, V)>) -> Vec<(ElementKey, V)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while let Some(y) = b.next_if(|y| y.0 < x.0) {
+            out.push(y);
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
+}
+
 /// The nftables [`Backend`].
 #[derive(Debug)]
 pub struct NftablesBackend {
@@ -213,21 +255,32 @@ impl NftablesBackend {
         let ctx = context(&self.cfg, ipf);
         let f = ctx.family;
         let st = self.state.entry(ipf).or_default();
-        st.fragments = table
-            .ports()
-            .filter_map(|p| p.for_family(ipf))
-            .map(|p| (p.name.clone(), render::render_port(&p)))
-            .collect();
         // The desired elements as `render::assemble` has them (a later duplicate wins),
-        // encoded, then sorted once: both maps are bulk-built from sorted runs, which at
-        // 100,000 elements is several times faster than inserting one by one.
-        let node = render::node_elements(&ctx);
-        let mut pairs: Vec<(ElementKey, Encoded)> = node
+        // encoded and sorted: both maps are bulk-built from sorted runs, which at 100,000
+        // elements is several times faster than inserting one by one. Big tables are rendered
+        // in two halves on two threads, then merged.
+        let ports: Vec<&crate::model::ServicePort> = table.ports().collect();
+        let split = if ports.len() >= PARALLEL_RENDER_MIN {
+            ports.len() / 2
+        } else {
+            ports.len()
+        };
+        let (left, right) = ports.split_at(split);
+        let ((left_frags, left_pairs), (right_frags, right_pairs)) = std::thread::scope(|s| {
+            let right = (!right.is_empty()).then(|| s.spawn(|| render_sorted(right, ipf)));
+            let left = render_sorted(left, ipf);
+            let right = right.map_or_else(Default::default, |h| {
+                h.join().expect("the rendering thread does not panic")
+            });
+            (left, right)
+        });
+        st.fragments = left_frags.into_iter().chain(right_frags).collect();
+        let mut node: Vec<(ElementKey, Encoded)> = render::node_elements(&ctx)
             .iter()
-            .chain(st.fragments.values().flatten())
             .map(|e| ((e.set, render::concat_bytes(&e.key)), e.encoded()))
             .collect();
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        node.sort_by(|a, b| a.0.cmp(&b.0));
+        let pairs = merge_sorted(merge_sorted(node, left_pairs), right_pairs);
         st.refs = pairs
             .chunk_by(|a, b| a.0 == b.0)
             .map(|run| (run[0].0.clone(), run.len() as u32))
@@ -486,5 +539,19 @@ impl Backend for NftablesBackend {
             stats.transactions = 1;
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_key_order_and_the_first_runs_elements_first_among_equals() {
+        let k = |s: &'static str, b: u8| (s, vec![b]);
+        let a = vec![(k("a", 1), "a1"), (k("a", 3), "a3"), (k("b", 0), "a-b0")];
+        let b = vec![(k("a", 0), "b0"), (k("a", 3), "b3"), (k("c", 9), "b-c9")];
+        let merged: Vec<&str> = merge_sorted(a, b).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(merged, ["b0", "a1", "a3", "b3", "a-b0", "b-c9"]);
     }
 }
