@@ -62,6 +62,10 @@
 //! the difference in one transaction, rebuilding if our table has disappeared; a sync of an
 //! unchanged table sends nothing. Hand edits inside our table are repaired by a restart.
 //!
+//! Every element set is created with a size ([`capacity`]): the kernel then allocates its hash
+//! table once instead of rehashing while a rebuild inserts; a sync that would pass a set's
+//! size rebuilds the table with bigger ones. A full sync of a big table renders on two threads.
+//!
 //! A partial sync re-renders only the changed Services and writes only their elements (one
 //! transaction, no rule touched); elements shared between services (hairpin pairs) are
 //! reference-counted. A new set of distinct affinity timeouts changes the rules, so it
