@@ -39,7 +39,7 @@ const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "
 /// The `iptables-restore` input a first sync of `table` would install for `family`, without
 /// the hooks: the text the golden tests pin, and a dry run's output.
 pub fn render_restore(table: &ServiceTable, cfg: &ProxyConfig, family: IpFamily) -> String {
-    render::render(table, &RenderContext::new(cfg, family)).to_restore()
+    render::render(table, &RenderContext::new(cfg, family, table)).to_restore()
 }
 
 /// What this process rendered and installed for one family.
@@ -49,6 +49,8 @@ struct FamilyState {
     fragments: BTreeMap<ServicePortName, ServiceRules>,
     /// Our chains as this process last wrote or verified them.
     installed: BTreeMap<ChainId, Vec<String>>,
+    /// `fragments` were rendered for a large cluster (without per-endpoint comments).
+    large_cluster: bool,
 }
 
 impl FamilyState {
@@ -162,8 +164,11 @@ impl IptablesBackend {
         table: &ServiceTable,
         changed: Option<&[ServiceKey]>,
     ) -> Result<SyncStats> {
-        let ctx = RenderContext::new(&self.cfg, family);
+        let ctx = RenderContext::new(&self.cfg, family, table);
         let st = self.state.entry(family).or_default();
+        // Crossing the large-cluster threshold changes every Service's rules.
+        let changed = changed.filter(|_| st.large_cluster == ctx.large_cluster);
+        st.large_cluster = ctx.large_cluster;
         let tx = match changed {
             None => {
                 st.fragments = table.ports().filter_map(|p| render_port(p, &ctx)).collect();

@@ -759,9 +759,20 @@ fn kube_iptables(w: &Workload, state: &EndpointState, change: Render<'_>) -> Str
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be ",
         "the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
     ));
+    // kube-proxy's "large cluster mode" (more than 1,000 endpoints in all): the balancing and
+    // endpoint rules go without comments.
+    let total: usize = state.iter().map(Vec::len).sum();
+    let large = total > 1000;
     for &i in &written {
         let name = port_name(i);
         let svc = kube_svc_chain(i);
+        let comment = |text: &str| {
+            if large {
+                String::new()
+            } else {
+                format!(" -m comment --comment {text}")
+            }
+        };
         let _ = writeln!(
             s,
             "-A {svc} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {}/32 --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
@@ -779,20 +790,16 @@ fn kube_iptables(w: &Workload, state: &EndpointState, change: Render<'_>) -> Str
             } else {
                 String::new()
             };
-            let _ = writeln!(
-                s,
-                "-A {svc} -m comment --comment \"{name} -> {ip}:{TARGET_PORT}\"{stat} -j {sep}"
-            );
+            let c = comment(&format!("\"{name} -> {ip}:{TARGET_PORT}\""));
+            let _ = writeln!(s, "-A {svc}{c}{stat} -j {sep}");
         }
         for ip in eps {
             let sep = kube_sep_chain(i, *ip);
+            let c = comment(&name);
+            let _ = writeln!(s, "-A {sep}{c} -s {ip}/32 -j KUBE-MARK-MASQ");
             let _ = writeln!(
                 s,
-                "-A {sep} -m comment --comment {name} -s {ip}/32 -j KUBE-MARK-MASQ"
-            );
-            let _ = writeln!(
-                s,
-                "-A {sep} -m comment --comment {name} -m tcp -p tcp -j DNAT --to-destination {ip}:{TARGET_PORT}"
+                "-A {sep}{c} -m tcp -p tcp -j DNAT --to-destination {ip}:{TARGET_PORT}"
             );
         }
     }
@@ -1208,6 +1215,23 @@ mod tests {
         assert!(full.contains("--probability 0.2000000000 -j KUBE-SEP-"));
         assert!(full.contains("--probability 0.5000000000 -j KUBE-SEP-"));
         assert_eq!(full.matches("-j DNAT --to-destination 10.244.").count(), 10);
+        let dnat_lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains("-j DNAT"))
+                .map(String::from)
+                .collect()
+        };
+        assert!(dnat_lines(&full).iter().all(|l| l.contains("--comment")));
+        // Past 1,000 endpoints kube-proxy leaves the endpoint rules uncommented.
+        let big = Workload::generate(201);
+        let big_state: EndpointState = (0..201)
+            .map(|i| (0..5).map(|e| endpoint_ip(i, e)).collect())
+            .collect();
+        let big_text = kube_iptables(&big, &big_state, None);
+        assert!(dnat_lines(&big_text)
+            .iter()
+            .all(|l| !l.contains("--comment")));
+        assert!(big_text.contains("cluster IP\""));
         let c = Change {
             service: 1,
             slot: 2,

@@ -238,3 +238,58 @@ fn partial_syncs_end_where_a_fresh_full_sync_would() {
     let s = b.sync(&steps[2].0).unwrap();
     assert_eq!(s.transactions, 0, "{s:?}");
 }
+
+#[test]
+fn a_large_cluster_drops_per_endpoint_comments_everywhere_even_through_a_partial_sync() {
+    let fake = FakeIptables::default();
+    let mut b = backend(&fake);
+    b.sync(&two_services()).unwrap();
+    let sep_rules = |fake: &FakeIptables| -> Vec<String> {
+        fake.save(IpFamily::V4)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("-A NETLET-SEP-"))
+            .map(String::from)
+            .collect()
+    };
+    assert!(sep_rules(&fake).iter().all(|r| r.contains("--comment")));
+
+    // 2 + 200 Services × 5 endpoints: past the 1,000-endpoint threshold.
+    let names: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let eps: Vec<Vec<String>> = (0..200)
+        .map(|i| {
+            (0..5)
+                .map(|e| format!("10.244.{}.{}", 10 + i / 50, (i % 50) * 5 + e))
+                .collect()
+        })
+        .collect();
+    let mut ports: Vec<ServicePort> = two_services().ports().cloned().collect();
+    for (i, name) in names.iter().enumerate() {
+        let eps: Vec<&str> = eps[i].iter().map(String::as_str).collect();
+        ports.push(port(name, &format!("10.96.1.{i}"), &eps));
+    }
+    let large = ServiceTable::from_ports(ports);
+    let keys: Vec<ServiceKey> = names
+        .iter()
+        .map(|n| ServiceKey::new("default", n))
+        .collect();
+    b.sync_changed(&large, &keys).unwrap();
+    let rules = sep_rules(&fake);
+    assert_eq!(rules.len(), 2 * 1003);
+    assert!(
+        rules.iter().all(|r| !r.contains("--comment")),
+        "{:?}",
+        &rules[..2]
+    );
+    let fresh = FakeIptables::default();
+    backend(&fresh).sync(&large).unwrap();
+    assert_eq!(
+        fake.save(IpFamily::V4).unwrap(),
+        fresh.save(IpFamily::V4).unwrap()
+    );
+    // The cluster IP dispatch keeps its comments: they name the Service in `iptables -L`.
+    assert!(fake
+        .save(IpFamily::V4)
+        .unwrap()
+        .contains("\"default/s7:http cluster IP\""));
+}
