@@ -54,13 +54,18 @@ fn two_services() -> ServiceTable {
     ])
 }
 
-fn netlet_chains(fake: &FakeIptables) -> Vec<String> {
+/// The saved IPv4 lines starting with `prefix`.
+fn saved_lines(fake: &FakeIptables, prefix: &str) -> Vec<String> {
     fake.save(IpFamily::V4)
         .unwrap()
         .lines()
-        .filter(|l| l.starts_with(":NETLET-"))
+        .filter(|l| l.starts_with(prefix))
         .map(String::from)
         .collect()
+}
+
+fn netlet_chains(fake: &FakeIptables) -> Vec<String> {
+    saved_lines(fake, ":NETLET-")
 }
 
 #[test]
@@ -244,14 +249,7 @@ fn a_large_cluster_drops_per_endpoint_comments_everywhere_even_through_a_partial
     let fake = FakeIptables::default();
     let mut b = backend(&fake);
     b.sync(&two_services()).unwrap();
-    let sep_rules = |fake: &FakeIptables| -> Vec<String> {
-        fake.save(IpFamily::V4)
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("-A NETLET-SEP-"))
-            .map(String::from)
-            .collect()
-    };
+    let sep_rules = |fake: &FakeIptables| saved_lines(fake, "-A NETLET-SEP-");
     assert!(sep_rules(&fake).iter().all(|r| r.contains("--comment")));
 
     // 2 + 200 Services × 5 endpoints: past the 1,000-endpoint threshold.
