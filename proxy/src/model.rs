@@ -141,6 +141,18 @@ pub struct ServicePortName {
     pub protocol: Protocol,
 }
 
+impl ServicePortName {
+    /// The smallest name a port of Service `key` can have: a Service's port names sort
+    /// together from here, so maps keyed by port name find one Service's ports by a range.
+    pub fn first_of(key: &ServiceKey) -> Self {
+        Self {
+            service: key.clone(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        }
+    }
+}
+
 impl fmt::Display for ServicePortName {
     /// `namespace/name:port` (the port part omitted when unnamed), kube-proxy's spelling, which
     /// also appears in rule comments.
@@ -340,14 +352,8 @@ impl ServiceTable {
 
     /// The ports of one Service, in order (a range lookup, not a scan).
     pub fn ports_of<'a>(&'a self, key: &'a ServiceKey) -> impl Iterator<Item = &'a ServicePort> {
-        // The smallest name of this Service: empty port name, first protocol.
-        let first = ServicePortName {
-            service: key.clone(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        };
         self.ports
-            .range(first..)
+            .range(ServicePortName::first_of(key)..)
             .take_while(move |(n, _)| &n.service == key)
             .map(|(_, p)| p)
     }

@@ -68,12 +68,11 @@ impl FamilyState {
         let mut tx = Transaction::default();
         let mut shared_changed = false;
         for key in keys {
-            let stale: Vec<ServicePortName> = self
-                .fragments
-                .keys()
-                .filter(|name| &name.service == key)
-                .cloned()
-                .collect();
+            let stale: Vec<ServicePortName> =
+                (self.fragments.range(ServicePortName::first_of(key)..))
+                    .take_while(|(name, _)| &name.service == key)
+                    .map(|(name, _)| name.clone())
+                    .collect();
             let old: Vec<ServiceRules> = stale
                 .iter()
                 .filter_map(|name| self.fragments.remove(name))

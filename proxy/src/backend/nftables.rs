@@ -93,7 +93,7 @@ use super::{Backend, SyncStats};
 use crate::config::ProxyConfig;
 use crate::error::Result;
 use crate::exec::NetnsExec;
-use crate::model::{IpFamily, Protocol, ServiceKey, ServicePortName, ServiceTable};
+use crate::model::{IpFamily, ServiceKey, ServicePortName, ServiceTable};
 use apply::Elements;
 use base::{BaseSpec, Family};
 use capacity::{Capacities, Counts};
@@ -149,13 +149,7 @@ impl FamilyState {
         key: &ServiceKey,
         touched: &mut BTreeMap<ElementKey, Option<Encoded>>,
     ) {
-        // The Service's port names sort together, from the smallest name of the Service on.
-        let first = ServicePortName {
-            service: key.clone(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        };
-        let gone: Vec<ServicePortName> = (self.fragments.range(first..))
+        let gone: Vec<ServicePortName> = (self.fragments.range(ServicePortName::first_of(key)..))
             .take_while(|(n, _)| &n.service == key)
             .map(|(n, _)| n.clone())
             .collect();
@@ -399,7 +393,8 @@ impl NftablesBackend {
         }
         let mut counts = st.counts.clone();
         for (set, _) in &delete {
-            *counts.entry(set).or_default() -= 1;
+            let n = counts.entry(set).or_default();
+            *n = n.saturating_sub(1);
         }
         for ((set, _), _) in &add {
             *counts.entry(set).or_default() += 1;
