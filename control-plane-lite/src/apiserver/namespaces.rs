@@ -7,8 +7,8 @@
 //! pods and objects with finalizers stay until released) and removes the namespace once it is
 //! empty; [`finalize`] runs again whenever an object of a Terminating namespace goes away.
 //! A create that passed its namespace check just before the namespace was marked can still
-//! land after the contents were listed; that object keeps the namespace Terminating until it is
-//! deleted.
+//! land after the contents were listed: the create then reads the namespace again and deletes
+//! what it wrote if termination began ([`recheck_after_create`]).
 
 use serde_json::{json, Value};
 
@@ -36,7 +36,8 @@ pub async fn ensure_default_service_account(
     defaults::on_create(&mut sa, false);
     let key = object_key(service_accounts(), Some(ns), "default");
     match storage.create(&key, object::to_stored(&sa)).await {
-        Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => recheck_after_create(storage, service_accounts(), ns, &key).await,
+        Err(StorageError::AlreadyExists { .. }) => Ok(()),
         Err(err) => Err(err.into()),
     }
 }
@@ -66,6 +67,40 @@ pub async fn check_open(
         });
     }
     Ok(())
+}
+
+/// Closes the race between [`check_open`] and the write: the object at `key` of `r` was just
+/// created in `ns`; if `ns` was marked Terminating meanwhile, its termination may already have
+/// listed the namespace's contents without this object, so the object is deleted here (with
+/// the usual rules) and the namespace finalized. Either the mark comes before this read and
+/// the object goes here, or after the create, and the termination's listing finds it.
+pub async fn recheck_after_create(
+    storage: &dyn Storage,
+    r: &Resource,
+    ns: &str,
+    key: &str,
+) -> Result<(), ApiError> {
+    // A namespace already gone was Terminating too: finalize removes only those.
+    let gone = match storage.get(&object_key(namespaces(), None, ns)).await? {
+        Some(ns_kv) => {
+            if !is_deleting(&object::from_kv(&ns_kv)?) {
+                return Ok(());
+            }
+            false
+        }
+        None => true,
+    };
+    if let Some(kv) = storage.get(key).await? {
+        let object = object::from_kv_as(r, &kv)?;
+        match deletion::delete_object(storage, r, &kv, object, None, false).await {
+            Ok(_) | Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    if gone {
+        return Ok(());
+    }
+    finalize(storage, ns).await
 }
 
 /// Starts (or continues) the termination of the namespace read at `kv`; returns the namespace
@@ -248,5 +283,67 @@ mod tests {
         update(&storage, &one, "c", held, OPTS).await.unwrap();
         assert!(get(&storage, "configmaps", Some("n"), "c").await.is_null());
         assert!(get(&storage, "namespaces", None, "n").await.is_null());
+    }
+
+    #[tokio::test]
+    async fn a_create_landing_after_termination_began_is_removed_with_the_namespace() {
+        let storage = MemoryStorage::new();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}});
+        create(&storage, &target("namespaces", None, None), ns, OPTS)
+            .await
+            .unwrap();
+        // A ConfigMap whose create passed the namespace check, held back while the namespace
+        // was marked and its (then) contents deleted; it lands afterwards.
+        let ns_key = object_key(namespaces(), None, "n");
+        let kv = storage.get(&ns_key).await.unwrap().unwrap();
+        let mut marked = object::from_kv(&kv).unwrap();
+        marked["metadata"]["deletionTimestamp"] = json!(defaults::now());
+        marked["status"]["phase"] = json!("Terminating");
+        storage
+            .update(&ns_key, object::to_stored(&marked), Some(kv.mod_revision))
+            .await
+            .unwrap();
+        let sa_key = object_key(service_accounts(), Some("n"), "default");
+        storage.delete(&sa_key, None).await.unwrap();
+        let cms = find("", "v1", "configmaps").unwrap();
+        let late = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "late", "namespace": "n", "uid": "u"}});
+        let key = object_key(cms, Some("n"), "late");
+        storage
+            .create(&key, object::to_stored(&late))
+            .await
+            .unwrap();
+        recheck_after_create(&storage, cms, "n", &key)
+            .await
+            .unwrap();
+        assert!(storage.get(&key).await.unwrap().is_none());
+        assert!(
+            get(&storage, "namespaces", None, "n").await.is_null(),
+            "finalized"
+        );
+
+        // Landing after the namespace is gone altogether: the object goes too.
+        storage
+            .create(&key, object::to_stored(&late))
+            .await
+            .unwrap();
+        recheck_after_create(&storage, cms, "n", &key)
+            .await
+            .unwrap();
+        assert!(storage.get(&key).await.unwrap().is_none());
+
+        // An open namespace keeps what is created in it.
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "m"}});
+        create(&storage, &target("namespaces", None, None), ns, OPTS)
+            .await
+            .unwrap();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        create(&storage, &target("configmaps", Some("m"), None), cm, OPTS)
+            .await
+            .unwrap();
+        assert_eq!(
+            get(&storage, "configmaps", Some("m"), "c").await["metadata"]["name"],
+            "c"
+        );
     }
 }

@@ -179,6 +179,11 @@ pub async fn create(
         if r.plural == "namespaces" {
             namespaces::ensure_default_service_account(storage, &name).await?;
         }
+        if r.namespaced {
+            let ns = t.namespace.as_deref().unwrap_or_default();
+            let key = object_key(r, Some(ns), &name);
+            namespaces::recheck_after_create(storage, r, ns, &key).await?;
+        }
     }
     Ok(http::json(201, &object))
 }
