@@ -43,7 +43,12 @@ pub async fn ensure_system_namespaces(storage: &dyn Storage) -> Result<(), ApiEr
             Ok(_) => {}
             // Namespaces from before default ServiceAccounts were created get theirs now.
             Err(ApiError::AlreadyExists { .. }) => {
-                namespaces::ensure_default_service_account(storage, name).await?
+                namespaces::ensure_default_service_account(
+                    storage,
+                    name,
+                    namespaces::termination_epoch(),
+                )
+                .await?
             }
             Err(err) => return Err(err),
         }

@@ -7,8 +7,10 @@
 //! pods and objects with finalizers stay until released) and removes the namespace once it is
 //! empty; [`finalize`] runs again whenever an object of a Terminating namespace goes away.
 //! A create that passed its namespace check just before the namespace was marked can still
-//! land after the contents were listed: the create then reads the namespace again and deletes
-//! what it wrote if termination began ([`recheck_after_create`]).
+//! land after the contents were listed: when a termination began meanwhile ([`TERMINATIONS`]),
+//! the create reads the namespace again and deletes what it wrote ([`recheck_after_create`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 
@@ -24,10 +26,24 @@ fn service_accounts() -> &'static Resource {
     find("", "v1", "serviceaccounts").expect("serviceaccounts is in the table")
 }
 
-/// Creates the `default` ServiceAccount in `ns` unless it exists (pods default to it).
+/// Terminations this process has begun: bumped after a namespace is marked Terminating and
+/// before its contents are listed. A create reads it before its namespace check and again
+/// after its write; only when it moved can the write have raced a termination, and only then
+/// does the create read the namespace again ([`recheck_after_create`]). The apiserver is the
+/// only writer of namespaces, so no termination escapes this count.
+static TERMINATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The current [`TERMINATIONS`] count.
+pub fn termination_epoch() -> u64 {
+    TERMINATIONS.load(Ordering::SeqCst)
+}
+
+/// Creates the `default` ServiceAccount in `ns` unless it exists (pods default to it);
+/// `epoch` is [`termination_epoch`] from before the namespace was created.
 pub async fn ensure_default_service_account(
     storage: &dyn Storage,
     ns: &str,
+    epoch: u64,
 ) -> Result<(), ApiError> {
     let mut sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount",
@@ -36,7 +52,10 @@ pub async fn ensure_default_service_account(
     defaults::on_create(&mut sa, false);
     let key = object_key(service_accounts(), Some(ns), "default");
     match storage.create(&key, object::to_stored(&sa)).await {
-        Ok(_) => recheck_after_create(storage, service_accounts(), ns, &key).await,
+        Ok(_) if termination_epoch() != epoch => {
+            recheck_after_create(storage, service_accounts(), ns, &key).await
+        }
+        Ok(_) => Ok(()),
         Err(StorageError::AlreadyExists { .. }) => Ok(()),
         Err(err) => Err(err.into()),
     }
@@ -134,6 +153,7 @@ pub async fn terminate(
                 other => other.into(),
             })?;
         object::set_resource_version(&mut ns, revision);
+        TERMINATIONS.fetch_add(1, Ordering::SeqCst);
     } else if dry_run {
         return Ok(ns);
     }
@@ -234,6 +254,7 @@ mod tests {
             .unwrap();
 
         let none = DeleteOptions::default();
+        let epoch = termination_epoch();
         delete(
             &storage,
             &target("namespaces", None, Some("n")),
@@ -243,6 +264,7 @@ mod tests {
         )
         .await
         .unwrap();
+        assert!(termination_epoch() > epoch, "creates racing it will look again");
         let ns = get(&storage, "namespaces", None, "n").await;
         assert_eq!(ns["status"]["phase"], "Terminating");
         assert!(get(&storage, "serviceaccounts", Some("n"), "default")

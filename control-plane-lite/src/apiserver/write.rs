@@ -134,6 +134,7 @@ pub async fn create(
     strict::check(opts.validation, &input, &object)?;
     defaults::on_create(&mut object, r.tracks_generation());
     defaults::apply_kind_defaults(r, &mut object);
+    let epoch = namespaces::termination_epoch();
     if r.namespaced {
         let ns = t.namespace.as_deref().unwrap_or_default();
         namespaces::check_open(storage, r, ns, &name).await?;
@@ -177,9 +178,9 @@ pub async fn create(
     } else {
         object::set_resource_version(&mut object, revision);
         if r.plural == "namespaces" {
-            namespaces::ensure_default_service_account(storage, &name).await?;
+            namespaces::ensure_default_service_account(storage, &name, epoch).await?;
         }
-        if r.namespaced {
+        if r.namespaced && namespaces::termination_epoch() != epoch {
             let ns = t.namespace.as_deref().unwrap_or_default();
             let key = object_key(r, Some(ns), &name);
             namespaces::recheck_after_create(storage, r, ns, &key).await?;
