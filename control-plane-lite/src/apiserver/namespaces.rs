@@ -264,7 +264,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(termination_epoch() > epoch, "creates racing it will look again");
+        assert!(
+            termination_epoch() > epoch,
+            "creates racing it will look again"
+        );
         let ns = get(&storage, "namespaces", None, "n").await;
         assert_eq!(ns["status"]["phase"], "Terminating");
         assert!(get(&storage, "serviceaccounts", Some("n"), "default")
@@ -331,28 +334,21 @@ mod tests {
         let late = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "late", "namespace": "n", "uid": "u"}});
         let key = object_key(cms, Some("n"), "late");
-        storage
-            .create(&key, object::to_stored(&late))
-            .await
-            .unwrap();
-        recheck_after_create(&storage, cms, "n", &key)
-            .await
-            .unwrap();
-        assert!(storage.get(&key).await.unwrap().is_none());
-        assert!(
-            get(&storage, "namespaces", None, "n").await.is_null(),
-            "finalized"
-        );
-
-        // Landing after the namespace is gone altogether: the object goes too.
-        storage
-            .create(&key, object::to_stored(&late))
-            .await
-            .unwrap();
-        recheck_after_create(&storage, cms, "n", &key)
-            .await
-            .unwrap();
-        assert!(storage.get(&key).await.unwrap().is_none());
+        // The late create lands, looks again, and is gone; then again once "n" is gone.
+        for then in ["n is Terminating", "n is gone"] {
+            storage
+                .create(&key, object::to_stored(&late))
+                .await
+                .unwrap();
+            recheck_after_create(&storage, cms, "n", &key)
+                .await
+                .unwrap();
+            assert!(storage.get(&key).await.unwrap().is_none(), "{then}");
+            assert!(
+                get(&storage, "namespaces", None, "n").await.is_null(),
+                "finalized ({then})"
+            );
+        }
 
         // An open namespace keeps what is created in it.
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "m"}});
