@@ -224,6 +224,14 @@ mod tests {
         }
     }
 
+    /// Creates namespace `name` through the API path (so it gets its default ServiceAccount).
+    async fn create_ns(storage: &MemoryStorage, name: &str) {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        create(storage, &target("namespaces", None, None), ns, OPTS)
+            .await
+            .unwrap();
+    }
+
     async fn get(storage: &MemoryStorage, plural: &str, ns: Option<&str>, name: &str) -> Value {
         let t = target(plural, ns, Some(name));
         let kv = storage.get(&object_key(t.resource, ns, name)).await;
@@ -234,10 +242,7 @@ mod tests {
     #[tokio::test]
     async fn termination_waits_for_bound_pods_and_finalizers() {
         let storage = MemoryStorage::new();
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}});
-        create(&storage, &target("namespaces", None, None), ns, OPTS)
-            .await
-            .unwrap();
+        create_ns(&storage, "n").await;
         assert_eq!(
             get(&storage, "serviceaccounts", Some("n"), "default").await["metadata"]["name"],
             "default"
@@ -313,10 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_create_landing_after_termination_began_is_removed_with_the_namespace() {
         let storage = MemoryStorage::new();
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}});
-        create(&storage, &target("namespaces", None, None), ns, OPTS)
-            .await
-            .unwrap();
+        create_ns(&storage, "n").await;
         // A ConfigMap whose create passed the namespace check, held back while the namespace
         // was marked and its (then) contents deleted; it lands afterwards.
         let ns_key = object_key(namespaces(), None, "n");
@@ -351,10 +353,7 @@ mod tests {
         }
 
         // An open namespace keeps what is created in it.
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "m"}});
-        create(&storage, &target("namespaces", None, None), ns, OPTS)
-            .await
-            .unwrap();
+        create_ns(&storage, "m").await;
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         create(&storage, &target("configmaps", Some("m"), None), cm, OPTS)
             .await

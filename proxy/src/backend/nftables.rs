@@ -183,6 +183,11 @@ impl FamilyState {
     }
 }
 
+/// An element as the maps of installed elements hold it: its identity and encoded value.
+fn encoded_pair(e: &Element) -> (ElementKey, Encoded) {
+    ((e.set, render::concat_bytes(&e.key)), e.encoded())
+}
+
 /// Ports in a table from which a full sync renders on two threads.
 const PARALLEL_RENDER_MIN: usize = 2_000;
 
@@ -204,7 +209,7 @@ fn render_sorted(
     let mut pairs: Vec<(ElementKey, Encoded)> = fragments
         .iter()
         .flat_map(|(_, elems)| elems)
-        .map(|e| ((e.set, render::concat_bytes(&e.key)), e.encoded()))
+        .map(encoded_pair)
         .collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
     (fragments, pairs)
@@ -275,7 +280,7 @@ impl NftablesBackend {
         st.fragments = left_frags.into_iter().chain(right_frags).collect();
         let mut node: Vec<(ElementKey, Encoded)> = render::node_elements(&ctx)
             .iter()
-            .map(|e| ((e.set, render::concat_bytes(&e.key)), e.encoded()))
+            .map(encoded_pair)
             .collect();
         node.sort_by(|a, b| a.0.cmp(&b.0));
         let pairs = merge_sorted(merge_sorted(node, left_pairs), right_pairs);
@@ -355,10 +360,9 @@ impl NftablesBackend {
             st.remove_service(key, &mut touched);
             for p in table.ports_of(key).filter_map(|p| p.for_family(ipf)) {
                 let elems = render::render_port(&p);
-                for e in &elems {
-                    let k = (e.set, render::concat_bytes(&e.key));
+                for (k, enc) in elems.iter().map(encoded_pair) {
                     *st.refs.entry(k.clone()).or_default() += 1;
-                    touched.insert(k, Some(e.encoded()));
+                    touched.insert(k, Some(enc));
                 }
                 st.fragments.insert(p.name.clone(), elems);
             }
