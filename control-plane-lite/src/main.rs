@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use netlet_control_plane::apiserver::{self, Pki, ServiceAllocator, ServiceCidr};
+use netlet_control_plane::apiserver::{self, NodeDialer, Pki, ServiceAllocator, ServiceCidr};
 use netlet_control_plane::controllers::{self, ControllersConfig};
 use netlet_control_plane::leader::{LeaderConfig, LeaderElector, Outcome};
 use netlet_control_plane::scheduler::{self, SchedulerConfig, DEFAULT_SCHEDULER_NAME};
@@ -361,6 +361,7 @@ async fn serve(
         .context("creating the system namespaces")?;
     let pki = Pki::load_or_create(&data_dir.join("pki")).context("preparing the PKI")?;
     let tls = pki.server_config().context("building the TLS config")?;
+    let nodes = NodeDialer::new(&pki).context("building the TLS config for node agents")?;
     let listener = TcpListener::bind((bind.as_str(), port))
         .await
         .with_context(|| format!("binding {bind}:{port}"))?;
@@ -425,7 +426,7 @@ async fn serve(
         .context("installing the SIGTERM handler")?;
     // Returning drops the storage, which finishes its last commit and releases the data dir.
     tokio::select! {
-        result = apiserver::serve(listener, tls, storage, services) => result.context("serving"),
+        result = apiserver::serve(listener, tls, storage, services, nodes) => result.context("serving"),
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; shutting down");
             Ok(())

@@ -15,8 +15,9 @@
 //!   collection by selectors), `watch.rs` (WATCH streams).
 //! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
 //! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
-//! - `pod_logs.rs`: the `pods/log` subresource, proxied to the agent's node API over the unix
-//!   socket its Node names in the `netlet.dev/kubelet-socket` annotation (`node_api.rs`);
+//! - `pod_logs.rs`: the `pods/log` subresource, proxied to the agent's node API: HTTPS to the
+//!   Node's address and kubelet port, or the unix socket a Node may name instead
+//!   (`node_api.rs`, with the client certificate and server check in `node_tls.rs`);
 //!   `pod_stream.rs`: `pods/exec`, `pods/attach` and `pods/portforward`, upgraded connections
 //!   relayed to the agent and on to the runtime's streaming server.
 //! - `events.rs`: `events.k8s.io/v1` Events as a view of the stored core Events.
@@ -32,10 +33,11 @@
 //!   `Status` rendering.
 //! - `bootstrap.rs`: the system namespaces (with their default ServiceAccounts) created at
 //!   startup, and the `kubernetes` Service with its Endpoints and EndpointSlice.
-//! - `tls.rs`: the PKI (CA, serving and admin certificates) and kubeconfig; `server.rs`: the
+//! - `tls.rs`: the PKI (CA, serving, admin and kubelet client certificates) and kubeconfig; `server.rs`: the
 //!   HTTPS accept loop and periodic compaction.
 //!
-//! Not done yet: patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets, server-side apply, protobuf bodies beyond what kubectl's
+//! Not done yet: patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets,
+//! verifying agents' serving certificates (see `node_tls.rs`), protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` on DELETE of a collection (it is honoured on single
 //! DELETEs), IPv6 and dual-stack
@@ -55,6 +57,7 @@ mod http;
 mod metadata;
 mod namespaces;
 mod node_api;
+mod node_tls;
 mod object;
 mod openapi;
 mod openapi_v2;
@@ -80,9 +83,10 @@ mod write;
 
 pub use bootstrap::{ensure_kubernetes_service, ensure_system_namespaces, SYSTEM_NAMESPACES};
 pub use error::{ApiError, FieldCause};
+pub use node_api::NodeDialer;
 pub use path::Target;
 pub use resources::{Resource, RESOURCES};
 pub use router::Router;
 pub use server::{compact_periodically, serve};
 pub use services::{CidrError, ServiceAllocator, ServiceCidr};
-pub use tls::{Pki, TlsError};
+pub use tls::{Pki, TlsError, KUBELET_CLIENT_CN, MASTERS_GROUP};

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::http::Body;
-use super::node_api;
+use super::node_api::{self, NodeDialer, NodeEndpoint};
 use super::path::Target;
 use super::read::get_object;
 use crate::storage::Storage;
@@ -18,6 +18,7 @@ use crate::storage::Storage;
 /// GET `pods/<name>/log`: `query` is the request's query string, forwarded to the agent.
 pub async fn get(
     storage: &dyn Storage,
+    dialer: &NodeDialer,
     t: &Target,
     name: &str,
     query: Option<&str>,
@@ -32,9 +33,9 @@ pub async fn get(
             "pod {name} does not have a host assigned"
         )));
     }
-    let socket = node_api::node_socket(storage, node).await?;
+    let endpoint = node_api::node_endpoint(storage, node).await?;
     let uri = format!("/containerLogs/{namespace}/{name}/{container}?{forwarded}");
-    proxy(node, &socket, &uri).await
+    proxy(dialer, node, &endpoint, &uri).await
 }
 
 /// The `container` parameter and the rest of the query, re-encoded for the agent.
@@ -89,11 +90,16 @@ pub(super) fn pick_container(
     }
 }
 
-/// Sends `GET uri` to the agent on `socket` and streams its answer back; agent errors become
+/// Sends `GET uri` to the agent at `endpoint` and streams its answer back; agent errors become
 /// `Status` errors with the agent's message.
-async fn proxy(node: &str, socket: &str, uri: &str) -> Result<Response<Body>, ApiError> {
-    let unreachable = |reason: String| node_api::unreachable(node, socket, reason);
-    let mut sender = node_api::connect(node, socket).await?;
+async fn proxy(
+    dialer: &NodeDialer,
+    node: &str,
+    endpoint: &NodeEndpoint,
+    uri: &str,
+) -> Result<Response<Body>, ApiError> {
+    let unreachable = |reason: String| node_api::unreachable(node, endpoint, reason);
+    let mut sender = dialer.connect(node, endpoint).await?;
     let req = Request::get(uri)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use super::error::ApiError;
 use super::http::Body;
-use super::node_api;
+use super::node_api::{self, NodeDialer};
 use super::path::{Subresource, Target};
 use super::pod_logs::{pick_container, split_query};
 use super::read::get_object;
@@ -25,6 +25,7 @@ use crate::storage::Storage;
 /// Serves an `exec`, `attach` or `portforward` request for pod `name`.
 pub async fn serve<B>(
     storage: &dyn Storage,
+    dialer: &NodeDialer,
     t: &Target,
     name: &str,
     mut req: Request<B>,
@@ -60,11 +61,11 @@ pub async fn serve<B>(
         let container = pick_container(&pod, name, container)?;
         format!("/{verb}/{namespace}/{name}/{container}?{forwarded}")
     };
-    let socket = node_api::node_socket(storage, node).await?;
-    let mut sender = node_api::connect(node, &socket).await?;
+    let endpoint = node_api::node_endpoint(storage, node).await?;
+    let mut sender = dialer.connect(node, &endpoint).await?;
     let mut to_agent = Request::builder().method(req.method().clone()).uri(&uri);
     for (header, value) in req.headers() {
-        // The agent trusts the socket, not the client's credentials; the request goes on
+        // The agent trusts the apiserver, not the client's credentials; the request goes on
         // without a body, so its framing headers must not promise one.
         let dropped = [HOST, AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING];
         if !dropped.contains(header) {
@@ -74,11 +75,11 @@ pub async fn serve<B>(
     let to_agent = to_agent
         .header(HOST, "localhost")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| node_api::unreachable(node, &socket, format!("building {uri}: {e}")))?;
+        .map_err(|e| node_api::unreachable(node, &endpoint, format!("building {uri}: {e}")))?;
     let resp = sender
         .send_request(to_agent)
         .await
-        .map_err(|e| node_api::unreachable(node, &socket, format!("{verb} {uri}: {e}")))?;
+        .map_err(|e| node_api::unreachable(node, &endpoint, format!("{verb} {uri}: {e}")))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = resp.into_parts();
         return Err(node_api::refused(node, parts.status, body).await);

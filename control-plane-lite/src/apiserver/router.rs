@@ -10,6 +10,7 @@ use super::deletion::{self, DeleteOptions};
 use super::discovery;
 use super::error::ApiError;
 use super::http::{self, Body, Query, Rendering};
+use super::node_api::NodeDialer;
 use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
@@ -25,12 +26,22 @@ use crate::storage::Storage;
 pub struct Router {
     storage: Arc<dyn Storage>,
     services: Arc<ServiceAllocator>,
+    nodes: NodeDialer,
 }
 
 impl Router {
-    /// A router over `storage`; Service writes allocate through `services`.
-    pub fn new(storage: Arc<dyn Storage>, services: Arc<ServiceAllocator>) -> Self {
-        Router { storage, services }
+    /// A router over `storage`; Service writes allocate through `services`; `pods/log`, `exec`
+    /// and the like reach node agents through `nodes`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        services: Arc<ServiceAllocator>,
+        nodes: NodeDialer,
+    ) -> Self {
+        Router {
+            storage,
+            services,
+            nodes,
+        }
     }
 
     /// Answers one request. `authenticated` says whether the connection presented a client
@@ -123,7 +134,7 @@ impl Router {
             let Some(name) = t.name.as_deref().filter(|_| req.method() == Method::GET) else {
                 return Err(not_allowed(&t));
             };
-            return pod_logs::get(storage, &t, name, req.uri().query()).await;
+            return pod_logs::get(storage, &self.nodes, &t, name, req.uri().query()).await;
         }
         if matches!(
             t.subresource,
@@ -133,7 +144,7 @@ impl Router {
             let Some(name) = t.name.clone().filter(|_| streaming) else {
                 return Err(not_allowed(&t));
             };
-            return pod_stream::serve(storage, &t, &name, req).await;
+            return pod_stream::serve(storage, &self.nodes, &t, &name, req).await;
         }
         let (parts, body) = req.into_parts();
         let headers = parts.headers;

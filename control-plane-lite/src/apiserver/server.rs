@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::node_api::NodeDialer;
 use super::router::Router;
 use super::services::ServiceAllocator;
 use crate::storage::Storage;
@@ -23,9 +24,10 @@ pub async fn serve(
     tls: rustls::ServerConfig,
     storage: Arc<dyn Storage>,
     services: Arc<ServiceAllocator>,
+    nodes: NodeDialer,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let router = Router::new(storage, services);
+    let router = Router::new(storage, services, nodes);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();

@@ -1,7 +1,8 @@
-//! The cluster PKI: a self-signed CA, the serving certificate (SAN `127.0.0.1`, `localhost`)
-//! and the admin client certificate (`CN=admin, O=system:masters`), created on first start in
-//! `<data-dir>/pki/`; the rustls server config that requires CA-signed client certificates;
-//! and the admin kubeconfig.
+//! The cluster PKI: a self-signed CA, the serving certificate (SAN `127.0.0.1`, `localhost`),
+//! the admin client certificate (`CN=admin, O=system:masters`) and the apiserver's client
+//! certificate for the node agents (`CN=kube-apiserver-kubelet-client, O=system:masters`, as
+//! kubeadm issues it), created on first start in `<data-dir>/pki/`; the rustls server config
+//! that requires CA-signed client certificates; and the admin kubeconfig.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,8 +73,21 @@ pub struct Pki {
     pub admin_cert: String,
     /// The admin client key.
     pub admin_key: String,
+    /// The certificate the apiserver presents to node agents (`pods/log`, `exec`, …).
+    pub kubelet_client_cert: String,
+    /// Its key.
+    pub kubelet_client_key: String,
 }
 
+/// The subject of the apiserver's client certificate towards node agents.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+/// The group that agents authorise for their node API (kubeadm gives the apiserver's kubelet
+/// client certificate the same one).
+pub const MASTERS_GROUP: &str = "system:masters";
+
+/// The files of a PKI created before the kubelet client certificate existed; the last two are
+/// added to such a PKI, signed by its CA, rather than replacing the CA (which would invalidate
+/// every kubeconfig handed out).
 const FILES: [&str; 6] = [
     "ca.crt",
     "ca.key",
@@ -82,6 +96,7 @@ const FILES: [&str; 6] = [
     "admin.crt",
     "admin.key",
 ];
+const KUBELET_CLIENT_FILES: [&str; 2] = ["kubelet-client.crt", "kubelet-client.key"];
 
 /// Writes `content` to `path`, readable only by the owner when it is a key or kubeconfig.
 fn write_file(path: &Path, content: &str) -> std::io::Result<()> {
@@ -103,25 +118,63 @@ fn gen(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError {
     move |source| TlsError::Generate { what, source }
 }
 
+/// A client certificate `CN=<cn>, O=system:masters` signed by `issuer`: (cert, key) in PEM.
+fn client_cert(issuer: &Issuer<'_, KeyPair>, cn: &str) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(gen("client key"))?;
+    let mut params = CertificateParams::new(Vec::new()).map_err(gen("client"))?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, MASTERS_GROUP);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(gen("client certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 impl Pki {
-    /// Loads the PKI from `dir`, creating all of it when any file is missing.
+    /// Loads the PKI from `dir`, creating all of it when any of the original files is missing,
+    /// and the kubelet client certificate when only that is.
     pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| TlsError::Io { op, path, source }
+        };
+        let write = |file: &str, content: &str| {
+            let path = dir.join(file);
+            write_file(&path, content).map_err(io("write", &path))
         };
         if FILES.iter().all(|f| dir.join(f).exists()) {
             let read = |f: &str| {
                 let path = dir.join(f);
                 std::fs::read_to_string(&path).map_err(io("read", &path))
             };
+            let (ca_cert, ca_key) = (read("ca.crt")?, read("ca.key")?);
+            let (kubelet_client_cert, kubelet_client_key) =
+                if KUBELET_CLIENT_FILES.iter().all(|f| dir.join(f).exists()) {
+                    (
+                        read(KUBELET_CLIENT_FILES[0])?,
+                        read(KUBELET_CLIENT_FILES[1])?,
+                    )
+                } else {
+                    let key = KeyPair::from_pem(&ca_key).map_err(gen("the loaded CA key"))?;
+                    let issuer = Issuer::from_ca_cert_pem(&ca_cert, key)
+                        .map_err(gen("the loaded CA certificate"))?;
+                    let (cert, key) = client_cert(&issuer, KUBELET_CLIENT_CN)?;
+                    write(KUBELET_CLIENT_FILES[1], &key)?;
+                    write(KUBELET_CLIENT_FILES[0], &cert)?;
+                    (cert, key)
+                };
             return Ok(Pki {
-                ca_cert: read("ca.crt")?,
-                ca_key: read("ca.key")?,
+                ca_cert,
+                ca_key,
                 server_cert: read("server.crt")?,
                 server_key: read("server.key")?,
                 admin_cert: read("admin.crt")?,
                 admin_key: read("admin.key")?,
+                kubelet_client_cert,
+                kubelet_client_key,
             });
         }
         let pki = Self::generate()?;
@@ -133,15 +186,16 @@ impl Pki {
             &pki.server_key,
             &pki.admin_cert,
             &pki.admin_key,
+            &pki.kubelet_client_cert,
+            &pki.kubelet_client_key,
         ];
-        for (file, content) in FILES.iter().zip(contents) {
-            let path = dir.join(file);
-            write_file(&path, content).map_err(io("write", &path))?;
+        for (file, content) in FILES.iter().chain(&KUBELET_CLIENT_FILES).zip(contents) {
+            write(file, content)?;
         }
         Ok(pki)
     }
 
-    /// Creates a fresh CA and the two leaf certificates.
+    /// Creates a fresh CA and the leaf certificates.
     pub fn generate() -> Result<Self, TlsError> {
         let ca_key = KeyPair::generate().map_err(gen("CA key"))?;
         let mut ca = CertificateParams::new(Vec::new()).map_err(gen("CA"))?;
@@ -168,24 +222,18 @@ impl Pki {
             .signed_by(&server_key, &issuer)
             .map_err(gen("server certificate"))?;
 
-        let admin_key = KeyPair::generate().map_err(gen("admin key"))?;
-        let mut admin = CertificateParams::new(Vec::new()).map_err(gen("admin"))?;
-        admin.distinguished_name.push(DnType::CommonName, "admin");
-        admin
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin
-            .signed_by(&admin_key, &issuer)
-            .map_err(gen("admin certificate"))?;
+        let (admin_cert, admin_key) = client_cert(&issuer, "admin")?;
+        let (kubelet_client_cert, kubelet_client_key) = client_cert(&issuer, KUBELET_CLIENT_CN)?;
 
         Ok(Pki {
             ca_cert: ca_cert.pem(),
             ca_key: ca_key_pem,
             server_cert: server_cert.pem(),
             server_key: server_key.serialize_pem(),
-            admin_cert: admin_cert.pem(),
-            admin_key: admin_key.serialize_pem(),
+            admin_cert,
+            admin_key,
+            kubelet_client_cert,
+            kubelet_client_key,
         })
     }
 
@@ -270,5 +318,44 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(key_mode & 0o777, 0o600);
+    }
+
+    /// The subject CN and issuer CN of a PEM certificate.
+    fn names(pem: &str) -> (String, String) {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let cn = |n: &x509_parser::x509::X509Name<'_>| {
+            n.iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        (cn(cert.subject()), cn(cert.issuer()))
+    }
+
+    #[test]
+    fn a_pki_from_before_the_kubelet_client_certificate_gains_one_from_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            names(&pki.kubelet_client_cert),
+            (KUBELET_CLIENT_CN.to_string(), "netlet-ca".to_string())
+        );
+        for f in KUBELET_CLIENT_FILES {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let upgraded = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(upgraded.ca_cert, pki.ca_cert, "the CA is kept");
+        assert_eq!(upgraded.admin_cert, pki.admin_cert);
+        assert_ne!(upgraded.kubelet_client_cert, pki.kubelet_client_cert);
+        assert_eq!(
+            names(&upgraded.kubelet_client_cert),
+            (KUBELET_CLIENT_CN.to_string(), "netlet-ca".to_string())
+        );
+        let again = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.kubelet_client_cert, upgraded.kubelet_client_cert);
+        crate::apiserver::NodeDialer::new(&again).unwrap();
     }
 }
