@@ -76,6 +76,13 @@ pub struct AgentConfig {
     /// order. The CRI calls of a start are mostly CPU in containerd, runc and the CNI plugin,
     /// so more parallel starts than cores only make every pod of a burst Ready later.
     pub parallel_pod_starts: usize,
+    /// CA certificates (PEM) that node API clients' certificates must chain to (kubelet's
+    /// `--client-ca-file`); `None`: the CA of the kubeconfig, the cluster's.
+    pub client_ca_file: Option<PathBuf>,
+    /// Also serve the node API on a unix socket in the state dir and name it in the Node, for
+    /// an apiserver that shares this host's file system but cannot route to the node (the
+    /// HTTPS port is served either way).
+    pub node_api_socket: bool,
 }
 
 impl Default for AgentConfig {
@@ -100,6 +107,8 @@ impl Default for AgentConfig {
             metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().expect("valid default address")),
             pod_manifest_path: None,
             parallel_pod_starts: 4,
+            client_ca_file: None,
+            node_api_socket: false,
         }
     }
 }
@@ -188,11 +197,16 @@ impl AgentConfig {
                 });
             }
         }
-        if let Some(path) = self.pod_manifest_path.as_ref().filter(|p| !p.is_absolute()) {
-            return Err(ConfigError::RelativePath {
-                field: "pod manifest path",
-                path: path.clone(),
-            });
+        for (field, path) in [
+            ("pod manifest path", &self.pod_manifest_path),
+            ("client CA file", &self.client_ca_file),
+        ] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(ConfigError::RelativePath {
+                    field,
+                    path: path.clone(),
+                });
+            }
         }
         if self.cluster_cidr.network() != self.cluster_cidr.ip() {
             return Err(ConfigError::ClusterCidrHostBits(self.cluster_cidr));
@@ -237,8 +251,13 @@ impl AgentConfig {
         self.state_dir.join("ipam")
     }
 
-    /// The node API's unix socket (`kubectl logs` through the apiserver), in the state dir so
-    /// that agents sharing a host each have their own.
+    /// Where the node API's serving certificate is kept.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// The node API's unix socket (with [`Self::node_api_socket`]), in the state dir so that
+    /// agents sharing a host each have their own.
     pub fn node_api_socket(&self) -> PathBuf {
         self.state_dir.join(crate::server::SOCKET_FILE)
     }

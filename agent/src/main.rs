@@ -17,9 +17,10 @@ use netlet_agent::node::registration::Registration;
 use netlet_agent::node::route_table::NetlinkRouteTable;
 use netlet_agent::node::routes::RouteReconciler;
 use netlet_agent::node::runtime::RuntimeProbe;
+use netlet_agent::node::status;
 use netlet_agent::node::sysinfo::SystemInfo;
 use netlet_agent::pods::{self, PodManagerConfig};
-use netlet_agent::server::{self, handler::Handler, unix};
+use netlet_agent::server::{self, handler::Handler, https, tls, unix};
 use netlet_agent::service_proxy;
 use netlet_proxy::{metrics_http, BackendKind};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -90,6 +91,14 @@ struct Cli {
     /// Pods started at once; the rest of a burst queues [default: 4].
     #[arg(long)]
     parallel_pod_starts: Option<usize>,
+    /// CA certificates (PEM) node API clients must present certificates of
+    /// [default: the kubeconfig's CA].
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Also serve the node API on a unix socket named in the Node (for an apiserver that
+    /// shares this host's files but cannot route to the node).
+    #[arg(long)]
+    node_api_socket: bool,
 }
 
 impl Cli {
@@ -127,7 +136,11 @@ impl Cli {
         if self.pod_manifest_path.is_some() {
             c.pod_manifest_path = self.pod_manifest_path;
         }
+        if self.client_ca_file.is_some() {
+            c.client_ca_file = self.client_ca_file;
+        }
         c.network_only |= self.network_only;
+        c.node_api_socket |= self.node_api_socket;
         c.manage_routes &= !self.no_routes;
         c.validate()?;
         Ok(c)
@@ -152,7 +165,9 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cfg))
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+/// The API client, and the CA certificates (DER) its config trusts: the cluster CA, which the
+/// node API checks its clients against.
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<(Client, Vec<Vec<u8>>)> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
@@ -165,7 +180,24 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
             .await
             .context("no --kubeconfig, and neither in-cluster config nor $KUBECONFIG works")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    let cas = config.root_cert.clone().unwrap_or_default();
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, cas))
+}
+
+/// The node API's TLS config: the serving certificate kept in the state dir, and the CA client
+/// certificates must chain to (`--client-ca-file`, else the kubeconfig's).
+fn node_api_tls(
+    cfg: &AgentConfig,
+    node_ip: Ipv4Addr,
+    cluster_cas: Vec<Vec<u8>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (chain, key) = tls::load_or_create_serving(&cfg.pki_dir(), &cfg.node_name, node_ip.into())?;
+    let cas = match &cfg.client_ca_file {
+        Some(path) => tls::read_ca_file(path)?,
+        None => cluster_cas.into_iter().map(Into::into).collect(),
+    };
+    Ok(Arc::new(tls::server_config(chain, key, cas)?))
 }
 
 /// Cancels `cancel` on SIGTERM or SIGINT.
@@ -185,7 +217,7 @@ fn cancel_on_signals(cancel: CancellationToken) -> anyhow::Result<()> {
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone())?;
-    let client = kube_client(cfg.kubeconfig.as_ref()).await?;
+    let (client, cluster_cas) = kube_client(cfg.kubeconfig.as_ref()).await?;
     let (connection, netlink, _) =
         rtnetlink::new_connection().context("opening a netlink route socket")?;
     tokio::spawn(connection);
@@ -237,15 +269,25 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let cri = CriClient::connect(&cfg.containerd_socket)
             .await
             .with_context(|| format!("connecting to {}", cfg.containerd_socket.display()))?;
-        // The node API is up before the Node names its socket.
-        let socket = cfg.node_api_socket();
-        let listener = unix::bind(&socket)?;
-        tracing::info!(socket = %socket.display(), "serving the node API");
-        tasks.spawn(unix::serve(
-            listener,
-            Handler::new(cfg.pod_log_dir.clone()).with_runtime(cri.clone()),
-            cancel.clone(),
-        ));
+        let handler = Handler::new(cfg.pod_log_dir.clone()).with_runtime(cri.clone());
+        let tls = node_api_tls(&cfg, node_ip, cluster_cas)?;
+        let addr = SocketAddr::from(([0, 0, 0, 0], status::KUBELET_PORT as u16));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the node API on {addr}"))?;
+        tracing::info!(%addr, "serving the node API (HTTPS)");
+        tasks.spawn(https::serve(listener, tls, handler.clone(), cancel.clone()));
+        // The node API is up before the Node names its socket; without the socket, a name an
+        // earlier run left on the Node is removed.
+        let socket = if cfg.node_api_socket {
+            let socket = cfg.node_api_socket();
+            let listener = unix::bind(&socket)?;
+            tracing::info!(socket = %socket.display(), "serving the node API (unix socket)");
+            tasks.spawn(unix::serve(listener, handler, cancel.clone()));
+            Some(socket.display().to_string())
+        } else {
+            None
+        };
         let registration = Registration {
             api: nodes.clone(),
             node_name: cfg.node_name.clone(),
@@ -256,11 +298,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             cni_bin_dir: cfg.cni_bin_dir.clone(),
             heartbeat: cfg.heartbeat_interval(),
             report_interval: cfg.status_report_interval(),
-            annotations: [(
-                server::SOCKET_ANNOTATION.to_string(),
-                socket.display().to_string(),
-            )]
-            .into(),
+            annotations: [(server::SOCKET_ANNOTATION.to_string(), socket)].into(),
         };
         tasks.spawn(registration.run(cancel.clone()));
         let lease = NodeLease::new(client.clone(), &cfg.node_name);

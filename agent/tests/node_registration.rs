@@ -67,7 +67,7 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
                 report_interval: Duration::from_secs(300),
                 annotations: [(
                     "netlet.dev/kubelet-socket".to_string(),
-                    "/var/lib/netlet/kubelet.sock".to_string(),
+                    Some("/var/lib/netlet/kubelet.sock".to_string()),
                 )]
                 .into(),
             }
@@ -190,7 +190,8 @@ async fn registers_reports_readiness_renews_lease_and_writes_cni_config() {
 }
 
 /// An existing Node (made by an admin, or left by a previous agent) is adopted: our labels are
-/// merged in, its own labels, spec and annotations stay. Then, with nothing changing, the
+/// merged in, its own labels, spec and annotations stay, but for a node API socket an earlier
+/// run named and this one does not serve. Then, with nothing changing, the
 /// status is not rewritten every heartbeat: the Lease alone shows liveness.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_an_existing_node_and_writes_status_only_on_change() {
@@ -202,7 +203,8 @@ async fn adopts_an_existing_node_and_writes_status_only_on_change() {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let log = || server.log();
     let existing: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "n2", "labels": {"team": "a"}, "annotations": {"note": "keep"}},
+        "metadata": {"name": "n2", "labels": {"team": "a"},
+                     "annotations": {"note": "keep", "netlet.dev/kubelet-socket": "/gone.sock"}},
         "spec": {"podCIDR": "10.244.2.0/24",
                  "taints": [{"key": "dedicated", "value": "a", "effect": "NoSchedule"}]},
     }))
@@ -234,7 +236,7 @@ async fn adopts_an_existing_node_and_writes_status_only_on_change() {
                 cni_bin_dir: bin_dir,
                 heartbeat,
                 report_interval: Duration::from_secs(300),
-                annotations: Default::default(),
+                annotations: [("netlet.dev/kubelet-socket".to_string(), None)].into(),
             }
             .run(cancel.clone()),
         ),
@@ -253,7 +255,12 @@ async fn adopts_an_existing_node_and_writes_status_only_on_change() {
     let labels = node.metadata.labels.clone().unwrap();
     assert_eq!(labels["team"], "a");
     assert_eq!(labels["kubernetes.io/hostname"], "n2");
-    assert_eq!(node.metadata.annotations.clone().unwrap()["note"], "keep");
+    let annotations = node.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["note"], "keep");
+    assert!(
+        !annotations.contains_key("netlet.dev/kubelet-socket"),
+        "the stale socket annotation is removed: {annotations:?}"
+    );
     assert_eq!(node.spec, created.spec);
 
     // Several heartbeats pass (counted by Lease renewals, not by sleeping) without a change:

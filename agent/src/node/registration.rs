@@ -55,12 +55,14 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 /// Creates the Node `name` with `labels` and `annotations`, or merges them into the existing
-/// one (annotations carry what the apiserver needs to reach this agent, e.g. its socket).
+/// one (annotations carry what the apiserver needs to reach this agent, e.g. its socket). An
+/// annotation mapped to `None` is removed: what an earlier run of the agent set and this one
+/// must not leave behind.
 pub async fn ensure_node(
     api: &Api<Node>,
     name: &str,
     labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, Option<String>>,
 ) -> Result<Node, RegistrationError> {
     let err = |op| {
         move |source| RegistrationError::Api {
@@ -71,15 +73,20 @@ pub async fn ensure_node(
     };
     match api.get_opt(name).await.map_err(err("reading"))? {
         Some(existing) => {
-            let contains = |have: &Option<BTreeMap<String, String>>,
-                            want: &BTreeMap<String, String>| {
+            fn contains<'a>(
+                have: &Option<BTreeMap<String, String>>,
+                mut want: impl Iterator<Item = (&'a String, Option<&'a String>)>,
+            ) -> bool {
                 let have = have.as_ref();
-                want.iter()
-                    .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
-            };
-            if contains(&existing.metadata.labels, labels)
-                && contains(&existing.metadata.annotations, annotations)
-            {
+                want.all(|(k, v)| have.and_then(|h| h.get(k)) == v)
+            }
+            if contains(
+                &existing.metadata.labels,
+                labels.iter().map(|(k, v)| (k, Some(v))),
+            ) && contains(
+                &existing.metadata.annotations,
+                annotations.iter().map(|(k, v)| (k, v.as_ref())),
+            ) {
                 return Ok(existing);
             }
             tracing::info!(
@@ -99,7 +106,13 @@ pub async fn ensure_node(
                 metadata: ObjectMeta {
                     name: Some(name.into()),
                     labels: Some(labels.clone()),
-                    annotations: Some(annotations.clone()).filter(|a| !a.is_empty()),
+                    annotations: Some(
+                        annotations
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                            .collect::<BTreeMap<_, _>>(),
+                    )
+                    .filter(|a| !a.is_empty()),
                     ..ObjectMeta::default()
                 },
                 ..Node::default()
@@ -139,8 +152,8 @@ pub struct Registration {
     /// How long an unchanged status may go unwritten.
     pub report_interval: Duration,
     /// Annotations kept on the Node, e.g. [`crate::server::SOCKET_ANNOTATION`] with the node
-    /// API's socket path.
-    pub annotations: BTreeMap<String, String>,
+    /// API's socket path; `None`: kept off the Node.
+    pub annotations: BTreeMap<String, Option<String>>,
 }
 
 impl Registration {

@@ -4,6 +4,7 @@
 //! `/portForward/{namespace}/{pod}` (GET or POST). Errors are plain text with a status code; the
 //! apiserver turns them into `Status` objects.
 
+use super::https::Denial;
 use super::log_files::{ContainerLogs, LogFileError};
 use super::options::LogOptions;
 use super::remote::{self, Session};
@@ -14,10 +15,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use k8s_openapi::jiff::Timestamp;
 use std::convert::Infallible;
 use std::path::PathBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The response body: a short text or a log stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -121,6 +125,30 @@ impl Handler {
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         resp
+    }
+}
+
+/// Serves one connection with `handler` (upgrades included) until it closes; with a `denied`
+/// verdict, every request on it gets that answer instead.
+pub async fn serve_connection<S>(io: S, handler: Handler, denied: Option<Denial>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (handler, denied) = (handler.clone(), denied.clone());
+        async move {
+            Ok::<_, Infallible>(match denied {
+                Some(d) => text(d.code, d.message),
+                None => handler.handle(req).await,
+            })
+        }
+    });
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(%err, "node API connection ended with an error");
     }
 }
 

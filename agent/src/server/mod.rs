@@ -9,22 +9,25 @@
 //! - [`stream`]: reading (and following) one log file into a response body.
 //! - [`remote`]: `exec`, `attach` and `portForward`: the container or sandbox and its URL.
 //! - [`upgrade`]: relaying an upgraded connection to the runtime's streaming server.
-//! - [`handler`]: the HTTP routes.
-//! - [`unix`]: serving on a 0600 unix socket, the path the apiserver uses.
+//! - [`handler`]: the HTTP routes, and serving one connection.
+//! - [`tls`]: the self-signed serving certificate and the client-certificate check.
+//! - [`https`]: serving on `node IP:10250`, with authentication and authorisation.
+//! - [`unix`]: serving on a 0600 unix socket instead, named by [`SOCKET_ANNOTATION`].
 //!
-//! How the apiserver finds the node API: the agent writes the socket path into the Node's
-//! [`SOCKET_ANNOTATION`]; the apiserver connects to that socket. A unix socket lives in the
-//! file system, so it is reachable from the host namespace even when the agent runs in a node
-//! network namespace the apiserver cannot route to (`cargo xtask up`). It is created mode 0600:
-//! only root can connect, which is the authentication. HTTPS on `InternalIP:10250` (with client
-//! certificates of the cluster CA) is not served yet; the Node still advertises port 10250.
+//! How the apiserver finds the node API: as kube-apiserver finds kubelet, at the Node's
+//! InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port`, over HTTPS with its kubelet
+//! client certificate. An agent started with `--node-api-socket` also serves a unix socket and
+//! names it in the Node's [`SOCKET_ANNOTATION`]; the apiserver then uses that, for hosts where
+//! it shares the file system with the agent but cannot route to it.
 
 pub mod cri_log;
 pub mod handler;
+pub mod https;
 pub mod log_files;
 pub mod options;
 pub mod remote;
 pub mod stream;
+pub mod tls;
 pub mod unix;
 pub mod upgrade;
 

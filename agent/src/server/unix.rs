@@ -5,9 +5,7 @@
 //! The socket is the authenticated path: it is created mode 0600, so only root (the apiserver
 //! runs as root on such a host) can connect.
 
-use super::handler::Handler;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use super::handler::{self, Handler};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixListener;
@@ -65,19 +63,6 @@ pub async fn serve(listener: UnixListener, handler: Handler, cancel: Cancellatio
                 }
             },
         };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
-            });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(%err, "node API connection ended with an error");
-            }
-        });
+        tokio::spawn(handler::serve_connection(stream, handler.clone(), None));
     }
 }

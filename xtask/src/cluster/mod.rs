@@ -4,10 +4,13 @@
 //! Layout (see `underlay.rs`): namespace `nlt-up-lan` holds the LAN bridge; each node `K` is a
 //! namespace `nlt-up-node-K` with `eth0` = `10.200.0.(10+K)/24` on that bridge, running its own
 //! containerd (all state under the cluster dir) and `netlet-agent`; `nlt-up-outside` is a host
-//! outside the cluster (`10.200.0.250`) for masquerade checks. The apiserver runs in the host
-//! namespace on 127.0.0.1 (a listening socket, not an address or route), and one forwarder
-//! process opens `127.0.0.1:6443` inside every node namespace and relays to it, so agents reach
-//! the API without the host namespace gaining any address, route or rule.
+//! outside the cluster (`10.200.0.250`) for masquerade checks. The control plane runs in
+//! namespace `nlt-up-cp` (`10.200.0.2` on the LAN), its apiserver listening on 127.0.0.1:6443
+//! there; it reaches each agent's node API (`kubectl logs`, `exec`) at the node's address on
+//! port 10250, as kube-apiserver reaches kubelets. One forwarder process opens `127.0.0.1:6443`
+//! inside every node namespace and a free port on the host's 127.0.0.1 (a listening socket,
+//! not an address or route) and relays them to the apiserver, so agents and the host's
+//! `kubectl` reach the API without the host namespace gaining any address, route or rule.
 //!
 //! Everything the cluster writes lives in `target/netlet-up/`; `state.json` there records the
 //! PIDs to stop, so `down` works after `up` crashed halfway and is idempotent.
@@ -86,8 +89,9 @@ fn valid_prefix(p: &str) -> bool {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
 }
-/// The port the forwarder listens on inside each node namespace (127.0.0.1).
-pub const NODE_API_PORT: u16 = 6443;
+/// The apiserver's port in the control plane's namespace, and the port the forwarder listens on
+/// inside each node namespace (127.0.0.1).
+pub const APISERVER_PORT: u16 = 6443;
 
 /// The PID of the running cluster's process with `role` (e.g. `agent node-1`), if it is alive.
 pub fn pid_of(role: &str) -> Option<u32> {

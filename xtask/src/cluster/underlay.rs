@@ -19,6 +19,16 @@ pub fn node_ns(k: u8) -> String {
     format!("{}node-{k}", ns_prefix())
 }
 
+/// The namespace of the control plane (apiserver, scheduler, controllers).
+pub fn control_plane_ns() -> String {
+    format!("{}cp", ns_prefix())
+}
+
+/// The control plane's address on the LAN, from which the apiserver reaches the agents.
+pub fn control_plane_ip() -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, 2)
+}
+
 /// The namespace of the host outside the cluster.
 pub fn outside_ns() -> String {
     format!("{}outside", ns_prefix())
@@ -42,7 +52,8 @@ fn ip(ns: &str, args: &[&str]) -> Result<()> {
     util::run_quiet(Command::new("ip").args(["-n", ns]).args(args))
 }
 
-/// Creates the LAN, `nodes` node namespaces and the outside host.
+/// Creates the LAN, the control plane's namespace, `nodes` node namespaces and the outside
+/// host.
 pub fn create(nodes: u8) -> Result<()> {
     let lan = lan_ns();
     util::run_quiet(Command::new("ip").args(["netns", "add", &lan]))?;
@@ -52,6 +63,7 @@ pub fn create(nodes: u8) -> Result<()> {
     let mut hosts: Vec<(String, String, Ipv4Addr)> = (1..=nodes)
         .map(|k| (node_ns(k), format!("node-{k}"), node_ip(k)))
         .collect();
+    hosts.push((control_plane_ns(), "cp".to_string(), control_plane_ip()));
     hosts.push((outside_ns(), "outside".to_string(), outside_ip()));
     for (ns, port, addr) in hosts {
         util::run_quiet(Command::new("ip").args(["netns", "add", &ns]))?;

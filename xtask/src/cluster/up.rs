@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use integration::containerd::ContainerdLayout;
 
 use super::state::{Process, State};
-use super::{cgroup_parent, cluster_dir, underlay, UpArgs, NODE_API_PORT};
+use super::{cgroup_parent, cluster_dir, underlay, UpArgs, APISERVER_PORT};
 use crate::{images, util};
 
 /// How long the cluster may take to come up after everything is started.
@@ -66,10 +66,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
 
     step(4, total, "starting the apiserver (embedded storage)");
     let cp_dir = dir.join("control-plane");
-    let mut cmd = Command::new(&bins.apiserver);
-    cmd.args(["serve", "--data-dir"])
+    let cp_netns = format!("/run/netns/{}", underlay::control_plane_ns());
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={cp_netns}"))
+        .arg(&bins.apiserver)
+        .args(["serve", "--data-dir"])
         .arg(&cp_dir)
-        .args(["--bind", "127.0.0.1", "--port", "0"]);
+        .args(["--bind", "127.0.0.1", "--port", &APISERVER_PORT.to_string()]);
     std::fs::create_dir_all(&cp_dir)?;
     spawn(
         &mut state,
@@ -81,25 +84,24 @@ pub fn up(args: &UpArgs) -> Result<()> {
     )?;
     let port = wait_for_kubeconfig(&cp_dir.join("admin.kubeconfig"))?;
     let admin = std::fs::read_to_string(cp_dir.join("admin.kubeconfig"))?;
-    let host_kubeconfig = dir.join("admin.kubeconfig");
-    std::fs::write(&host_kubeconfig, &admin)?;
+    // Agents reach 127.0.0.1:6443 in their own namespace, the host a free port on its
+    // 127.0.0.1: the forwarder relays both to the apiserver in the control plane's namespace.
     let node_kubeconfig = dir.join("node.kubeconfig");
-    std::fs::write(
-        &node_kubeconfig,
-        admin.replace(
-            &format!("https://127.0.0.1:{port}"),
-            &format!("https://127.0.0.1:{NODE_API_PORT}"),
-        ),
-    )?;
+    std::fs::write(&node_kubeconfig, &admin)?;
+    let port_file = dir.join("apiserver.port");
     let mut fwd = Command::new(xtask_exe()?);
     fwd.arg("forward")
         .arg("--to")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--to-netns")
+        .arg(&cp_netns)
+        .args(["--listen-here", "127.0.0.1:0", "--port-file"])
+        .arg(&port_file)
         .arg("--cluster-dir")
         .arg(&dir);
     for k in 1..=args.nodes {
         fwd.arg("--listen").arg(format!(
-            "/run/netns/{}=127.0.0.1:{NODE_API_PORT}",
+            "/run/netns/{}=127.0.0.1:{APISERVER_PORT}",
             underlay::node_ns(k)
         ));
     }
@@ -110,6 +112,15 @@ pub fn up(args: &UpArgs) -> Result<()> {
         &dir,
         fwd,
         &dir.join("forwarder.log"),
+    )?;
+    let host_port = wait_for_port(&port_file, &dir.join("forwarder.log"))?;
+    let host_kubeconfig = dir.join("admin.kubeconfig");
+    std::fs::write(
+        &host_kubeconfig,
+        admin.replace(
+            &format!("https://127.0.0.1:{port}"),
+            &format!("https://127.0.0.1:{host_port}"),
+        ),
     )?;
 
     step(
@@ -252,6 +263,20 @@ fn record(
     });
     state.save(state_path)?;
     Ok(pid)
+}
+
+/// Waits for the forwarder to write the port it listens on in the host namespace.
+fn wait_for_port(path: &Path, log: &Path) -> Result<u16> {
+    util::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    })
+    .with_context(|| {
+        format!(
+            "the forwarder wrote no port to {} within 30 s; see {}",
+            path.display(),
+            log.display()
+        )
+    })
 }
 
 /// Waits for the apiserver's kubeconfig and returns the port in it.
