@@ -12,7 +12,8 @@
 //!   JSON or gnostic protobuf (kubectl 1.27 and 1.28 need it for `apply`).
 //! - `read.rs` (GET, LIST), `write.rs` (POST, PUT, PATCH, status/scale), `deletion.rs` (DELETE:
 //!   graceful deletion of bound pods, finalizers), `deletecollection.rs` (DELETE of a
-//!   collection by selectors), `watch.rs` (WATCH streams).
+//!   collection by selectors), `watch.rs` (WATCH streams, sharing decoded objects and encoded
+//!   lines through `event_cache.rs`).
 //! - `binding.rs`: the `pods/binding` subresource and the `bindings` collection (schedulers).
 //! - `eviction.rs`: the `pods/eviction` subresource (`kubectl drain`; no disruption budgets).
 //! - `pod_logs.rs`: the `pods/log` subresource, proxied to the agent's node API: HTTPS to the
@@ -51,6 +52,7 @@ mod deletecollection;
 mod deletion;
 mod discovery;
 mod error;
+mod event_cache;
 mod events;
 mod eviction;
 mod http;

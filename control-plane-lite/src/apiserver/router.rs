@@ -9,6 +9,7 @@ use hyper::{Method, Request, Response};
 use super::deletion::{self, DeleteOptions};
 use super::discovery;
 use super::error::ApiError;
+use super::event_cache::EventCache;
 use super::http::{self, Body, Query, Rendering};
 use super::node_api::NodeDialer;
 use super::patch::{self, PatchType};
@@ -27,6 +28,7 @@ pub struct Router {
     storage: Arc<dyn Storage>,
     services: Arc<ServiceAllocator>,
     nodes: NodeDialer,
+    events: Arc<EventCache>,
 }
 
 impl Router {
@@ -41,6 +43,7 @@ impl Router {
             storage,
             services,
             nodes,
+            events: Arc::default(),
         }
     }
 
@@ -178,7 +181,13 @@ impl Router {
             if method != Method::GET || t.subresource.is_some() {
                 return Err(ApiError::MethodNotAllowed);
             }
-            return watch::watch(Arc::clone(&self.storage), &t, rendering, &query);
+            return watch::watch(
+                Arc::clone(&self.storage),
+                Arc::clone(&self.events),
+                &t,
+                rendering,
+                &query,
+            );
         }
         // Subresources that only take a POST of their own kind.
         if t.subresource == Some(Subresource::Binding) {

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::event_cache::{EventCache, Slot};
 use super::http::{Body, Query, Rendering};
 use super::metadata;
 use super::object;
@@ -44,6 +45,7 @@ struct Request {
     bookmarks: bool,
     rendering: Rendering,
     include: IncludeObject,
+    cache: Arc<EventCache>,
 }
 
 impl Request {
@@ -81,17 +83,24 @@ impl Request {
     /// The watch event a storage event becomes for this request, if any.
     ///
     /// With selectors, an update that moves an object into the selection is ADDED and one
-    /// that moves it out is DELETED, as the apiserver reports them.
+    /// that moves it out is DELETED, as the apiserver reports them. The decoded objects and
+    /// JSON lines come from the apiserver's [`EventCache`], shared with the other watches.
     fn translate(&self, event: &Event) -> Option<Bytes> {
         let revision = event.revision();
-        let decode =
-            |kv: &KeyValue| object::from_stored_as(self.resource, &kv.value, revision).ok();
-        let prev = event.prev_kv.as_ref().and_then(decode);
+        let decode = |kv: &KeyValue, slot| {
+            self.cache.object(self.resource, revision, slot, || {
+                object::from_stored_as(self.resource, &kv.value, revision).ok()
+            })
+        };
+        let prev = event
+            .prev_kv
+            .as_ref()
+            .and_then(|kv| decode(kv, Slot::Previous));
         let was = prev.as_ref().is_some_and(|p| self.wanted(p));
-        match event.kind {
-            EventKind::Delete => prev.filter(|_| was).map(|p| self.event("DELETED", &p)),
+        let (kind, obj) = match event.kind {
+            EventKind::Delete => ("DELETED", prev.filter(|_| was)?),
             EventKind::Put => {
-                let obj = decode(&event.kv)?;
+                let obj = decode(&event.kv, Slot::Current)?;
                 let now = self.wanted(&obj);
                 let created = event.kv.create_revision == event.kv.mod_revision;
                 let kind = match (created, prev.is_some(), was, now) {
@@ -102,9 +111,15 @@ impl Request {
                     (false, true, true, false) => "DELETED",
                     _ => return None,
                 };
-                Some(self.event(kind, &obj))
+                (kind, obj)
             }
-        }
+        };
+        Some(match self.rendering {
+            Rendering::Json => self
+                .cache
+                .line(self.resource, revision, kind, || self.event(kind, &obj)),
+            Rendering::Table | Rendering::Metadata => self.event(kind, &obj),
+        })
     }
 
     fn bookmark(&self, revision: u64) -> Bytes {
@@ -139,6 +154,7 @@ fn storage_to_api(err: StorageError) -> ApiError {
 /// Starts a watch; the response streams until the timeout, an error, or the client leaves.
 pub fn watch(
     storage: Arc<dyn Storage>,
+    cache: Arc<EventCache>,
     t: &Target,
     rendering: Rendering,
     query: &Query,
@@ -159,6 +175,7 @@ pub fn watch(
         bookmarks: query.flag("allowWatchBookmarks"),
         rendering,
         include: IncludeObject::parse(query.get("includeObject")),
+        cache,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
@@ -256,6 +273,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             bookmarks: false,
             rendering: Rendering::Json,
+            cache: Arc::default(),
             include: IncludeObject::Metadata,
         }
     }
@@ -276,7 +294,9 @@ mod tests {
 
     #[test]
     fn updates_across_the_selector_become_added_and_deleted() {
-        let req = request("w=1");
+        // Each case reuses revisions 2 and 3 with other values, which a real store never does
+        // (the event cache keys by revision): a fresh request, and cache, per case.
+        let translate = |event: &Event| request("w=1").translate(event);
         let put = |prev: Option<KeyValue>, now: KeyValue| Event {
             kind: EventKind::Put,
             kv: now,
@@ -289,19 +309,19 @@ mod tests {
             ..k
         };
         assert_eq!(
-            kind_of(req.translate(&put(None, on()))).as_deref(),
+            kind_of(translate(&put(None, on()))).as_deref(),
             Some("ADDED")
         );
-        assert_eq!(kind_of(req.translate(&put(None, off()))), None);
+        assert_eq!(kind_of(translate(&put(None, off()))), None);
         let moved_in = put(Some(off()), at3(on()));
-        assert_eq!(kind_of(req.translate(&moved_in)).as_deref(), Some("ADDED"));
+        assert_eq!(kind_of(translate(&moved_in)).as_deref(), Some("ADDED"));
         let moved_out = put(Some(on()), at3(off()));
         assert_eq!(
-            kind_of(req.translate(&moved_out)).as_deref(),
+            kind_of(translate(&moved_out)).as_deref(),
             Some("DELETED")
         );
         let stayed = put(Some(on()), at3(on()));
-        assert_eq!(kind_of(req.translate(&stayed)).as_deref(), Some("MODIFIED"));
+        assert_eq!(kind_of(translate(&stayed)).as_deref(), Some("MODIFIED"));
         let deleted = Event {
             kind: EventKind::Delete,
             kv: KeyValue {
@@ -311,7 +331,7 @@ mod tests {
             },
             prev_kv: Some(on()),
         };
-        let line = req.translate(&deleted).unwrap();
+        let line = translate(&deleted).unwrap();
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "DELETED");
         assert_eq!(v["object"]["metadata"]["resourceVersion"], "3");

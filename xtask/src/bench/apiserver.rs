@@ -2,7 +2,8 @@
 //! same apiserver on etcd (Debian's etcd-server, single member, same disk).
 //!
 //! For each storage a fresh `netlet-control-plane serve` (release build) starts on 127.0.0.1
-//! port 0 in a temp dir (etcd too, for the etcd setup); the bench talks HTTP/1.1 keep-alive
+//! port 0 in a temp dir (etcd too, for the etcd setup), without its in-process scheduler and
+//! controllers unless `--with-components`; the bench talks HTTP/1.1 keep-alive
 //! over rustls with the admin client certificate from the generated kubeconfig. Phases:
 //! create `--pods` pods from `--clients` connections; LIST them as JSON and as a Table (median
 //! of 5); `--watchers` watches, then `--updates` label patches from one client, timing each
@@ -64,6 +65,12 @@ pub struct Args {
     /// Label updates, one after another, spread over the pods.
     #[arg(long, default_value_t = 1_000)]
     updates: usize,
+    /// Also run the scheduler and controllers in the server process, as `serve` does by
+    /// default. Off: the apiserver alone, as kube-apiserver is measured; with them, their
+    /// caches add to the RSS and the scheduler's writes for the 10,000 unschedulable pods
+    /// (status and FailedScheduling Event) compete with the creates.
+    #[arg(long)]
+    with_components: bool,
     /// Bench this netlet-control-plane binary instead of building one.
     #[arg(long, hide = true, value_name = "PATH")]
     server_bin: Option<PathBuf>,
@@ -165,8 +172,11 @@ fn bench_one(storage: Storage, bin: &Path, args: &Args) -> Result<SetupResult> {
         Storage::Etcd => Some(Etcd::start()?),
     };
     let mut extra = Vec::new();
+    if !args.with_components {
+        extra.extend(["--disable-scheduler", "--disable-controllers"]);
+    }
     if let Some(etcd) = &etcd {
-        extra = vec!["--storage", "etcd", "--etcd-endpoints", &etcd.url];
+        extra.extend(["--storage", "etcd", "--etcd-endpoints", &etcd.url]);
     }
     let server = Server::start(bin, &extra)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -549,7 +559,12 @@ fn report(results: &[(Storage, SetupResult)], args: &Args) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "apiserver bench: netlet-control-plane on embedded storage vs on etcd (same disk)"
+        "apiserver bench: netlet-control-plane on embedded storage vs on etcd (same disk), {}",
+        if args.with_components {
+            "with its in-process scheduler and controllers"
+        } else {
+            "the apiserver alone (no in-process scheduler or controllers)"
+        }
     );
     for (title, rows) in &sections {
         let _ = writeln!(s, "\n{title}");
@@ -678,6 +693,7 @@ mod tests {
             clients: 16,
             watchers: 100,
             updates: 1000,
+            with_components: false,
             server_bin: None,
         };
         let text = report(&[(Storage::Embedded, emb), (Storage::Etcd, etcd)], &args);
