@@ -386,13 +386,17 @@ async fn receive(mut body: Incoming, updates: usize) -> Result<Vec<(usize, Insta
             continue;
         };
         buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            if let Some(g) = generation(&line).filter(|&g| g < updates && !got[g]) {
+        // Every complete line of the buffer, then the partial rest moved to the front once.
+        let mut start = 0;
+        while let Some(len) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + len];
+            start += len + 1;
+            if let Some(g) = generation(line).filter(|&g| g < updates && !got[g]) {
                 got[g] = true;
                 seen.push((g, at));
             }
         }
+        buf.drain(..start);
     }
     Ok(seen)
 }
