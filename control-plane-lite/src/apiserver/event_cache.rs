@@ -149,6 +149,10 @@ mod tests {
         }
         let entries = cache.lock();
         assert_eq!(entries.len(), CAPACITY);
-        assert_eq!(entries.keys().next().unwrap().0, 10, "the oldest went first");
+        assert_eq!(
+            entries.keys().next().unwrap().0,
+            10,
+            "the oldest went first"
+        );
     }
 }

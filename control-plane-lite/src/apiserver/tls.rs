@@ -357,5 +357,20 @@ mod tests {
         let again = Pki::load_or_create(dir.path()).unwrap();
         assert_eq!(again.kubelet_client_cert, upgraded.kubelet_client_cert);
         crate::apiserver::NodeDialer::new(&again).unwrap();
+
+        // It chains to the CA as a client certificate, as an agent's verifier checks it.
+        use rustls::server::danger::ClientCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_cert.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let leaf = CertificateDer::from_pem_slice(upgraded.kubelet_client_cert.as_bytes()).unwrap();
+        verifier
+            .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
+            .expect("the added certificate chains to the existing CA");
     }
 }

@@ -316,10 +316,7 @@ mod tests {
         let moved_in = put(Some(off()), at3(on()));
         assert_eq!(kind_of(translate(&moved_in)).as_deref(), Some("ADDED"));
         let moved_out = put(Some(on()), at3(off()));
-        assert_eq!(
-            kind_of(translate(&moved_out)).as_deref(),
-            Some("DELETED")
-        );
+        assert_eq!(kind_of(translate(&moved_out)).as_deref(), Some("DELETED"));
         let stayed = put(Some(on()), at3(on()));
         assert_eq!(kind_of(translate(&stayed)).as_deref(), Some("MODIFIED"));
         let deleted = Event {

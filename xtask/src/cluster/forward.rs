@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 /// Options of `cargo xtask forward`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to relay to (in this process's namespace).
+    /// Where to relay to (from `--to-netns`, else from this process's namespace).
     #[arg(long)]
     pub to: SocketAddr,
     /// The network namespace to relay from [default: this process's].
