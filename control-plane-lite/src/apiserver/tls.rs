@@ -359,7 +359,6 @@ mod tests {
         crate::apiserver::NodeDialer::new(&again).unwrap();
 
         // It chains to the CA as a client certificate, as an agent's verifier checks it.
-        use rustls::server::danger::ClientCertVerifier;
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(pki.ca_cert.as_bytes()).unwrap())
