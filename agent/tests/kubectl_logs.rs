@@ -1,6 +1,7 @@
 //! `kubectl logs` end to end without containerd: our apiserver proxies `pods/log` to the agent's
 //! log server on a unix socket, which serves a temp dir of CRI log files; the Node names the
-//! socket in its `netlet.dev/kubelet-socket` annotation, as the agent's registration does.
+//! socket in its `netlet.dev/kubelet-socket` annotation, as an agent started with
+//! `--node-api-socket` does (`node_api_https.rs` covers the HTTPS path).
 
 use integration::TestApiserver;
 use k8s_openapi::api::core::v1::{Node, Pod};
