@@ -22,7 +22,11 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// A response with `body` as `application/json`.
 pub fn json(code: u16, body: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    json_bytes(code, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A JSON response from already encoded bytes.
+pub fn json_bytes(code: u16, bytes: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(

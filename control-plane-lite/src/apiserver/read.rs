@@ -114,6 +114,14 @@ pub struct Page {
     pub continue_token: Option<String>,
 }
 
+/// Where a scan ended: the page's snapshot and what comes after it.
+pub struct ScanEnd {
+    /// The snapshot revision.
+    pub revision: u64,
+    /// The token for the next page, if any.
+    pub continue_token: Option<String>,
+}
+
 /// Lists up to `limit` (0: all) matching objects under `prefix`, from `start` within the
 /// snapshot `at`, filling the page across storage pages when the selectors drop objects.
 pub async fn list_page(
@@ -126,10 +134,43 @@ pub async fn list_page(
     start: Option<String>,
 ) -> Result<Page, ApiError> {
     let mut items = Vec::new();
+    let end = scan_page(
+        storage,
+        resource,
+        prefix,
+        filter,
+        limit,
+        at,
+        start,
+        &mut |obj| items.push(obj),
+    )
+    .await?;
+    Ok(Page {
+        items,
+        revision: end.revision,
+        continue_token: end.continue_token,
+    })
+}
+
+/// [`list_page`], handing each matching object to `each` as it is decoded instead of keeping
+/// them: a JSON LIST encodes them one by one, so its peak memory is the stored bytes and the
+/// output, not every object as a `Value` at once (a `Value` is several times its JSON).
+#[allow(clippy::too_many_arguments)]
+pub async fn scan_page(
+    storage: &dyn Storage,
+    resource: &Resource,
+    prefix: &str,
+    filter: &Filter,
+    limit: usize,
+    at: Option<u64>,
+    start: Option<String>,
+    each: &mut (dyn FnMut(Value) + Send),
+) -> Result<ScanEnd, ApiError> {
+    let mut found = 0;
     let mut at = at;
     let mut start = start;
     loop {
-        let want = if limit == 0 { 0 } else { limit - items.len() };
+        let want = if limit == 0 { 0 } else { limit - found };
         let page = storage
             .list(prefix, at, want, start.as_deref())
             .await
@@ -150,27 +191,72 @@ pub async fn list_page(
         for kv in &page.kvs {
             let obj = object::from_kv_as(resource, kv)?;
             if filter.matches(&obj) {
-                items.push(obj);
+                found += 1;
+                each(obj);
             }
         }
         let last = page.kvs.last().map(|kv| kv.key.clone());
         if !page.more || last.is_none() {
-            return Ok(Page {
-                items,
+            return Ok(ScanEnd {
                 revision: page.revision,
                 continue_token: None,
             });
         }
-        if limit != 0 && items.len() >= limit {
+        if limit != 0 && found >= limit {
             let last = last.expect("checked above");
-            return Ok(Page {
-                items,
+            return Ok(ScanEnd {
                 revision: page.revision,
                 continue_token: Some(encode_continue(page.revision, &last)),
             });
         }
         start = last;
     }
+}
+
+/// A JSON LIST body whose items are encoded as the scan finds them.
+async fn json_list(
+    storage: &dyn Storage,
+    t: &Target,
+    prefix: &str,
+    filter: &Filter,
+    limit: usize,
+    (at, start): (Option<u64>, Option<String>),
+) -> Result<Response<Body>, ApiError> {
+    let mut items = b"[".to_vec();
+    let end = scan_page(
+        storage,
+        t.resource,
+        prefix,
+        filter,
+        limit,
+        at,
+        start,
+        &mut |obj| {
+            if items.len() > 1 {
+                items.push(b',');
+            }
+            // Writing a `Value` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut items, &obj);
+        },
+    )
+    .await?;
+    items.push(b']');
+    let mut meta = json!({ "resourceVersion": end.revision.to_string() });
+    if let Some(c) = &end.continue_token {
+        meta["continue"] = json!(c);
+    }
+    let head = json!({
+        "kind": t.resource.list_kind(),
+        "apiVersion": t.resource.api_version(),
+        "metadata": meta,
+    });
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    // `head` is an object: its last byte is the closing brace, reopened for the items.
+    body.pop();
+    body.extend_from_slice(b",\"items\":");
+    body.extend_from_slice(&items);
+    body.push(b'}');
+    Ok(http::json_bytes(200, body))
 }
 
 /// LIST a collection (all namespaces when the path has none).
@@ -195,31 +281,26 @@ pub async fn list(
         }
         None => (None, None),
     };
+    if rendering == Rendering::Json {
+        return json_list(storage, t, &prefix, &filter, limit, (at, start)).await;
+    }
+    // Tables and metadata lists are made from every item at once.
     let page = list_page(storage, t.resource, &prefix, &filter, limit, at, start).await?;
     let rv = page.revision.to_string();
-    let body = match rendering {
-        Rendering::Table => table::table(
+    let body = if rendering == Rendering::Table {
+        table::table(
             t.resource,
             &page.items,
             &rv,
             page.continue_token.as_deref(),
             IncludeObject::parse(query.get("includeObject")),
-        ),
-        Rendering::Json | Rendering::Metadata => {
-            let mut meta = json!({ "resourceVersion": rv });
-            if let Some(c) = &page.continue_token {
-                meta["continue"] = json!(c);
-            }
-            if rendering == Rendering::Metadata {
-                return Ok(http::json(200, &metadata::partial_list(&page.items, meta)));
-            }
-            json!({
-                "kind": t.resource.list_kind(),
-                "apiVersion": t.resource.api_version(),
-                "metadata": meta,
-                "items": page.items,
-            })
+        )
+    } else {
+        let mut meta = json!({ "resourceVersion": rv });
+        if let Some(c) = &page.continue_token {
+            meta["continue"] = json!(c);
         }
+        metadata::partial_list(&page.items, meta)
     };
     Ok(http::json(200, &body))
 }
@@ -227,6 +308,68 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::resources::find;
+    use crate::storage::MemoryStorage;
+    use http_body_util::BodyExt;
+
+    async fn body_of(resp: Response<Body>) -> Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_json_list_streams_its_items_into_the_same_document_pages_and_all() {
+        let storage = MemoryStorage::new();
+        for (name, team) in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "x")] {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "n", "labels": {"team": team}}});
+            storage
+                .create(
+                    &format!("/registry/configmaps/n/{name}"),
+                    object::to_stored(&cm),
+                )
+                .await
+                .unwrap();
+        }
+        let t = Target {
+            resource: find("", "v1", "configmaps").unwrap(),
+            namespace: Some("n".into()),
+            name: None,
+            subresource: None,
+            watch_path: false,
+        };
+        let names = |list: &Value| -> Vec<String> {
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let list = |q: &str| {
+            let query = Query::parse(Some(q));
+            let t = &t;
+            let storage = &storage;
+            async move { body_of(list(storage, t, Rendering::Json, &query).await.unwrap()).await }
+        };
+
+        let all = list("").await;
+        assert_eq!(all["kind"], "ConfigMapList");
+        assert_eq!(all["apiVersion"], "v1");
+        assert_eq!(names(&all), ["a", "b", "c", "d"]);
+        assert_eq!(all["items"][0]["metadata"]["labels"]["team"], "x");
+        assert!(all["metadata"]["resourceVersion"].is_string());
+        assert!(all["metadata"].get("continue").is_none());
+
+        let first = list("labelSelector=team%3Dx&limit=2").await;
+        assert_eq!(names(&first), ["a", "c"]);
+        let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+        let rest = list(&format!("labelSelector=team%3Dx&limit=2&continue={token}")).await;
+        assert_eq!(names(&rest), ["d"]);
+
+        let none = list("labelSelector=team%3Dz").await;
+        assert_eq!(none["items"], json!([]), "an empty list is [], not null");
+    }
 
     #[test]
     fn continue_token_round_trips() {
