@@ -8,8 +8,9 @@
 //!
 //! A revision names one write to one key, so (revision, resource) identifies the object; the
 //! resource is part of the key because `events.k8s.io` Events are a view of the stored core
-//! Events and decode differently. Only the newest [`CAPACITY`] entries are kept: watchers follow
-//! the head of the log, and one catching up on old revisions simply computes what it misses.
+//! Events and decode differently. Only the newest [`CAPACITY`] objects and lines are kept:
+//! watchers follow the head of the log, and one catching up on old revisions simply computes
+//! what it misses.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,33 +20,27 @@ use serde_json::Value;
 
 use super::resources::Resource;
 
-/// Entries kept; beyond it the oldest revisions go.
+/// Entries kept per map (objects, lines); beyond it the oldest revisions go.
 const CAPACITY: usize = 4096;
 
-/// What is cached of one event.
+/// Which object of an event is cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Slot {
     /// The object as written.
     Current,
     /// The object before the write.
     Previous,
-    /// The JSON watch line of this type (`ADDED`, `MODIFIED`, `DELETED`).
-    Line(&'static str),
 }
 
-/// (revision, resource identity, slot).
-type Key = (u64, usize, Slot);
-
-#[derive(Clone)]
-enum Entry {
-    Object(Option<Arc<Value>>),
-    Line(Bytes),
-}
+/// (revision, resource identity, what): `what` is a [`Slot`] for objects and the watch event
+/// type (`ADDED`, `MODIFIED`, `DELETED`) for lines.
+type Key<W> = (u64, usize, W);
 
 /// The per-apiserver cache of decoded event objects and encoded watch lines.
 #[derive(Default)]
 pub struct EventCache {
-    entries: Mutex<BTreeMap<Key, Entry>>,
+    objects: Mutex<BTreeMap<Key<Slot>, Option<Arc<Value>>>>,
+    lines: Mutex<BTreeMap<Key<&'static str>, Bytes>>,
 }
 
 /// The resource's identity: its entry in the static resource table.
@@ -53,25 +48,24 @@ fn identity(resource: &'static Resource) -> usize {
     std::ptr::from_ref(resource) as usize
 }
 
+/// The entry at `key` in `map`, made by `make` (outside the lock: two watchers may both make
+/// it, and either result is right) and kept when missing; the oldest revisions go beyond
+/// [`CAPACITY`].
+fn get_or<K: Ord, V: Clone>(map: &Mutex<BTreeMap<K, V>>, key: K, make: impl FnOnce() -> V) -> V {
+    let lock = || map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(hit) = lock().get(&key) {
+        return hit.clone();
+    }
+    let made = make();
+    let mut entries = lock();
+    entries.insert(key, made.clone());
+    while entries.len() > CAPACITY {
+        entries.pop_first();
+    }
+    made
+}
+
 impl EventCache {
-    fn get_or(&self, key: Key, make: impl FnOnce() -> Entry) -> Entry {
-        if let Some(hit) = self.lock().get(&key) {
-            return hit.clone();
-        }
-        // Made outside the lock: two watchers may both make it, and either result is right.
-        let made = make();
-        let mut entries = self.lock();
-        entries.insert(key, made.clone());
-        while entries.len() > CAPACITY {
-            entries.pop_first();
-        }
-        made
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The object of `slot` (current or previous) at `revision`, decoded by `decode` once.
     pub fn object(
         &self,
@@ -81,10 +75,7 @@ impl EventCache {
         decode: impl FnOnce() -> Option<Value>,
     ) -> Option<Arc<Value>> {
         let key = (revision, identity(resource), slot);
-        match self.get_or(key, || Entry::Object(decode().map(Arc::new))) {
-            Entry::Object(object) => object,
-            Entry::Line(_) => None,
-        }
+        get_or(&self.objects, key, || decode().map(Arc::new))
     }
 
     /// The JSON watch line of type `kind` for the event at `revision`, encoded by `encode` once.
@@ -95,11 +86,7 @@ impl EventCache {
         kind: &'static str,
         encode: impl FnOnce() -> Bytes,
     ) -> Bytes {
-        let key = (revision, identity(resource), Slot::Line(kind));
-        match self.get_or(key, || Entry::Line(encode())) {
-            Entry::Line(line) => line,
-            Entry::Object(_) => Bytes::new(),
-        }
+        get_or(&self.lines, (revision, identity(resource), kind), encode)
     }
 }
 
@@ -147,7 +134,7 @@ mod tests {
         for rev in 0..(CAPACITY as u64 + 10) {
             cache.line(pods, rev, "ADDED", Bytes::new);
         }
-        let entries = cache.lock();
+        let entries = cache.lines.lock().unwrap();
         assert_eq!(entries.len(), CAPACITY);
         assert_eq!(
             entries.keys().next().unwrap().0,

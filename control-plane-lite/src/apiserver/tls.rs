@@ -85,9 +85,7 @@ pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 /// client certificate the same one).
 pub const MASTERS_GROUP: &str = "system:masters";
 
-/// The files of a PKI created before the kubelet client certificate existed; the last two are
-/// added to such a PKI, signed by its CA, rather than replacing the CA (which would invalidate
-/// every kubeconfig handed out).
+/// The files of a PKI created before the kubelet client certificate existed.
 const FILES: [&str; 6] = [
     "ca.crt",
     "ca.key",
@@ -96,6 +94,8 @@ const FILES: [&str; 6] = [
     "admin.crt",
     "admin.key",
 ];
+/// The kubelet client certificate and key: added to a PKI that lacks them, signed by its CA,
+/// rather than replacing the CA (which would invalidate every kubeconfig handed out).
 const KUBELET_CLIENT_FILES: [&str; 2] = ["kubelet-client.crt", "kubelet-client.key"];
 
 /// Writes `content` to `path`, readable only by the owner when it is a key or kubeconfig.

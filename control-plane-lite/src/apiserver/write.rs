@@ -135,8 +135,8 @@ pub async fn create(
     defaults::on_create(&mut object, r.tracks_generation());
     defaults::apply_kind_defaults(r, &mut object);
     let epoch = namespaces::termination_epoch();
+    let ns = t.namespace.as_deref().unwrap_or_default();
     if r.namespaced {
-        let ns = t.namespace.as_deref().unwrap_or_default();
         namespaces::check_open(storage, r, ns, &name).await?;
     }
     // Held until the write is done, so no other Service write takes the same IP or ports.
@@ -181,7 +181,6 @@ pub async fn create(
             namespaces::ensure_default_service_account(storage, &name, epoch).await?;
         }
         if r.namespaced && namespaces::termination_epoch() != epoch {
-            let ns = t.namespace.as_deref().unwrap_or_default();
             let key = object_key(r, Some(ns), &name);
             namespaces::recheck_after_create(storage, r, ns, &key).await?;
         }
