@@ -2,8 +2,10 @@
 //! Foreground and Orphan deletions the apiserver marks with finalizers.
 //!
 //! Like upstream's, it works on metadata only, over every kind we serve that owns or is owned
-//! (the `kinds` table). A scan lists them all (metadata-only lists), builds the owner graph by
-//! uid and then, per object:
+//! (the `kinds` table). It keeps one metadata-only watch and cache (kube-rs reflector) per kind,
+//! as upstream's graph builder keeps informers; a scan reads those caches (no LIST: re-listing
+//! every pod after each burst of events cost more than all the other controllers together),
+//! builds the owner graph by uid and then, per object:
 //!
 //! - all owner references point at missing owners, or at owners being deleted in the
 //!   foreground: the object is deleted (Foreground itself if it owns something, so that the
@@ -15,14 +17,17 @@
 //!   `blockOwnerDeletion: true` is left: the finalizer is removed (and the apiserver removes
 //!   the object).
 //!
-//! References to kinds outside that table (or to kinds whose list failed in this scan) count as
-//! existing owners, so nothing is deleted on missing knowledge. An owner missing from the scan's
-//! lists is looked up live by name before anything is done about it (as upstream's
-//! `isDangling` does): it may have been created after its kind was listed and already have
-//! adopted the dependent. Scans run when any watched kind
-//! changes (metadata watches, debounced) and every [`RESYNC`] regardless.
+//! References to kinds outside that table (or to kinds whose cache has not finished its first
+//! list) count as existing owners, so nothing is deleted on missing knowledge. An owner missing
+//! from the caches is looked up live by name before anything is done about it (as upstream's
+//! `isDangling` does): it may be newer than its cache and already have adopted the dependent.
+//! Every write is conditional on the resourceVersion the decision was made from, so a cache
+//! that trails the API makes a write fail with 409 (and the next scan decide again), never act
+//! on an outdated object. Scans run when any watched kind changes (debounced) and every
+//! [`RESYNC`] regardless.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +41,11 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams,
-    Preconditions, PropagationPolicy,
+    ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
-use kube::runtime::watcher;
+use kube::runtime::reflector::{reflector, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -87,10 +93,22 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-/// One listed object: its kind (index into the kinds) and metadata.
+/// A kind's metadata cache; `synced` once its first list has been applied.
+struct Cached {
+    store: Store<PartialObjectMeta<DynamicObject>>,
+    synced: Arc<AtomicBool>,
+}
+
+/// One cached object: its kind (index into the kinds) and metadata.
 struct Listed {
     kind: usize,
-    meta: ObjectMeta,
+    object: Arc<PartialObjectMeta<DynamicObject>>,
+}
+
+impl Listed {
+    fn meta(&self) -> &ObjectMeta {
+        &self.object.metadata
+    }
 }
 
 /// What a scan decided to do to one object.
@@ -164,24 +182,43 @@ fn without(finalizers: &[String], f: &str) -> Vec<String> {
 pub async fn run(client: Client) {
     let kinds = Arc::new(kinds());
     let wake = Arc::new(Notify::new());
+    let mut caches = Vec::new();
+    let mut watches = tokio::task::JoinSet::new();
     for k in kinds.iter() {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &k.resource);
-        let wake = Arc::clone(&wake);
-        tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default()).boxed();
+        let writer = Writer::new(k.resource.clone());
+        let cached = Cached {
+            store: writer.as_reader(),
+            synced: Arc::new(AtomicBool::new(false)),
+        };
+        let (wake, synced) = (Arc::clone(&wake), Arc::clone(&cached.synced));
+        let kind = k.resource.kind.clone();
+        let events = reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        // Dropping the set (the collector's future) stops the watches.
+        watches.spawn(async move {
+            futures::pin_mut!(events);
             while let Some(event) = events.next().await {
                 match event {
+                    Ok(watcher::Event::InitDone) => {
+                        synced.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    // The rest of a (re)list is applied at InitDone.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                     Ok(_) => wake.notify_one(),
                     Err(err) => {
-                        tracing::debug!(error = %err, "garbage collector watch failed; retrying");
-                        tokio::time::sleep(super::ERROR_REQUEUE).await;
+                        tracing::debug!(%kind, error = %err, "garbage collector watch failed; retrying")
                     }
                 }
             }
         });
+        caches.push(cached);
     }
     loop {
-        if let Err(err) = Box::pin(scan(&client, &kinds)).await {
+        if let Err(err) = Box::pin(scan(&client, &kinds, &caches)).await {
             tracing::warn!(error = %err, "garbage collection scan failed");
         }
         let _ = tokio::time::timeout(RESYNC, wake.notified()).await;
@@ -206,34 +243,32 @@ fn name_of(k: &Kind, meta: &ObjectMeta) -> String {
     )
 }
 
-/// One pass over every covered kind.
-async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
+/// One pass over every covered kind's cache.
+async fn scan(client: &Client, kinds: &[Kind], caches: &[Cached]) -> Result<(), ControllerError> {
     let mut objects = Vec::new();
     let mut listed = HashSet::new();
-    for (i, k) in kinds.iter().enumerate() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &k.resource);
-        match api.list_metadata(&ListParams::default()).await {
-            Ok(list) => {
-                listed.insert((k.resource.api_version.clone(), k.resource.kind.clone()));
-                objects.extend(list.items.into_iter().map(|o| Listed {
-                    kind: i,
-                    meta: o.metadata,
-                }));
-            }
-            Err(err) => {
-                tracing::debug!(kind = %k.resource.kind, error = %err, "garbage collector list failed")
-            }
+    for (i, (k, cache)) in kinds.iter().zip(caches).enumerate() {
+        if !cache.synced.load(Ordering::Acquire) {
+            continue;
         }
+        listed.insert((k.resource.api_version.clone(), k.resource.kind.clone()));
+        objects.extend(
+            cache
+                .store
+                .state()
+                .into_iter()
+                .map(|object| Listed { kind: i, object }),
+        );
     }
     let by_uid: HashMap<&str, &Listed> = objects
         .iter()
-        .filter_map(|o| Some((o.meta.uid.as_deref()?, o)))
+        .filter_map(|o| Some((o.meta().uid.as_deref()?, o)))
         .collect();
     // Per owner uid: whether any dependent references it, and whether one blocks it.
     let mut referenced: HashSet<&str> = HashSet::new();
     let mut blocking: HashSet<&str> = HashSet::new();
     for o in &objects {
-        for r in o.meta.owner_references.iter().flatten() {
+        for r in o.meta().owner_references.iter().flatten() {
             referenced.insert(&r.uid);
             if r.block_owner_deletion == Some(true) {
                 blocking.insert(&r.uid);
@@ -243,13 +278,13 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
     let mut orphaning: HashSet<&str> = HashSet::new();
     let state = |r: &OwnerReference| -> OwnerState {
         match by_uid.get(r.uid.as_str()) {
-            Some(owner) => owner_state(&owner.meta),
+            Some(owner) => owner_state(owner.meta()),
             None if listed.contains(&(r.api_version.clone(), r.kind.clone())) => OwnerState::Absent,
             None => OwnerState::Solid,
         }
     };
     for o in &objects {
-        let m = &o.meta;
+        let m = o.meta();
         if m.deletion_timestamp.is_some() && m.finalizers.iter().flatten().any(|f| f == ORPHAN) {
             orphaning.extend(m.uid.as_deref());
         }
@@ -257,16 +292,16 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
     let mut looked_up: HashMap<String, OwnerState> = HashMap::new();
     for o in &objects {
         let k = &kinds[o.kind];
-        let uid = o.meta.uid.as_deref().unwrap_or("");
+        let uid = o.meta().uid.as_deref().unwrap_or("");
         // Dependents of an orphaning owner lose their reference to it first.
-        let refs = o.meta.owner_references.as_deref().unwrap_or_default();
+        let refs = o.meta().owner_references.as_deref().unwrap_or_default();
         if refs.iter().any(|r| orphaning.contains(r.uid.as_str())) {
             let kept: Vec<OwnerReference> = refs
                 .iter()
                 .filter(|r| !orphaning.contains(r.uid.as_str()))
                 .cloned()
                 .collect();
-            apply(client, k, &o.meta, Action::SetOwners(kept)).await?;
+            apply(client, k, o.meta(), Action::SetOwners(kept)).await?;
             continue;
         }
         let mut states: Vec<OwnerState> = refs.iter().map(state).collect();
@@ -278,20 +313,20 @@ async fn scan(client: &Client, kinds: &[Kind]) -> Result<(), ControllerError> {
             *st = match looked_up.get(r.uid.as_str()) {
                 Some(known) => *known,
                 None => {
-                    let s = live_state(client, kinds, r, o.meta.namespace.as_deref()).await;
+                    let s = live_state(client, kinds, r, o.meta().namespace.as_deref()).await;
                     looked_up.insert(r.uid.clone(), s);
                     s
                 }
             };
         }
         let action = decide(
-            &o.meta,
+            o.meta(),
             &states,
             referenced.contains(uid),
             blocking.contains(uid),
         );
         if let Some(action) = action {
-            apply(client, k, &o.meta, action).await?;
+            apply(client, k, o.meta(), action).await?;
         }
     }
     Ok(())
@@ -353,7 +388,7 @@ async fn apply(
                     propagation_policy: Some(policy),
                     preconditions: Some(Preconditions {
                         uid: meta.uid.clone(),
-                        resource_version: None,
+                        resource_version: meta.resource_version.clone(),
                     }),
                     ..DeleteParams::default()
                 },
