@@ -334,19 +334,18 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     Ok(Action::await_change())
 }
 
-/// The controller future (runs until its watches end).
-pub async fn run(client: Client) {
+/// The controller future (runs until its watches end); `pods` is the process's shared pod
+/// watch ([`super::shared_watch`]).
+pub async fn run(client: Client, pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
     );
     let store = controller.store();
     let controller = controller
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            |pod| owner::controller_ref_of::<DaemonSet>(&pod.metadata),
-        )
+        .watches_shared_stream(pods, |pod| {
+            owner::controller_ref_of::<DaemonSet>(&pod.metadata)
+        })
         // Any node change can change every DaemonSet's set of eligible nodes.
         .watches(
             Api::<Node>::all(client.clone()),

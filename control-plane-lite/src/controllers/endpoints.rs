@@ -446,8 +446,9 @@ fn services_for_pod(
         .collect()
 }
 
-/// The controller future (runs until its watches end).
-pub async fn run(client: Client) {
+/// The controller future (runs until its watches end); `pods` is the process's shared pod
+/// watch ([`super::shared_watch`]).
+pub async fn run(client: Client, pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     let controller = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -464,11 +465,9 @@ pub async fn run(client: Client) {
         listed: Default::default(),
     });
     let map_ctx = ctx.clone();
-    let controller = controller.watches(
-        Api::<Pod>::all(client),
-        watcher::Config::default(),
-        move |pod| services_for_pod(&pod, &store, &map_ctx.listed),
-    );
+    let controller = controller.watches_shared_stream(pods, move |pod| {
+        services_for_pod(&pod, &store, &map_ctx.listed)
+    });
     super::drain("endpoints", controller.run(reconcile, super::on_error, ctx)).await;
 }
 

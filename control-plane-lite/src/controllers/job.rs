@@ -214,14 +214,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     Ok(Action::await_change())
 }
 
-/// The controller future (runs until its watches end).
-pub async fn run(client: Client) {
+/// The controller future (runs until its watches end); `pods` is the process's shared pod
+/// watch ([`super::shared_watch`]).
+pub async fn run(client: Client, pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            |pod| owner::controller_ref_of::<Job>(&pod.metadata),
-        );
+        .watches_shared_stream(pods, |pod| owner::controller_ref_of::<Job>(&pod.metadata));
     let ctx = Arc::new(Ctx { client });
     super::drain("job", controller.run(reconcile, super::on_error, ctx)).await;
 }

@@ -37,6 +37,7 @@ mod pods;
 pub mod replicaset;
 mod rollout;
 pub(crate) mod selector;
+mod shared_watch;
 pub mod statefulset;
 mod statefulset_plan;
 mod workload;
@@ -45,9 +46,11 @@ use std::time::Duration;
 
 use futures::{Future, StreamExt};
 use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{self, Action};
 use kube::Resource;
 use serde::{Deserialize, Serialize};
+use shared_watch::SharedWatch;
 use tokio_util::sync::CancellationToken;
 
 /// What the controllers are told at start; every field has the upstream default so the binary
@@ -229,13 +232,16 @@ pub async fn run(
     // than a tokio worker's 2 MiB stack in debug builds (it overflowed once the StatefulSet
     // controller joined). Dropping the set (on cancel) aborts them all.
     let mut set = tokio::task::JoinSet::new();
+    // One pod watch for the five controllers that react to pods.
+    let mut pods = SharedWatch::new(kube::Api::<Pod>::all(client.clone()));
     set.spawn(ipam);
-    set.spawn(endpoints::run(client.clone()));
-    set.spawn(replicaset::run(client.clone()));
+    set.spawn(endpoints::run(client.clone(), pods.subscribe()));
+    set.spawn(replicaset::run(client.clone(), pods.subscribe()));
     set.spawn(deployment::run(client.clone()));
-    set.spawn(job::run(client.clone()));
-    set.spawn(daemonset::run(client.clone()));
-    set.spawn(statefulset::run(client.clone()));
+    set.spawn(job::run(client.clone(), pods.subscribe()));
+    set.spawn(daemonset::run(client.clone(), pods.subscribe()));
+    set.spawn(statefulset::run(client.clone(), pods.subscribe()));
+    set.spawn(pods.run());
     set.spawn(node_lifecycle::run(client.clone(), config.clone()));
     set.spawn(garbage_collector::run(client.clone()));
     let all = async move { while set.join_next().await.is_some() {} };

@@ -139,18 +139,19 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Control
     ))
 }
 
-/// The controller future (runs until its watches end).
-pub async fn run(client: Client) {
+/// The controller future (runs until its watches end); `pods` is the process's shared pod
+/// watch ([`super::shared_watch`]).
+pub async fn run(client: Client, pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     let controller = Controller::new(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     );
     let store = controller.store();
-    let controller = controller.watches(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        move |pod| owner::owners_of(&pod, &store, |rs: &ReplicaSet| Some(&rs.spec.selector)),
-    );
+    let controller = controller.watches_shared_stream(pods, move |pod| {
+        owner::owners_of(pod.as_ref(), &store, |rs: &ReplicaSet| {
+            Some(&rs.spec.selector)
+        })
+    });
     let ctx = Arc::new(Ctx { client });
     super::drain(
         "replicaset",

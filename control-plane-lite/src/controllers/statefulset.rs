@@ -261,17 +261,16 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
     ))
 }
 
-/// The controller future (runs until its watches end).
-pub async fn run(client: Client) {
+/// The controller future (runs until its watches end); `pods` is the process's shared pod
+/// watch ([`super::shared_watch`]).
+pub async fn run(client: Client, pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static) {
     let controller = Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        |pod| owner::controller_ref_of::<StatefulSet>(&pod.metadata),
-    );
+    .watches_shared_stream(pods, |pod| {
+        owner::controller_ref_of::<StatefulSet>(&pod.metadata)
+    });
     let ctx = Arc::new(Ctx { client });
     super::drain(
         "statefulset",
