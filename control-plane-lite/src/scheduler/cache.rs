@@ -3,6 +3,7 @@
 //! directly instead of re-listing per pod; a pod counts on its node as soon as the scheduler
 //! decides ("assumes") it, so a burst never overcommits while binds are still in flight.
 
+use super::filters;
 use super::resources::{pod_requests, Resources};
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -127,6 +128,13 @@ pub struct NodeInfo {
     pub used_ports: HashMap<HostPort, usize>,
     /// Pods per controller uid.
     pub owners: HashMap<String, usize>,
+    /// The node's Ready condition is True (kept here, next to the sums, because a decision
+    /// visits hundreds of nodes and reaching into each node object's conditions cost more than
+    /// the rest of the filters).
+    pub ready: bool,
+    /// The node is cordoned or has NoSchedule/NoExecute taints: only then do the filters that
+    /// read `spec` need to run.
+    pub spec_rules: bool,
     /// The pods' namespaces, labels and required anti-affinity, for inter-pod affinity.
     pub metas: HashMap<PodKey, Arc<PodMeta>>,
     pods: HashSet<PodKey>,
@@ -143,6 +151,11 @@ impl NodeInfo {
     fn set_node(&mut self, node: Arc<Node>) {
         self.allocatable =
             Resources::from_list(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        self.ready = filters::node_ready(&node).is_none();
+        self.spec_rules = node.spec.as_ref().is_some_and(|s| {
+            s.unschedulable == Some(true)
+                || s.taints.iter().flatten().any(filters::restricts_scheduling)
+        });
         self.node = Some(node);
     }
 

@@ -101,18 +101,24 @@ pub fn run_filters(pod: &PodFacts<'_>, info: &NodeInfo) -> Vec<Reason> {
     let Some(node) = info.node.as_deref() else {
         return vec![Reason::NotReady];
     };
-    let single = [
-        node_ready(node),
-        node_unschedulable(pod, node),
-        node_name(pod.pod, node),
-        taint_toleration(pod, node),
-        node_affinity(pod.pod, node),
-        node_ports(pod, info),
-    ];
-    if let Some(reason) = single.into_iter().flatten().next() {
-        return vec![reason];
+    // The node's own facts come from the cached flags; the node object is read only when the
+    // pod or those flags call for it (see `NodeInfo::ready`).
+    if !info.ready {
+        return vec![Reason::NotReady];
     }
-    resources_fit(pod, info)
+    let spec_rules = || {
+        info.spec_rules
+            .then(|| node_unschedulable(pod, node).or_else(|| taint_toleration(pod, node)))
+            .flatten()
+    };
+    let single = spec_rules()
+        .or_else(|| node_name(pod.pod, node))
+        .or_else(|| node_affinity(pod.pod, node))
+        .or_else(|| node_ports(pod, info));
+    match single {
+        Some(reason) => vec![reason],
+        None => resources_fit(pod, info),
+    }
 }
 
 /// NodeReady: only nodes whose Ready condition is True take pods.
@@ -180,14 +186,19 @@ pub fn node_name(pod: &Pod, node: &Node) -> Option<Reason> {
     }
 }
 
-/// TaintToleration: every NoSchedule/NoExecute taint must be tolerated (PreferNoSchedule is
+/// Whether a taint keeps untolerating pods away (NoSchedule, NoExecute; PreferNoSchedule is
 /// only a preference).
+pub fn restricts_scheduling(taint: &Taint) -> bool {
+    taint.effect == "NoSchedule" || taint.effect == "NoExecute"
+}
+
+/// TaintToleration: every NoSchedule/NoExecute taint must be tolerated.
 pub fn taint_toleration(pod: &PodFacts<'_>, node: &Node) -> Option<Reason> {
     let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref());
     taints
         .unwrap_or_default()
         .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(|t| restricts_scheduling(t))
         .find(|taint| !pod.tolerations().iter().any(|t| tolerates(t, taint)))
         .map(|t| Reason::UntoleratedTaint(t.key.clone(), t.value.clone().unwrap_or_default()))
 }
@@ -412,5 +423,41 @@ mod tests {
             run_filters(&PodFacts::new(&p), &info),
             vec![Reason::Insufficient("cpu"), Reason::Insufficient("memory")]
         );
+    }
+
+    #[test]
+    fn cached_node_flags_follow_node_updates() {
+        use super::super::cache::Cache;
+        let p = pod(json!({}));
+        let facts = PodFacts::new(&p);
+        let verdict = |cache: &Cache| run_filters(&facts, cache.node("n1").unwrap());
+        let mut cache = Cache::default();
+        cache.upsert_node(node(json!({"unschedulable": true})));
+        assert_eq!(verdict(&cache), vec![Reason::Unschedulable]);
+        cache.upsert_node(node(
+            json!({"taints": [{"key": "k", "value": "v", "effect": "NoExecute"}]}),
+        ));
+        assert_eq!(
+            verdict(&cache),
+            vec![Reason::UntoleratedTaint("k".into(), "v".into())]
+        );
+        // A PreferNoSchedule taint is only a preference.
+        cache.upsert_node(node(
+            json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}),
+        ));
+        assert_eq!(verdict(&cache), Vec::<Reason>::new());
+        let mut not_ready = node(json!({}));
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "Unknown".into();
+        cache.upsert_node(not_ready);
+        assert_eq!(verdict(&cache), vec![Reason::NotReady]);
+        cache.upsert_node(node(json!({})));
+        assert_eq!(verdict(&cache), Vec::<Reason>::new());
     }
 }
