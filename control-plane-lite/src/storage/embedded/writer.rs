@@ -283,14 +283,19 @@ fn apply(
     }
 }
 
+/// The newest row of key ?1. `+?1`, not `?1`: with the plain parameter, SQLite (built with
+/// STAT4, as rusqlite's bundled build is) marks the plan as depending on the bound value and
+/// recompiles the statement on every new key, which took half the time of each lookup and
+/// ~4 % of the apiserver's CPU under a create/bind load. The unary plus changes neither the
+/// value nor the plan (still the `(key, revision)` index).
+const LATEST_ROW: &str = "SELECT revision, key, value, create_revision, deleted FROM log
+     WHERE key = +?1 ORDER BY revision DESC LIMIT 1";
+
 /// The latest row of `key`, tombstones included.
 fn latest_row(conn: &Connection, key: &str) -> rusqlite::Result<Option<SqlRow>> {
-    conn.prepare_cached(
-        "SELECT revision, key, value, create_revision, deleted FROM log
-         WHERE key = ?1 ORDER BY revision DESC LIMIT 1",
-    )?
-    .query_row([key.as_bytes()], SqlRow::read)
-    .optional()
+    conn.prepare_cached(LATEST_ROW)?
+        .query_row([key.as_bytes()], SqlRow::read)
+        .optional()
 }
 
 /// The current value of `key`, if it exists.
@@ -377,4 +382,38 @@ fn compact(
     tracing::info!(revision, removed, "compacted storage history");
     *compacted = revision;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    #[test]
+    fn latest_row_is_not_recompiled_per_key_and_uses_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let Ok(conn) = super::super::open_writer(&dir.path().join("db")) else {
+            panic!("opening the database failed");
+        };
+        for (revision, key) in [(1, "/a"), (2, "/b"), (3, "/a")] {
+            conn.execute(
+                "INSERT INTO log VALUES (?1, ?2, x'7b7d', ?1, 0, 0)",
+                params![revision, key.as_bytes()],
+            )
+            .unwrap();
+        }
+        let revision = |key: &str| latest_row(&conn, key).unwrap().map(|r| r.revision);
+        assert_eq!(revision("/a"), Some(3));
+        assert_eq!(revision("/b"), Some(2));
+        assert_eq!(revision("/c"), None);
+        let stmt = conn.prepare_cached(LATEST_ROW).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        drop(stmt);
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {LATEST_ROW}"), [b"/a"], |r| {
+                r.get(3)
+            })
+            .unwrap();
+        assert!(plan.contains("log_key_revision"), "plan: {plan}");
+    }
 }
