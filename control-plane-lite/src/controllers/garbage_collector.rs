@@ -208,6 +208,7 @@ pub async fn run(client: Client) {
                     }
                     // The rest of a (re)list is applied at InitDone.
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                    Ok(watcher::Event::Apply(object)) if !may_need_collection(&object.metadata) => {}
                     Ok(_) => wake.notify_one(),
                     Err(err) => {
                         tracing::debug!(%kind, error = %err, "garbage collector watch failed; retrying")
@@ -225,6 +226,17 @@ pub async fn run(client: Client) {
         // Let a burst of events (a deletion cascading) settle into one scan.
         tokio::time::sleep(DEBOUNCE).await;
     }
+}
+
+/// Whether a change to an object with this metadata can give the collector work: it has
+/// owners (which may be gone) or is being deleted (its finalizers may be ours). Anything else
+/// (say, a new pod without owners, one of thousands a second) cannot, so it does not wake a
+/// scan; a deletion always does (the object may have been an owner), as does [`RESYNC`].
+fn may_need_collection(meta: &ObjectMeta) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+        || meta.deletion_timestamp.is_some()
 }
 
 fn api(client: &Client, k: &Kind, ns: Option<&str>) -> Api<DynamicObject> {
@@ -436,6 +448,20 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_owned_or_deleting_objects_wake_a_scan() {
+        assert!(!may_need_collection(&ObjectMeta::default()));
+        assert!(!may_need_collection(&ObjectMeta {
+            owner_references: Some(vec![]),
+            ..Default::default()
+        }));
+        assert!(may_need_collection(&owned(&["u1"])));
+        assert!(may_need_collection(&ObjectMeta {
+            deletion_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        }));
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn owned(uids: &[&str]) -> ObjectMeta {
