@@ -11,7 +11,7 @@ use netlet_control_plane::apiserver::{self, NodeDialer, Pki, ServiceAllocator, S
 use netlet_control_plane::controllers::{self, ControllersConfig};
 use netlet_control_plane::leader::{LeaderConfig, LeaderElector, Outcome};
 use netlet_control_plane::scheduler::{self, SchedulerConfig, DEFAULT_SCHEDULER_NAME};
-use netlet_control_plane::storage::{EmbeddedStorage, EtcdStorage, Storage};
+use netlet_control_plane::storage::{write_bench, EmbeddedStorage, EtcdStorage, Storage};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +108,29 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         pods: usize,
     },
+    /// Time durable creates through a storage backend alone (no apiserver) and print the
+    /// result as JSON (used by `cargo xtask bench apiserver`).
+    #[command(hide = true)]
+    BenchStorageWrites {
+        /// Where the embedded store lives (a fresh directory).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Which backend to measure.
+        #[arg(long, value_enum, default_value_t = StorageKind::Embedded)]
+        storage: StorageKind,
+        /// etcd members (with `--storage etcd`).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Keys to create.
+        #[arg(long, default_value_t = 20_000)]
+        writes: usize,
+        /// Bytes per value (about a stored pod's).
+        #[arg(long, default_value_t = 1500)]
+        value_size: usize,
+    },
 }
 
 /// glibc gives every thread that allocates concurrently its own malloc arena (up to 8 per
@@ -190,6 +213,21 @@ fn main() -> anyhow::Result<()> {
         } => runtime.block_on(async {
             let client = client_from(&kubeconfig).await?;
             run_controllers(client, config, leader_elect, cancel_on_signal()?).await
+        }),
+        Command::BenchStorageWrites {
+            data_dir,
+            storage,
+            etcd_endpoints,
+            writers,
+            writes,
+            value_size,
+        } => runtime.block_on(async {
+            let storage = open_storage(storage, &data_dir, &etcd_endpoints, String::new()).await?;
+            let result = write_bench::run(storage, writers, writes, value_size)
+                .await
+                .context("timing storage writes")?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
         }),
         Command::BenchSchedulerAlgorithm { nodes, pods } => {
             let result = netlet_control_plane::scheduler::algorithm_bench::run(nodes, pods);

@@ -54,6 +54,7 @@ mod embedded;
 pub mod etcd;
 mod memory;
 mod watch;
+pub mod write_bench;
 
 #[cfg(test)]
 mod conformance;
