@@ -47,6 +47,7 @@ use netlet_proxy::{
 };
 use sha2::{Digest, Sha256};
 
+use super::proxy_datapath::Datapath;
 use super::stats;
 use crate::{interrupt, util};
 
@@ -145,6 +146,17 @@ impl Subject {
             Subject::OursIptablesNft => "netlet iptables (nft)",
             Subject::OursNftables => "netlet nftables",
             Subject::OursEbpf => "netlet ebpf",
+        }
+    }
+
+    /// Our backend and iptables tools for our rows (`None` for references).
+    fn backend(self) -> Option<(BackendKind, IptablesMode)> {
+        match self {
+            Subject::OursIptablesLegacy => Some((BackendKind::Iptables, IptablesMode::Legacy)),
+            Subject::OursIptablesNft => Some((BackendKind::Iptables, IptablesMode::Nft)),
+            Subject::OursNftables => Some((BackendKind::Nftables, IptablesMode::Auto)),
+            Subject::OursEbpf => Some((BackendKind::Ebpf, IptablesMode::Auto)),
+            _ => None,
         }
     }
 
@@ -268,9 +280,21 @@ pub fn run(args: &Args) -> Result<()> {
     }
     println!();
     print!("{}", report(&results, args));
-    if selected(args, Subject::OursEbpf) {
+    let datapaths: Vec<Datapath> = Subject::ALL
+        .into_iter()
+        .filter(|s| selected(args, *s))
+        .filter_map(|s| {
+            let (kind, iptables_mode) = s.backend()?;
+            Some(Datapath {
+                label: s.label(),
+                kind,
+                iptables_mode,
+            })
+        })
+        .collect();
+    if !datapaths.is_empty() {
         println!();
-        super::proxy_datapath::run(args.iperf_seconds)?;
+        super::proxy_datapath::run(args.iperf_seconds, &datapaths)?;
     }
     Ok(())
 }
@@ -299,17 +323,8 @@ fn bench_one(
     timeout: Duration,
 ) -> Result<RunResult> {
     let ns = util::netns("bproxy")?;
-    match subject {
-        Subject::OursIptablesLegacy
-        | Subject::OursIptablesNft
-        | Subject::OursNftables
-        | Subject::OursEbpf => {
-            let (kind, iptables_mode) = match subject {
-                Subject::OursIptablesLegacy => (BackendKind::Iptables, IptablesMode::Legacy),
-                Subject::OursIptablesNft => (BackendKind::Iptables, IptablesMode::Nft),
-                Subject::OursEbpf => (BackendKind::Ebpf, IptablesMode::Auto),
-                _ => (BackendKind::Nftables, IptablesMode::Auto),
-            };
+    match (subject, subject.backend()) {
+        (_, Some((kind, iptables_mode))) => {
             let state = tempfile::tempdir().context("creating the eBPF state dir")?;
             let cfg = BackendConfig {
                 kind,
@@ -337,7 +352,13 @@ fn bench_one(
             backend.cleanup().context("cleaning up the backend")?;
             result
         }
-        Subject::RefIptablesLegacy | Subject::RefIptablesNft => {
+        (Subject::RefNft, None) => {
+            bench_reference(&ns, workload, changes, timeout, |w, state, full| {
+                ("nft", vec!["-f"], kube_nft(w, state, full))
+            })
+        }
+        // The iptables references.
+        (_, None) => {
             let tool = if subject == Subject::RefIptablesLegacy {
                 "iptables-legacy-restore"
             } else {
@@ -348,9 +369,6 @@ fn bench_one(
                 (tool, vec!["--noflush"], text)
             })
         }
-        Subject::RefNft => bench_reference(&ns, workload, changes, timeout, |w, state, full| {
-            ("nft", vec!["-f"], kube_nft(w, state, full))
-        }),
     }
 }
 

@@ -1,11 +1,13 @@
-//! The eBPF datapath's figures in `cargo xtask bench proxy`: TCP throughput through a
-//! ClusterIP against direct pod-to-pod (iperf3), and the per-packet cost of each path through
-//! the programs under `BPF_PROG_TEST_RUN`.
+//! The datapath figures in `cargo xtask bench proxy`: TCP throughput through a ClusterIP
+//! against direct pod-to-pod (iperf3) with each backend programming the Service, and the eBPF
+//! programs' per-packet cost under `BPF_PROG_TEST_RUN`.
 //!
-//! Throughput: a node namespace with a bridge and two pod namespaces on veths, the eBPF backend
-//! attached to the pod veths and programming one Service (ClusterIP → the server pod); iperf3
-//! runs alternately to the pod's address and to the ClusterIP, `RUNS` times each, and the
-//! medians are compared. Everything lives in `nlt-` namespaces deleted by their guards.
+//! Throughput: a node namespace with a bridge and two pod namespaces on veths, one backend at a
+//! time programming one Service (ClusterIP → the server pod): eBPF attached to the pod veths,
+//! iptables and nftables in the node namespace (bridged packets reach their hooks through
+//! br_netfilter, as on a node). iperf3 runs alternately to the pod's address and to the
+//! ClusterIP, `RUNS` times each, and the medians are compared. Everything lives in `nlt-`
+//! namespaces deleted by their guards.
 //!
 //! Per-packet cost: the kernel's own average run time of the programs on crafted frames: a new
 //! flow (a different source port every run), an established flow, a reply, and a packet to no
@@ -21,7 +23,7 @@ use integration::{ChildGuard, NetNs};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use netlet_ebpf::{Direction, Proto, ServiceNat};
-use netlet_proxy::backend::{EbpfBackend, EbpfOptions};
+use netlet_proxy::backend::{new_backend, BackendConfig, BackendKind, EbpfOptions, IptablesMode};
 use netlet_proxy::{Backend, NetnsExec, ProxyConfig, ServiceTable};
 use serde_json::json;
 
@@ -38,18 +40,44 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const IPERF_PORT: u16 = 5201;
 
-/// Prints both figures.
-pub fn run(iperf_seconds: u32) -> Result<()> {
-    println!("eBPF datapath");
-    let (direct, vip) = throughput(iperf_seconds)?;
-    let ratio = vip / direct;
+/// A backend whose datapath is measured, with its report label.
+#[derive(Debug, Clone, Copy)]
+pub struct Datapath {
+    /// The row label.
+    pub label: &'static str,
+    /// Which backend.
+    pub kind: BackendKind,
+    /// For iptables: which tools.
+    pub iptables_mode: IptablesMode,
+}
+
+/// Prints the throughput of each of `datapaths`, then (if eBPF is among them) the eBPF
+/// programs' per-packet cost.
+pub fn run(iperf_seconds: u32, datapaths: &[Datapath]) -> Result<()> {
     println!(
-        "  TCP throughput (iperf3, {iperf_seconds} s, median of {RUNS}): direct {:.2} Gbit/s, via ClusterIP {:.2} Gbit/s, ratio {ratio:.3} (target >= {THROUGHPUT_TARGET}: {})",
-        direct / 1e9,
-        vip / 1e9,
-        if ratio >= THROUGHPUT_TARGET { "met" } else { "NOT met" }
+        "datapath: TCP throughput (iperf3, {iperf_seconds} s, median of {RUNS}) via ClusterIP vs direct pod-to-pod (target >= {THROUGHPUT_TARGET} for eBPF)"
     );
-    per_packet()
+    for d in datapaths {
+        let (direct, vip) =
+            throughput(d, iperf_seconds).with_context(|| format!("datapath of {}", d.label))?;
+        let ratio = vip / direct;
+        println!(
+            "  {:<26} direct {:>6.2} Gbit/s, via ClusterIP {:>6.2} Gbit/s, ratio {ratio:.3}{}",
+            d.label,
+            direct / 1e9,
+            vip / 1e9,
+            match d.kind {
+                BackendKind::Ebpf if ratio >= THROUGHPUT_TARGET => " (met)",
+                BackendKind::Ebpf => " (NOT met)",
+                _ => "",
+            }
+        );
+    }
+    if datapaths.iter().any(|d| d.kind == BackendKind::Ebpf) {
+        println!("eBPF programs");
+        per_packet()?;
+    }
+    Ok(())
 }
 
 /// The namespaces of the throughput test; the server dies before them.
@@ -59,10 +87,10 @@ struct Rig {
     client: NetNs,
     _server_ns: NetNs,
     _state: tempfile::TempDir,
-    backend: EbpfBackend,
+    backend: Box<dyn Backend>,
 }
 
-fn rig() -> Result<Rig> {
+fn rig(datapath: &Datapath) -> Result<Rig> {
     let node = util::netns("bdpnode")?;
     node.sysctl("net.ipv4.ip_forward", "1");
     node.run_ok("ip", &["link", "add", "br0", "type", "bridge"]);
@@ -95,18 +123,23 @@ fn rig() -> Result<Rig> {
         .context("starting iperf3 -s (run cargo xtask deps)")?;
     let server = ChildGuard::new(server);
 
-    let state = tempfile::tempdir().context("creating the eBPF state dir")?;
+    let state = tempfile::tempdir().context("creating the backend state dir")?;
     let cfg = ProxyConfig {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("valid CIDR")],
         ..ProxyConfig::new("bench")
     };
-    let opts = EbpfOptions {
-        state_dir: state.path().to_owned(),
-        interfaces: vec!["vp*".to_owned()],
-        masquerade_ip: Some(BRIDGE_IP),
+    let backend_cfg = BackendConfig {
+        kind: datapath.kind,
+        netns: NetnsExec::Named(node.name().into()),
+        iptables_mode: datapath.iptables_mode,
+        ebpf: EbpfOptions {
+            state_dir: state.path().to_owned(),
+            interfaces: vec!["vp*".to_owned()],
+            masquerade_ip: Some(BRIDGE_IP),
+        },
     };
-    let mut backend = EbpfBackend::new(cfg.clone(), NetnsExec::Named(node.name().into()), opts)
-        .context("creating the eBPF backend")?;
+    let mut backend = new_backend(&backend_cfg, &cfg)
+        .with_context(|| format!("creating the {} backend", datapath.kind))?;
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"namespace": "bench", "name": "iperf"},
         "spec": {"clusterIP": VIP.to_string(), "ports": [{"port": IPERF_PORT, "protocol": "TCP"}]},
@@ -132,8 +165,8 @@ fn rig() -> Result<Rig> {
 }
 
 /// Median bits/s of (direct, via the ClusterIP).
-fn throughput(seconds: u32) -> Result<(f64, f64)> {
-    let mut rig = rig()?;
+fn throughput(datapath: &Datapath, seconds: u32) -> Result<(f64, f64)> {
+    let mut rig = rig(datapath)?;
     let result = (|| -> Result<(f64, f64)> {
         // iperf3 -s needs a moment to listen; the first client retries until it connects.
         util::poll(Duration::from_secs(5), Duration::from_millis(100), || {
@@ -153,7 +186,7 @@ fn throughput(seconds: u32) -> Result<(f64, f64)> {
     let cleanup = rig.backend.cleanup().map(drop);
     drop(rig.node);
     let figures = result?;
-    cleanup.context("cleaning up the eBPF backend")?;
+    cleanup.with_context(|| format!("cleaning up the {} backend", datapath.kind))?;
     Ok(figures)
 }
 
