@@ -19,6 +19,7 @@
 //!   controllers share.
 //! - `workload.rs`: what the workload controllers share: identity, selector query, listing owned
 //!   children, pods from templates, pod deletion, status patches.
+//! - `shared_watch.rs`: the one pod watch whose objects every pod-driven controller receives.
 //!
 //! [`run`] starts them all on one client and stops them when its token is cancelled.
 

@@ -106,13 +106,13 @@ pub fn run_filters(pod: &PodFacts<'_>, info: &NodeInfo) -> Vec<Reason> {
     if !info.ready {
         return vec![Reason::NotReady];
     }
-    let spec_rules = || {
-        info.spec_rules
-            .then(|| node_unschedulable(pod, node).or_else(|| taint_toleration(pod, node)))
-            .flatten()
+    // Upstream's order: the first failing filter is the node's reason.
+    let spec = |filter: fn(&PodFacts<'_>, &Node) -> Option<Reason>| {
+        info.spec_rules.then(|| filter(pod, node)).flatten()
     };
-    let single = spec_rules()
+    let single = spec(node_unschedulable)
         .or_else(|| node_name(pod.pod, node))
+        .or_else(|| spec(taint_toleration))
         .or_else(|| node_affinity(pod.pod, node))
         .or_else(|| node_ports(pod, info));
     match single {
@@ -441,20 +441,22 @@ mod tests {
             verdict(&cache),
             vec![Reason::UntoleratedTaint("k".into(), "v".into())]
         );
+        // Upstream's order: NodeName is checked before TaintToleration.
+        let elsewhere = pod(json!({"nodeName": "n2"}));
+        assert_eq!(
+            run_filters(&PodFacts::new(&elsewhere), cache.node("n1").unwrap()),
+            vec![Reason::NodeName]
+        );
         // A PreferNoSchedule taint is only a preference.
         cache.upsert_node(node(
             json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}),
         ));
         assert_eq!(verdict(&cache), Vec::<Reason>::new());
-        let mut not_ready = node(json!({}));
-        not_ready
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()[0]
-            .status = "Unknown".into();
+        let not_ready: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}
+        }))
+        .unwrap();
         cache.upsert_node(not_ready);
         assert_eq!(verdict(&cache), vec![Reason::NotReady]);
         cache.upsert_node(node(json!({})));

@@ -97,7 +97,7 @@ pub struct Args {
     #[arg(long, default_value_t = 180)]
     reference_timeout: u64,
     /// Run only the subjects whose row label contains this text (repeatable; e.g.
-    /// `--only ebpf --only legacy`); the datapath figures run when eBPF is selected.
+    /// `--only ebpf --only legacy`); the datapath figures run for the selected backends of ours.
     #[arg(long)]
     only: Vec<String>,
     /// Seconds of each iperf3 run in the throughput figure.
