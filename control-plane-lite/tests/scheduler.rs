@@ -1,6 +1,8 @@
 //! The scheduler against the real `netlet-control-plane serve` (`integration::TestApiserver`,
-//! started with `--disable-scheduler` so only the scheduler under test binds pods), except
-//! `serve_schedules_in_process`, which checks the scheduler `serve` runs itself.
+//! started with `--disable-scheduler` so only the scheduler under test binds pods, and
+//! `--disable-controllers` because the garbage collector would delete the test pods, whose
+//! owner is a made-up ReplicaSet uid), except `serve_schedules_in_process`, which checks the
+//! scheduler `serve` runs itself.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start() -> (TestApiserver, Client) {
-    let server = TestApiserver::start_with(&["--disable-scheduler"]);
+    let server = TestApiserver::start_with(&["--disable-scheduler", "--disable-controllers"]);
     let client = server.client().await;
     (server, client)
 }
