@@ -49,14 +49,12 @@ fn revision(rs: &ReplicaSet) -> i64 {
 
 fn counts(rs: &ReplicaSet) -> RsCounts {
     let spec = rs.spec.replicas.unwrap_or(1);
-    let available = rs
-        .status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
+    let status = rs.status.as_ref();
+    let available = status.and_then(|s| s.available_replicas).unwrap_or(0);
     RsCounts {
         spec,
         available: available.min(spec),
+        pods: status.map_or(spec, |s| s.replicas.max(spec)),
     }
 }
 
@@ -226,15 +224,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Controll
                     replicas
                 } else {
                     let all: Vec<RsCounts> = old.iter().map(counts).collect();
-                    rollout::new_rs_replicas(
-                        replicas,
-                        surge,
-                        RsCounts {
-                            spec: 0,
-                            available: 0,
-                        },
-                        &all,
-                    )
+                    rollout::new_rs_replicas(replicas, surge, RsCounts::settled(0, 0), &all)
                 };
                 new_rs = Some(
                     ro.create_new(&hash, max_old_rev + 1, initial, replicas + surge)

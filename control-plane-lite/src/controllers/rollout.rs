@@ -45,14 +45,31 @@ pub struct RsCounts {
     pub spec: i32,
     /// Available pods, never more than `spec` (status may lag a scale-down).
     pub available: i32,
+    /// Pods it has or will have: `spec`, or more while a scale-down has not yet removed them
+    /// (`status.replicas`).
+    pub pods: i32,
 }
 
-/// The new ReplicaSet's next `spec.replicas` under RollingUpdate.
+impl RsCounts {
+    /// Counts with no scale-down in progress (`pods == spec`).
+    pub fn settled(spec: i32, available: i32) -> Self {
+        Self {
+            spec,
+            available,
+            pods: spec,
+        }
+    }
+}
+
+/// The new ReplicaSet's next `spec.replicas` under RollingUpdate. The surge counts the pods
+/// the ReplicaSets still have, not only their `spec`: an old set just scaled down keeps its
+/// pods until its controller deletes them, and scaling up meanwhile would go past
+/// `replicas + surge` for a moment.
 pub fn new_rs_replicas(replicas: i32, surge: i32, new: RsCounts, all: &[RsCounts]) -> i32 {
     if new.spec >= replicas {
         return replicas;
     }
-    let current: i32 = all.iter().map(|r| r.spec).sum();
+    let current: i32 = all.iter().map(|r| r.pods.max(r.spec)).sum();
     let max_total = replicas + surge;
     if current >= max_total {
         return new.spec;
@@ -149,7 +166,20 @@ mod tests {
     use super::*;
 
     fn rs(spec: i32, available: i32) -> RsCounts {
-        RsCounts { spec, available }
+        RsCounts::settled(spec, available)
+    }
+
+    #[test]
+    fn surge_waits_for_a_scaled_down_set_to_lose_its_pods() {
+        // 4 replicas, surge 1: the old set was scaled 4 -> 2 but still has 4 pods.
+        let old = RsCounts {
+            pods: 4,
+            ..rs(2, 2)
+        };
+        let new = rs(1, 1);
+        assert_eq!(new_rs_replicas(4, 1, new, &[old, new]), 1);
+        // Once its pods are gone, the new set may grow to fill the surge.
+        assert_eq!(new_rs_replicas(4, 1, new, &[rs(2, 2), new]), 3);
     }
 
     #[test]
@@ -176,10 +206,13 @@ mod tests {
             let mut all = old.clone();
             all.push(new);
             new.spec = new_rs_replicas(replicas, surge, new, &all);
+            new.pods = new.spec;
             let next = old_rs_replicas(replicas, unavail, new, &old);
             for (o, n) in old.iter_mut().zip(next) {
                 o.spec = n;
                 o.available = o.available.min(n);
+                // The ReplicaSet controller removes the pods before the next step.
+                o.pods = n;
             }
             let total: i32 = old.iter().map(|r| r.spec).sum::<i32>() + new.spec;
             let available: i32 = old.iter().map(|r| r.available).sum::<i32>() + new.available;
