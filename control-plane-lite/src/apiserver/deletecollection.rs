@@ -16,7 +16,7 @@ use super::http::{self, Body, Query};
 use super::namespaces;
 use super::object;
 use super::path::{collection_prefix, object_key, Target};
-use super::read::{list_page, Filter};
+use super::read::{list_page, Filter, Scan};
 use super::resources::Resource;
 use crate::storage::Storage;
 
@@ -96,7 +96,7 @@ pub async fn delete_collection(
     }
     let filter = Filter::from_query(query)?;
     let prefix = collection_prefix(r, t.namespace.as_deref());
-    let page = list_page(storage, r, &prefix, &filter, 0, None, None).await?;
+    let page = list_page(storage, r, Scan::all(&prefix, &filter)).await?;
     let mut removed_any = false;
     for item in &page.items {
         removed_any |= delete_one(storage, t, item, options, dry_run).await?;
@@ -161,12 +161,6 @@ mod tests {
         page.kvs.into_iter().map(|kv| kv.key).collect()
     }
 
-    async fn body(resp: Response<Body>) -> Value {
-        use http_body_util::BodyExt;
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
     #[tokio::test]
     async fn deletes_what_the_selectors_match_each_as_a_single_delete() {
         let storage = MemoryStorage::new();
@@ -184,7 +178,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let list = body(resp).await;
+        let list = http::body_json(resp).await;
         assert_eq!(list["kind"], "PodList");
         let names: Vec<&str> = list["items"]
             .as_array()
@@ -227,7 +221,7 @@ mod tests {
         put(&storage, "/registry/pods/n/a", pod("a", "web", None)).await;
         let all = Query::parse(None);
         let opts = DeleteOptions::default();
-        let list = body(
+        let list = http::body_json(
             delete_collection(&storage, &target("pods", Some("n")), &all, &opts, true)
                 .await
                 .unwrap(),

@@ -248,6 +248,14 @@ impl Query {
     }
 }
 
+/// A response body as JSON, for tests.
+#[cfg(test)]
+pub(crate) async fn body_json(resp: Response<Body>) -> Value {
+    use http_body_util::BodyExt;
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,29 +122,44 @@ pub struct ScanEnd {
     pub continue_token: Option<String>,
 }
 
-/// Lists up to `limit` (0: all) matching objects under `prefix`, from `start` within the
-/// snapshot `at`, filling the page across storage pages when the selectors drop objects.
+/// What a list scans: the objects under `prefix` that pass `filter`, at most `limit` (0: all),
+/// in the snapshot `at` (`None`: the newest), starting after the key `start` (a continue
+/// token's).
+pub struct Scan<'a> {
+    /// The collection's key prefix.
+    pub prefix: &'a str,
+    /// Label and field selectors.
+    pub filter: &'a Filter,
+    /// Most objects on the page (0: all).
+    pub limit: usize,
+    /// The snapshot revision.
+    pub at: Option<u64>,
+    /// The key the page starts after.
+    pub start: Option<String>,
+}
+
+impl<'a> Scan<'a> {
+    /// Every matching object under `prefix`, now.
+    pub fn all(prefix: &'a str, filter: &'a Filter) -> Self {
+        Self {
+            prefix,
+            filter,
+            limit: 0,
+            at: None,
+            start: None,
+        }
+    }
+}
+
+/// Lists the objects `scan` selects, filling the page across storage pages when the
+/// selectors drop objects.
 pub async fn list_page(
     storage: &dyn Storage,
     resource: &Resource,
-    prefix: &str,
-    filter: &Filter,
-    limit: usize,
-    at: Option<u64>,
-    start: Option<String>,
+    scan: Scan<'_>,
 ) -> Result<Page, ApiError> {
     let mut items = Vec::new();
-    let end = scan_page(
-        storage,
-        resource,
-        prefix,
-        filter,
-        limit,
-        at,
-        start,
-        &mut |obj| items.push(obj),
-    )
-    .await?;
+    let end = scan_page(storage, resource, scan, &mut |obj| items.push(obj)).await?;
     Ok(Page {
         items,
         revision: end.revision,
@@ -155,20 +170,20 @@ pub async fn list_page(
 /// [`list_page`], handing each matching object to `each` as it is decoded instead of keeping
 /// them: a JSON LIST encodes them one by one, so its peak memory is the stored bytes and the
 /// output, not every object as a `Value` at once (a `Value` is several times its JSON).
-#[allow(clippy::too_many_arguments)]
 pub async fn scan_page(
     storage: &dyn Storage,
     resource: &Resource,
-    prefix: &str,
-    filter: &Filter,
-    limit: usize,
-    at: Option<u64>,
-    start: Option<String>,
+    scan: Scan<'_>,
     each: &mut (dyn FnMut(Value) + Send),
 ) -> Result<ScanEnd, ApiError> {
+    let Scan {
+        prefix,
+        filter,
+        limit,
+        mut at,
+        mut start,
+    } = scan;
     let mut found = 0;
-    let mut at = at;
-    let mut start = start;
     loop {
         let want = if limit == 0 { 0 } else { limit - found };
         let page = storage
@@ -213,42 +228,35 @@ pub async fn scan_page(
     }
 }
 
+/// A list's `metadata`: its snapshot revision and, if more follows, the continue token.
+fn list_meta(revision: u64, continue_token: Option<&str>) -> Value {
+    let mut meta = json!({ "resourceVersion": revision.to_string() });
+    if let Some(c) = continue_token {
+        meta["continue"] = json!(c);
+    }
+    meta
+}
+
 /// A JSON LIST body whose items are encoded as the scan finds them.
 async fn json_list(
     storage: &dyn Storage,
     t: &Target,
-    prefix: &str,
-    filter: &Filter,
-    limit: usize,
-    (at, start): (Option<u64>, Option<String>),
+    scan: Scan<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut items = b"[".to_vec();
-    let end = scan_page(
-        storage,
-        t.resource,
-        prefix,
-        filter,
-        limit,
-        at,
-        start,
-        &mut |obj| {
-            if items.len() > 1 {
-                items.push(b',');
-            }
-            // Writing a `Value` into a `Vec` cannot fail.
-            let _ = serde_json::to_writer(&mut items, &obj);
-        },
-    )
+    let end = scan_page(storage, t.resource, scan, &mut |obj| {
+        if items.len() > 1 {
+            items.push(b',');
+        }
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut items, &obj);
+    })
     .await?;
     items.push(b']');
-    let mut meta = json!({ "resourceVersion": end.revision.to_string() });
-    if let Some(c) = &end.continue_token {
-        meta["continue"] = json!(c);
-    }
     let head = json!({
         "kind": t.resource.list_kind(),
         "apiVersion": t.resource.api_version(),
-        "metadata": meta,
+        "metadata": list_meta(end.revision, end.continue_token.as_deref()),
     });
     let mut body = serde_json::to_vec(&head).unwrap_or_default();
     // `head` is an object: its last byte is the closing brace, reopened for the items.
@@ -281,25 +289,28 @@ pub async fn list(
         }
         None => (None, None),
     };
+    let scan = Scan {
+        prefix: &prefix,
+        filter: &filter,
+        limit,
+        at,
+        start,
+    };
     if rendering == Rendering::Json {
-        return json_list(storage, t, &prefix, &filter, limit, (at, start)).await;
+        return json_list(storage, t, scan).await;
     }
     // Tables and metadata lists are made from every item at once.
-    let page = list_page(storage, t.resource, &prefix, &filter, limit, at, start).await?;
-    let rv = page.revision.to_string();
+    let page = list_page(storage, t.resource, scan).await?;
     let body = if rendering == Rendering::Table {
         table::table(
             t.resource,
             &page.items,
-            &rv,
+            &page.revision.to_string(),
             page.continue_token.as_deref(),
             IncludeObject::parse(query.get("includeObject")),
         )
     } else {
-        let mut meta = json!({ "resourceVersion": rv });
-        if let Some(c) = &page.continue_token {
-            meta["continue"] = json!(c);
-        }
+        let meta = list_meta(page.revision, page.continue_token.as_deref());
         metadata::partial_list(&page.items, meta)
     };
     Ok(http::json(200, &body))
@@ -310,12 +321,6 @@ mod tests {
     use super::*;
     use crate::apiserver::resources::find;
     use crate::storage::MemoryStorage;
-    use http_body_util::BodyExt;
-
-    async fn body_of(resp: Response<Body>) -> Value {
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
 
     #[tokio::test]
     async fn a_json_list_streams_its_items_into_the_same_document_pages_and_all() {
@@ -350,7 +355,9 @@ mod tests {
             let query = Query::parse(Some(q));
             let t = &t;
             let storage = &storage;
-            async move { body_of(list(storage, t, Rendering::Json, &query).await.unwrap()).await }
+            async move {
+                http::body_json(list(storage, t, Rendering::Json, &query).await.unwrap()).await
+            }
         };
 
         let all = list("").await;

@@ -24,7 +24,7 @@ use super::http::{Body, Query, Rendering};
 use super::metadata;
 use super::object;
 use super::path::{collection_prefix, Target};
-use super::read::{list_page, Filter};
+use super::read::{list_page, Filter, Scan};
 use super::resources::Resource;
 use super::table::{self, IncludeObject};
 use crate::storage::{Event, EventKind, KeyValue, Storage, StorageError};
@@ -200,11 +200,7 @@ async fn run(storage: Arc<dyn Storage>, req: Request, tx: mpsc::Sender<Bytes>) {
         None => match list_page(
             storage.as_ref(),
             req.resource,
-            &req.prefix,
-            &req.filter,
-            0,
-            None,
-            None,
+            Scan::all(&req.prefix, &req.filter),
         )
         .await
         {

@@ -45,8 +45,8 @@ pub struct RsCounts {
     pub spec: i32,
     /// Available pods, never more than `spec` (status may lag a scale-down).
     pub available: i32,
-    /// Pods it has or will have: `spec`, or more while a scale-down has not yet removed them
-    /// (`status.replicas`).
+    /// Pods it has or will have, never less than `spec`: more while a scale-down has not yet
+    /// removed them (`status.replicas`).
     pub pods: i32,
 }
 
@@ -69,7 +69,7 @@ pub fn new_rs_replicas(replicas: i32, surge: i32, new: RsCounts, all: &[RsCounts
     if new.spec >= replicas {
         return replicas;
     }
-    let current: i32 = all.iter().map(|r| r.pods.max(r.spec)).sum();
+    let current: i32 = all.iter().map(|r| r.pods).sum();
     let max_total = replicas + surge;
     if current >= max_total {
         return new.spec;
