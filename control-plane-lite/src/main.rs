@@ -31,6 +31,31 @@ enum StorageKind {
     Etcd,
 }
 
+/// How the apiserver listens, where in-cluster clients find it, and what its tokens say.
+#[derive(clap::Args)]
+struct ApiOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Port to listen on; 0 picks a free one (written into admin.kubeconfig).
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// The address the `kubernetes` Service's endpoints point pods at (and a name in the
+    /// serving certificate); default: the bind address, or 127.0.0.1 when that is 0.0.0.0.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// Seconds between storage compactions (0: never).
+    #[arg(long, default_value_t = 300)]
+    compaction_interval: u64,
+    /// The IPv4 range Service cluster IPs come from; its first address is the
+    /// `kubernetes` Service's.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ServiceCidr,
+    /// The `iss` of service account tokens, also the audience of tokens that name none.
+    #[arg(long, default_value = apiserver::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Kubernetes API over HTTPS; objects live in embedded storage under DATA_DIR
@@ -39,19 +64,9 @@ enum Command {
         /// Directory for the database, the PKI and admin.kubeconfig.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: String,
-        /// Port to listen on; 0 picks a free one (written into admin.kubeconfig).
-        #[arg(long, default_value_t = 6443)]
-        port: u16,
-        /// Seconds between storage compactions (0: never).
-        #[arg(long, default_value_t = 300)]
-        compaction_interval: u64,
-        /// The IPv4 range Service cluster IPs come from; its first address is the
-        /// `kubernetes` Service's.
-        #[arg(long, default_value = "10.96.0.0/12")]
-        service_cidr: ServiceCidr,
+        /// Listening, addresses and tokens.
+        #[command(flatten)]
+        api: ApiOptions,
         /// Storage backend.
         #[arg(long, value_enum, default_value_t = StorageKind::Embedded)]
         storage: StorageKind,
@@ -172,10 +187,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             data_dir,
-            bind,
-            port,
-            compaction_interval,
-            service_cidr,
+            api,
             storage,
             etcd_endpoints,
             etcd_prefix,
@@ -187,10 +199,7 @@ fn main() -> anyhow::Result<()> {
             serve(
                 storage,
                 data_dir,
-                bind,
-                port,
-                compaction_interval,
-                service_cidr,
+                api,
                 InProcess {
                     scheduler: !disable_scheduler,
                     controllers: (!disable_controllers).then_some(controllers),
@@ -388,18 +397,22 @@ async fn open_storage(
 async fn serve(
     storage: Arc<dyn Storage>,
     data_dir: PathBuf,
-    bind: String,
-    port: u16,
-    compaction_interval: u64,
-    service_cidr: ServiceCidr,
+    api: ApiOptions,
     in_process: InProcess,
 ) -> anyhow::Result<()> {
-    apiserver::ensure_system_namespaces(storage.as_ref())
+    let ApiOptions {
+        bind,
+        port,
+        advertise_address,
+        compaction_interval,
+        service_cidr,
+        service_account_issuer,
+    } = api;
+    let pki_dir = data_dir.join("pki");
+    let mut pki = Pki::load_or_create(&pki_dir).context("preparing the PKI")?;
+    apiserver::ensure_system_namespaces(storage.as_ref(), &pki.ca_cert)
         .await
         .context("creating the system namespaces")?;
-    let pki = Pki::load_or_create(&data_dir.join("pki")).context("preparing the PKI")?;
-    let tls = pki.server_config().context("building the TLS config")?;
-    let nodes = NodeDialer::new(&pki).context("building the TLS config for node agents")?;
     let listener = TcpListener::bind((bind.as_str(), port))
         .await
         .with_context(|| format!("binding {bind}:{port}"))?;
@@ -410,10 +423,38 @@ async fn serve(
         addr.ip()
     };
     let host = host_ip.to_string();
+    let advertised = advertise_address.unwrap_or(host_ip);
     let services = Arc::new(ServiceAllocator::new(service_cidr));
-    apiserver::ensure_kubernetes_service(storage.as_ref(), &services, host_ip, addr.port())
+    // In-cluster clients verify the serving certificate against the service IP they dial.
+    let names = [services.cidr().kubernetes_ip().into(), host_ip, advertised]
+        .map(|ip: std::net::IpAddr| ip.to_string());
+    if pki
+        .ensure_serving_names(&pki_dir, &names)
+        .context("adding names to the serving certificate")?
+    {
+        tracing::info!(
+            ?names,
+            "issued a serving certificate with the in-cluster names"
+        );
+    }
+    let tls = pki.server_config().context("building the TLS config")?;
+    let nodes = NodeDialer::new(&pki).context("building the TLS config for node agents")?;
+    let token_keys = apiserver::TokenKeys::from_pem(
+        &pki.service_account_key,
+        &service_account_issuer,
+        vec![service_account_issuer.clone()],
+    )
+    .context("loading the service account key")?;
+    apiserver::ensure_kubernetes_service(storage.as_ref(), &services, advertised, addr.port())
         .await
         .context("creating the kubernetes Service")?;
+    let router = apiserver::Router::new(
+        Arc::clone(&storage),
+        Arc::clone(&services),
+        nodes,
+        token_keys,
+        &pki.ca_cert,
+    );
     let kubeconfig = data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &host, addr.port())
         .context("writing the admin kubeconfig")?;
@@ -464,7 +505,7 @@ async fn serve(
         .context("installing the SIGTERM handler")?;
     // Returning drops the storage, which finishes its last commit and releases the data dir.
     tokio::select! {
-        result = apiserver::serve(listener, tls, storage, services, nodes) => result.context("serving"),
+        result = apiserver::serve(listener, tls, router) => result.context("serving"),
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; shutting down");
             Ok(())

@@ -9,8 +9,11 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::deletion::is_deleting;
 use super::error::ApiError;
 use super::namespaces;
+use super::object;
+use super::path::collection_prefix;
 use super::path::Target;
 use super::read::get_object;
 use super::resources::{find, namespaces};
@@ -23,8 +26,13 @@ use crate::storage::Storage;
 pub const SYSTEM_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the system namespaces that do not exist yet (idempotent; run at every start).
-pub async fn ensure_system_namespaces(storage: &dyn Storage) -> Result<(), ApiError> {
+/// Creates the system namespaces that do not exist yet, and gives every namespace its default
+/// ServiceAccount and a `kube-root-ca.crt` ConfigMap holding `root_ca` (idempotent; run at
+/// every start, so namespaces from before either existed, or from another CA, catch up).
+pub async fn ensure_system_namespaces(
+    storage: &dyn Storage,
+    root_ca: &str,
+) -> Result<(), ApiError> {
     let target = Target {
         resource: namespaces(),
         namespace: None,
@@ -36,22 +44,26 @@ pub async fn ensure_system_namespaces(storage: &dyn Storage) -> Result<(), ApiEr
         validation: FieldValidation::Strict,
         dry_run: false,
         services: None,
+        root_ca: Some(root_ca),
     };
     for name in SYSTEM_NAMESPACES {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         match write::create(storage, &target, ns, opts).await {
-            Ok(_) => {}
-            // Namespaces from before default ServiceAccounts were created get theirs now.
-            Err(ApiError::AlreadyExists { .. }) => {
-                namespaces::ensure_default_service_account(
-                    storage,
-                    name,
-                    namespaces::termination_epoch(),
-                )
-                .await?
-            }
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(err) => return Err(err),
         }
+    }
+    let all = storage
+        .list(&collection_prefix(namespaces(), None), None, 0, None)
+        .await?;
+    for kv in &all.kvs {
+        let ns = object::from_kv(kv)?;
+        if is_deleting(&ns) {
+            continue;
+        }
+        let name = ns["metadata"]["name"].as_str().unwrap_or_default();
+        let epoch = namespaces::termination_epoch();
+        namespaces::ensure_namespace_defaults(storage, name, epoch, Some(root_ca)).await?;
     }
     Ok(())
 }
@@ -80,6 +92,7 @@ pub async fn ensure_kubernetes_service(
         validation: FieldValidation::Strict,
         dry_run: false,
         services: Some(services),
+        root_ca: None,
     };
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
     let svc = json!({
@@ -162,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn kubernetes_service_takes_the_first_ip_and_follows_the_port() {
         let storage = MemoryStorage::new();
-        ensure_system_namespaces(&storage).await.unwrap();
+        ensure_system_namespaces(&storage, "CA1").await.unwrap();
         let alloc = ServiceAllocator::default();
         let host: IpAddr = "127.0.0.1".parse().unwrap();
         ensure_kubernetes_service(&storage, &alloc, host, 6443)
@@ -185,13 +198,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn creates_once() {
+    async fn creates_once_and_publishes_the_current_ca_everywhere() {
         let storage = MemoryStorage::new();
-        ensure_system_namespaces(&storage).await.unwrap();
+        // A namespace from before root CA ConfigMaps existed.
+        let old = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}});
+        let mut t = target("", "namespaces", "x");
+        t.namespace = None;
+        let opts = WriteOptions {
+            validation: FieldValidation::Strict,
+            dry_run: false,
+            services: None,
+            root_ca: None,
+        };
+        write::create(&storage, &t, old, opts).await.unwrap();
+        ensure_system_namespaces(&storage, "CA1").await.unwrap();
         let rev = storage.current_revision().await.unwrap();
-        // Four namespaces, each with its default ServiceAccount.
-        assert_eq!(rev, 8);
-        ensure_system_namespaces(&storage).await.unwrap();
+        // Five namespaces, each with its default ServiceAccount and CA ConfigMap.
+        assert_eq!(rev, 15);
+        ensure_system_namespaces(&storage, "CA1").await.unwrap();
         assert_eq!(storage.current_revision().await.unwrap(), rev);
+        let ca = |ns: &'static str| {
+            let storage = &storage;
+            async move {
+                let t = target("", "configmaps", ns);
+                let (_, cm) = get_object(storage, &t, "kube-root-ca.crt").await.unwrap();
+                cm["data"]["ca.crt"].as_str().unwrap().to_string()
+            }
+        };
+        assert_eq!(ca("old").await, "CA1");
+        assert_eq!(ca("kube-system").await, "CA1");
+        // A new CA (the PKI was replaced) is published on the next start.
+        ensure_system_namespaces(&storage, "CA2").await.unwrap();
+        assert_eq!(ca("old").await, "CA2");
+        assert_eq!(storage.current_revision().await.unwrap(), rev + 5);
     }
 }

@@ -89,8 +89,17 @@ type ExtraSubresource = (
 );
 
 /// The subresources of `r` with a kind or verbs of their own (pods' `binding` and `eviction`
-/// take a POST, `log` a GET of plain text).
+/// take a POST, `log` a GET of plain text; serviceaccounts' `token` a POST of a TokenRequest).
 fn extra_subresources(r: &Resource) -> Vec<ExtraSubresource> {
+    if r.is_in("", "v1") && r.plural == "serviceaccounts" {
+        return vec![(
+            "token",
+            "authentication.k8s.io",
+            "v1",
+            "TokenRequest",
+            &["create"],
+        )];
+    }
     if !(r.is_in("", "v1") && r.plural == "pods") {
         return Vec::new();
     }

@@ -85,6 +85,18 @@ pub enum ApiError {
         /// The terminating namespace.
         namespace: String,
     },
+    /// An admission check refused the request (e.g. a pod naming a missing ServiceAccount).
+    #[error("{resource} \"{name}\" is forbidden: {reason}")]
+    Forbidden {
+        /// API group of the resource.
+        group: &'static str,
+        /// Resource plural.
+        resource: &'static str,
+        /// Name of the refused object.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The request could not be understood (bad body, wrong kind, bad query).
     #[error("{0}")]
     BadRequest(String),
@@ -146,6 +158,9 @@ pub enum ApiError {
         /// The agent's message.
         message: String,
     },
+    /// Something on the server's side failed that no client can fix.
+    #[error("{0}")]
+    Internal(String),
     /// The storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -160,7 +175,7 @@ impl ApiError {
             | ApiError::Conflict { .. }
             | ApiError::Refused { .. } => 409,
             ApiError::Invalid { .. } => 422,
-            ApiError::NamespaceTerminating { .. } => 403,
+            ApiError::NamespaceTerminating { .. } | ApiError::Forbidden { .. } => 403,
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed => 405,
             ApiError::Expired { .. } => 410,
@@ -170,7 +185,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::NotAcceptable => 406,
             ApiError::Storage(StorageError::Compacted { .. }) => 410,
-            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } => 500,
+            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } | ApiError::Internal(_) => 500,
             ApiError::NodeRefused { code, .. } => match *code {
                 400 | 404 => *code,
                 _ => 500,
@@ -184,7 +199,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::Refused { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::NamespaceTerminating { .. } => "Forbidden",
+            ApiError::NamespaceTerminating { .. } | ApiError::Forbidden { .. } => "Forbidden",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Expired { .. } | ApiError::Storage(StorageError::Compacted { .. }) => {
@@ -195,7 +210,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::NotAcceptable => "NotAcceptable",
-            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } => "InternalError",
+            ApiError::Storage(_) | ApiError::NodeUnreachable { .. } | ApiError::Internal(_) => {
+                "InternalError"
+            }
             ApiError::NodeRefused { code: 404, .. } => "NotFound",
             ApiError::NodeRefused { code: 400, .. } => "BadRequest",
             ApiError::NodeRefused { .. } => "InternalError",
@@ -221,6 +238,12 @@ impl ApiError {
                 name,
             }
             | ApiError::Refused {
+                group,
+                resource,
+                name,
+                ..
+            }
+            | ApiError::Forbidden {
                 group,
                 resource,
                 name,

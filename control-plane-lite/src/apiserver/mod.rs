@@ -34,10 +34,14 @@
 //!   `Status` rendering.
 //! - `bootstrap.rs`: the system namespaces (with their default ServiceAccounts) created at
 //!   startup, and the `kubernetes` Service with its Endpoints and EndpointSlice.
-//! - `tls.rs`: the PKI (CA, serving, admin and kubelet client certificates) and kubeconfig; `server.rs`: the
-//!   HTTPS accept loop and periodic compaction.
+//! - `tls.rs`: the PKI (CA, serving, admin and kubelet client certificates, the service
+//!   account key) and kubeconfig; `server.rs`: the HTTPS accept loop and periodic compaction.
+//! - `tokens.rs`: service account tokens (signed JWTs); `token_request.rs`: the
+//!   `serviceaccounts/token` subresource and bearer-token authentication;
+//!   `service_account_admission.rs`: the token volume every pod gets.
 //!
-//! Not done yet: patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets,
+//! Not done yet: authorization (every authenticated client, service accounts included, may do
+//! everything, as with `--authorization-mode=AlwaysAllow`), patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets,
 //! verifying agents' serving certificates (see `node_tls.rs`), protobuf bodies beyond what kubectl's
 //! `create <kind>` commands send, schema-driven strategic merge (a table of merge keys stands
 //! in), `propagationPolicy` on DELETE of a collection (it is honoured on single
@@ -74,11 +78,14 @@ mod resources;
 mod router;
 mod selector;
 mod server;
+mod service_account_admission;
 mod services;
 mod strategic;
 mod strict;
 mod table;
 mod tls;
+mod token_request;
+mod tokens;
 mod validation;
 mod watch;
 mod write;
@@ -91,4 +98,5 @@ pub use resources::{Resource, RESOURCES};
 pub use router::Router;
 pub use server::{compact_periodically, serve};
 pub use services::{CidrError, ServiceAllocator, ServiceCidr};
-pub use tls::{Pki, TlsError, KUBELET_CLIENT_CN, MASTERS_GROUP};
+pub use tls::{Pki, TlsError, IN_CLUSTER_NAMES, KUBELET_CLIENT_CN, MASTERS_GROUP};
+pub use tokens::{TokenKeys, DEFAULT_ISSUER};

@@ -1,4 +1,5 @@
-//! Namespace lifecycle: the `default` ServiceAccount of every namespace, refusing creates in a
+//! Namespace lifecycle: the `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap of
+//! every namespace, refusing creates in a
 //! namespace that is being deleted (the NamespaceLifecycle admission), and termination.
 //!
 //! Kubernetes splits termination between the apiserver (mark the namespace Terminating) and
@@ -38,23 +39,70 @@ pub fn termination_epoch() -> u64 {
     TERMINATIONS.load(Ordering::SeqCst)
 }
 
-/// Creates the `default` ServiceAccount in `ns` unless it exists (pods default to it);
-/// `epoch` is [`termination_epoch`] from before the namespace was created.
-pub async fn ensure_default_service_account(
+/// The ConfigMap in every namespace that holds the cluster CA (`ca.crt`), which pods' service
+/// account volumes project next to their token, as Kubernetes' root-CA publisher keeps it.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
+fn config_maps() -> &'static Resource {
+    find("", "v1", "configmaps").expect("configmaps is in the table")
+}
+
+/// Creates what every namespace starts with unless it exists: the `default` ServiceAccount
+/// (pods default to it) and, given the cluster CA, the [`ROOT_CA_CONFIG_MAP`] ConfigMap
+/// (rewritten when it holds another CA). `epoch` is [`termination_epoch`] from before the
+/// namespace was created.
+pub async fn ensure_namespace_defaults(
     storage: &dyn Storage,
     ns: &str,
     epoch: u64,
+    root_ca: Option<&str>,
 ) -> Result<(), ApiError> {
-    let mut sa = json!({
+    let sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "default", "namespace": ns},
     });
-    defaults::on_create(&mut sa, false);
-    let key = object_key(service_accounts(), Some(ns), "default");
-    match storage.create(&key, object::to_stored(&sa)).await {
-        Ok(_) if termination_epoch() != epoch => {
-            recheck_after_create(storage, service_accounts(), ns, &key).await
+    ensure_object(storage, service_accounts(), ns, sa, epoch).await?;
+    let Some(ca) = root_ca else { return Ok(()) };
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": ROOT_CA_CONFIG_MAP, "namespace": ns,
+            "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."},
+        },
+        "data": {"ca.crt": ca},
+    });
+    let key = object_key(config_maps(), Some(ns), ROOT_CA_CONFIG_MAP);
+    if let Some(kv) = storage.get(&key).await? {
+        let mut current = object::from_kv(&kv)?;
+        if current["data"]["ca.crt"].as_str() == Some(ca) {
+            return Ok(());
         }
+        current["data"] = cm["data"].clone();
+        return match storage
+            .update(&key, object::to_stored(&current), Some(kv.mod_revision))
+            .await
+        {
+            // Someone else wrote it meanwhile; the next start checks again.
+            Ok(_) | Err(StorageError::Conflict { .. } | StorageError::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        };
+    }
+    ensure_object(storage, config_maps(), ns, cm, epoch).await
+}
+
+/// Creates `object` of `r` in `ns` unless one of its name exists.
+async fn ensure_object(
+    storage: &dyn Storage,
+    r: &'static Resource,
+    ns: &str,
+    mut object: Value,
+    epoch: u64,
+) -> Result<(), ApiError> {
+    defaults::on_create(&mut object, false);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let key = object_key(r, Some(ns), name);
+    match storage.create(&key, object::to_stored(&object)).await {
+        Ok(_) if termination_epoch() != epoch => recheck_after_create(storage, r, ns, &key).await,
         Ok(_) => Ok(()),
         Err(StorageError::AlreadyExists { .. }) => Ok(()),
         Err(err) => Err(err.into()),
@@ -212,6 +260,7 @@ mod tests {
         validation: FieldValidation::Strict,
         dry_run: false,
         services: None,
+        root_ca: None,
     };
 
     fn target(plural: &str, ns: Option<&str>, name: Option<&str>) -> Target {

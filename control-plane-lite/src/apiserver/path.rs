@@ -22,6 +22,8 @@ pub enum Subresource {
     Attach,
     /// `pods/<name>/portforward`: TCP into the pod's network namespace, likewise.
     PortForward,
+    /// `serviceaccounts/<name>/token`: a TokenRequest for a service account token.
+    Token,
 }
 
 /// A parsed resource URL.
@@ -102,6 +104,9 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Parsed {
         Some(&"exec") if is_core_pods(resource) => Some(Subresource::Exec),
         Some(&"attach") if is_core_pods(resource) => Some(Subresource::Attach),
         Some(&"portforward") if is_core_pods(resource) => Some(Subresource::PortForward),
+        Some(&"token") if resource.is_in("", "v1") && resource.plural == "serviceaccounts" => {
+            Some(Subresource::Token)
+        }
         Some(_) => return Parsed::NotFound,
     };
     if rest.len() > 3 {

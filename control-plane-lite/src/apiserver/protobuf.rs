@@ -1,6 +1,6 @@
 //! Decoding of `application/vnd.kubernetes.protobuf` request bodies into JSON, for the kinds
 //! that kubectl (1.32 and later) creates through its typed, protobuf-speaking clients:
-//! `create namespace|configmap|secret|serviceaccount|deployment|service|job`.
+//! `create namespace|configmap|secret|serviceaccount|deployment|service|job|token`.
 //!
 //! The body is the `k8s\0` magic and a `runtime.Unknown` envelope whose `raw` field holds the
 //! object's protobuf. Each supported message is described by a small schema (field number →
@@ -195,6 +195,27 @@ const SERVICE: &[Field] = &[
         ]),
     ),
 ];
+const TOKEN_REQUEST: &[Field] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Ty::Msg(&[
+            (1, "audiences", Ty::RepStr),
+            (
+                3,
+                "boundObjectRef",
+                Ty::Msg(&[
+                    (1, "kind", Ty::Str),
+                    (2, "apiVersion", Ty::Str),
+                    (3, "name", Ty::Str),
+                    (4, "uid", Ty::Str),
+                ]),
+            ),
+            (4, "expirationSeconds", Ty::Int),
+        ]),
+    ),
+];
 const INT_OR_STRING: &[Field] = &[
     (1, "type", Ty::Int),
     (2, "intVal", Ty::Int),
@@ -359,6 +380,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "Service") => SERVICE,
         ("apps/v1", "Deployment") => DEPLOYMENT,
         ("batch/v1", "Job") => JOB,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         _ => {
             return Err(ApiError::UnsupportedMediaType {
                 accepted: "application/json",

@@ -16,6 +16,8 @@ use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
 use super::services::ServiceAllocator;
 use super::strict::FieldValidation;
+use super::token_request::ServiceAccountTokens;
+use super::tokens::TokenKeys;
 use super::{
     binding, deletecollection, eviction, openapi, openapi_v2, pod_logs, pod_stream, read, watch,
     write,
@@ -29,26 +31,35 @@ pub struct Router {
     services: Arc<ServiceAllocator>,
     nodes: NodeDialer,
     events: Arc<EventCache>,
+    tokens: Arc<ServiceAccountTokens>,
+    root_ca: Arc<str>,
 }
 
 impl Router {
     /// A router over `storage`; Service writes allocate through `services`; `pods/log`, `exec`
-    /// and the like reach node agents through `nodes`.
+    /// and the like reach node agents through `nodes`; service account tokens are issued and
+    /// checked with `tokens`; new namespaces get the cluster CA `root_ca` (PEM) published.
     pub fn new(
         storage: Arc<dyn Storage>,
         services: Arc<ServiceAllocator>,
         nodes: NodeDialer,
+        tokens: TokenKeys,
+        root_ca: &str,
     ) -> Self {
         Router {
             storage,
             services,
             nodes,
             events: Arc::default(),
+            tokens: Arc::new(ServiceAccountTokens::new(tokens)),
+            root_ca: Arc::from(root_ca),
         }
     }
 
     /// Answers one request. `authenticated` says whether the connection presented a client
-    /// certificate signed by the cluster CA; everything but health checks requires it.
+    /// certificate signed by the cluster CA; without one, a request needs a valid service
+    /// account bearer token. Everything but health checks requires one or the other. Any
+    /// authenticated client may do anything: there is no authorization (RBAC) yet.
     pub async fn handle(&self, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
         let method = req.method().clone();
         let uri_path = req.uri().path().to_string();
@@ -73,7 +84,16 @@ impl Router {
             return Ok(http::text(200, "ok"));
         }
         if !authenticated {
-            return Err(ApiError::Unauthorized);
+            let bearer = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or(ApiError::Unauthorized)?;
+            self.tokens
+                .authenticate(self.storage.as_ref(), bearer)
+                .await?;
         }
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let get_only = |doc: Option<serde_json::Value>| -> Result<Response<Body>, ApiError> {
@@ -171,6 +191,7 @@ impl Router {
             validation: FieldValidation::parse(query.get("fieldValidation")),
             dry_run,
             services: Some(self.services.as_ref()),
+            root_ca: Some(&self.root_ca),
         };
         let rendering = if method == Method::GET {
             http::negotiate(&headers)?
@@ -196,6 +217,13 @@ impl Router {
             }
             let body = http::json_body(&headers, &bytes)?;
             return binding::create(storage, &t, body, dry_run).await;
+        }
+        if t.subresource == Some(Subresource::Token) {
+            let Some(name) = name.as_deref().filter(|_| method == Method::POST) else {
+                return Err(not_allowed(&t));
+            };
+            let body = http::json_body(&headers, &bytes)?;
+            return self.tokens.create(storage, &t, name, body).await;
         }
         if t.subresource == Some(Subresource::Eviction) {
             let Some(name) = name.as_deref().filter(|_| method == Method::POST) else {

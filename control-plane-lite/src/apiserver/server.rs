@@ -10,9 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::node_api::NodeDialer;
 use super::router::Router;
-use super::services::ServiceAllocator;
 use crate::storage::Storage;
 
 /// Serves the API on `listener` until the process ends.
@@ -22,12 +20,9 @@ use crate::storage::Storage;
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
-    storage: Arc<dyn Storage>,
-    services: Arc<ServiceAllocator>,
-    nodes: NodeDialer,
+    router: Router,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let router = Router::new(storage, services, nodes);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();
@@ -41,7 +36,8 @@ pub async fn serve(
                 }
             };
             // The verifier only lets through certificates that chain to the CA, so any peer
-            // certificate here is an authenticated admin.
+            // certificate here is an authenticated admin; other requests may still carry a
+            // bearer token, checked per request by the router.
             let authenticated = stream
                 .get_ref()
                 .1

@@ -494,7 +494,7 @@ mod tests {
         use std::sync::Arc;
 
         let storage = Arc::new(MemoryStorage::new());
-        crate::apiserver::ensure_system_namespaces(storage.as_ref())
+        crate::apiserver::ensure_system_namespaces(storage.as_ref(), "CA")
             .await
             .unwrap();
         // A /28 has 13 addresses besides the kubernetes one: 12 Services fit with room for
@@ -518,6 +518,7 @@ mod tests {
                     validation: FieldValidation::Strict,
                     dry_run: false,
                     services: Some(alloc.as_ref()),
+                    root_ca: None,
                 };
                 create(storage.as_ref(), &t, body, opts).await.unwrap();
             }));
@@ -534,6 +535,7 @@ mod tests {
             validation: FieldValidation::Strict,
             dry_run: false,
             services: Some(&restarted),
+            root_ca: None,
         };
         let page = storage.list("/registry/services/default/s", None, 1, None);
         let first = object::from_kv(&page.await.unwrap().kvs[0]).unwrap();

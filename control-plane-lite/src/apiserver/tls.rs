@@ -49,6 +49,9 @@ pub enum TlsError {
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The serving certificate on disk could not be parsed.
+    #[error("reading the serving certificate's names: {0}")]
+    Unreadable(String),
     /// rustls refused the configuration.
     #[error("building the TLS config: {0}")]
     Rustls(#[from] rustls::Error),
@@ -77,6 +80,8 @@ pub struct Pki {
     pub kubelet_client_cert: String,
     /// Its key.
     pub kubelet_client_key: String,
+    /// The key that signs service account tokens (`sa.key`, PKCS#8 P-256).
+    pub service_account_key: String,
 }
 
 /// The subject of the apiserver's client certificate towards node agents.
@@ -97,6 +102,18 @@ const FILES: [&str; 6] = [
 /// The kubelet client certificate and key: added to a PKI that lacks them, signed by its CA,
 /// rather than replacing the CA (which would invalidate every kubeconfig handed out).
 const KUBELET_CLIENT_FILES: [&str; 2] = ["kubelet-client.crt", "kubelet-client.key"];
+/// The service-account signing key, likewise added to an older PKI.
+const SERVICE_ACCOUNT_KEY: &str = "sa.key";
+
+/// The names in-cluster clients reach the apiserver by (the `kubernetes` Service's DNS names),
+/// besides `127.0.0.1` and `localhost`; the service IP and advertised address are added by the
+/// caller of [`Pki::ensure_serving_names`].
+pub const IN_CLUSTER_NAMES: [&str; 4] = [
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+];
 
 /// Writes `content` to `path`, readable only by the owner when it is a key or kubeconfig.
 fn write_file(path: &Path, content: &str) -> std::io::Result<()> {
@@ -133,6 +150,54 @@ fn client_cert(issuer: &Issuer<'_, KeyPair>, cn: &str) -> Result<(String, String
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The DNS names and IP addresses a PEM certificate is valid for.
+fn subject_alt_names(pem: &str) -> Result<Vec<String>, TlsError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|source| TlsError::Pem {
+        path: PathBuf::from("server.crt"),
+        source,
+    })?;
+    let unreadable = |e: &dyn std::fmt::Display| TlsError::Unreadable(e.to_string());
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| unreadable(&e))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| unreadable(&e))?
+    else {
+        return Ok(Vec::new());
+    };
+    use x509_parser::extensions::GeneralName;
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// A serving certificate for `names` signed by `issuer`: (cert, key) in PEM.
+fn server_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    names: Vec<String>,
+) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(gen("server key"))?;
+    let mut params = CertificateParams::new(names).map_err(gen("server"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "netlet-apiserver");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(gen("server certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 impl Pki {
     /// Loads the PKI from `dir`, creating all of it when any of the original files is missing,
     /// and the kubelet client certificate when only that is.
@@ -166,6 +231,16 @@ impl Pki {
                     write(KUBELET_CLIENT_FILES[0], &cert)?;
                     (cert, key)
                 };
+            let sa_path = dir.join(SERVICE_ACCOUNT_KEY);
+            let service_account_key = if sa_path.exists() {
+                read(SERVICE_ACCOUNT_KEY)?
+            } else {
+                let key = KeyPair::generate()
+                    .map_err(gen("service account key"))?
+                    .serialize_pem();
+                write(SERVICE_ACCOUNT_KEY, &key)?;
+                key
+            };
             return Ok(Pki {
                 ca_cert,
                 ca_key,
@@ -175,6 +250,7 @@ impl Pki {
                 admin_key: read("admin.key")?,
                 kubelet_client_cert,
                 kubelet_client_key,
+                service_account_key,
             });
         }
         let pki = Self::generate()?;
@@ -188,8 +264,13 @@ impl Pki {
             &pki.admin_key,
             &pki.kubelet_client_cert,
             &pki.kubelet_client_key,
+            &pki.service_account_key,
         ];
-        for (file, content) in FILES.iter().chain(&KUBELET_CLIENT_FILES).zip(contents) {
+        let files = FILES
+            .iter()
+            .chain(&KUBELET_CLIENT_FILES)
+            .chain(&[SERVICE_ACCOUNT_KEY]);
+        for (file, content) in files.zip(contents) {
             write(file, content)?;
         }
         Ok(pki)
@@ -210,31 +291,54 @@ impl Pki {
         let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca, ca_key);
 
-        let server_key = KeyPair::generate().map_err(gen("server key"))?;
-        let mut server =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .map_err(gen("server"))?;
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "netlet-apiserver");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server
-            .signed_by(&server_key, &issuer)
-            .map_err(gen("server certificate"))?;
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(IN_CLUSTER_NAMES.map(String::from));
+        let (server_cert, server_key) = server_cert(&issuer, names)?;
 
         let (admin_cert, admin_key) = client_cert(&issuer, "admin")?;
         let (kubelet_client_cert, kubelet_client_key) = client_cert(&issuer, KUBELET_CLIENT_CN)?;
+        let service_account_key = KeyPair::generate()
+            .map_err(gen("service account key"))?
+            .serialize_pem();
 
         Ok(Pki {
             ca_cert: ca_cert.pem(),
             ca_key: ca_key_pem,
-            server_cert: server_cert.pem(),
-            server_key: server_key.serialize_pem(),
+            server_cert,
+            server_key,
             admin_cert,
             admin_key,
             kubelet_client_cert,
             kubelet_client_key,
+            service_account_key,
         })
+    }
+
+    /// Makes sure the serving certificate is valid for `names` (IPs or DNS names) as well as
+    /// `127.0.0.1` and `localhost`: when one is missing, issues a new serving certificate from
+    /// the same CA (so kubeconfigs stay valid) and writes it to `dir`. Returns whether it did.
+    pub fn ensure_serving_names(&mut self, dir: &Path, names: &[String]) -> Result<bool, TlsError> {
+        let have = subject_alt_names(&self.server_cert)?;
+        let mut wanted = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        for n in names {
+            if !wanted.contains(n) {
+                wanted.push(n.clone());
+            }
+        }
+        if wanted.iter().all(|n| have.contains(n)) {
+            return Ok(false);
+        }
+        let key = KeyPair::from_pem(&self.ca_key).map_err(gen("the loaded CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, key)
+            .map_err(gen("the loaded CA certificate"))?;
+        let (cert, key) = server_cert(&issuer, wanted)?;
+        let io = |op, path: PathBuf| move |source| TlsError::Io { op, path, source };
+        for (file, content) in [("server.key", &key), ("server.crt", &cert)] {
+            let path = dir.join(file);
+            write_file(&path, content).map_err(io("write", path.clone()))?;
+        }
+        (self.server_cert, self.server_key) = (cert, key);
+        Ok(true)
     }
 
     /// The rustls config: serves h2 and http/1.1 and asks for a client certificate, which must
@@ -371,5 +475,35 @@ mod tests {
         verifier
             .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
             .expect("the added certificate chains to the existing CA");
+    }
+
+    #[test]
+    fn serving_names_are_added_from_the_same_ca_and_the_sa_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = Pki::load_or_create(dir.path()).unwrap();
+        assert!(subject_alt_names(&pki.server_cert)
+            .unwrap()
+            .contains(&"kubernetes.default.svc".to_string()));
+        let wanted = vec!["10.96.0.1".to_string(), "10.200.0.2".to_string()];
+        assert!(pki.ensure_serving_names(dir.path(), &wanted).unwrap());
+        let got = subject_alt_names(&pki.server_cert).unwrap();
+        for n in ["127.0.0.1", "localhost", "10.96.0.1", "10.200.0.2"] {
+            assert!(got.contains(&n.to_string()), "{n} in {got:?}");
+        }
+        assert_eq!(names(&pki.server_cert).1, "netlet-ca");
+        pki.server_config().unwrap();
+        // Written: a restart loads the new certificate and needs no new one.
+        let mut again = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.server_cert, pki.server_cert);
+        assert!(!again.ensure_serving_names(dir.path(), &wanted).unwrap());
+        assert_eq!(again.service_account_key, pki.service_account_key);
+
+        // A PKI from before service account tokens gains a key and keeps its CA.
+        std::fs::remove_file(dir.path().join(SERVICE_ACCOUNT_KEY)).unwrap();
+        let upgraded = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(upgraded.ca_cert, pki.ca_cert);
+        assert_ne!(upgraded.service_account_key, pki.service_account_key);
+        super::super::tokens::TokenKeys::from_pem(&upgraded.service_account_key, "i", vec![])
+            .unwrap();
     }
 }

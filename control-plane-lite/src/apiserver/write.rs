@@ -17,7 +17,7 @@ use super::resources::Resource;
 use super::services::ServiceAllocator;
 use super::strict::{self, FieldValidation};
 use super::validation::name_causes;
-use super::{deletion, namespaces};
+use super::{deletion, namespaces, service_account_admission};
 use crate::storage::{KeyValue, Storage, StorageError};
 
 /// The query options every write honours, and the allocator Service writes go through.
@@ -30,6 +30,9 @@ pub struct WriteOptions<'a> {
     /// Assigns cluster IPs and NodePorts to Services; `None` for callers that write no
     /// Services (they are then stored as given).
     pub services: Option<&'a ServiceAllocator>,
+    /// The cluster CA (PEM), published in every new namespace as `kube-root-ca.crt`; `None`
+    /// for callers that create no namespaces.
+    pub root_ca: Option<&'a str>,
 }
 
 /// How many times a PATCH is retried when a concurrent write beats it.
@@ -139,6 +142,9 @@ pub async fn create(
     if r.namespaced {
         namespaces::check_open(storage, r, ns, &name).await?;
     }
+    if r.is_in("", "v1") && r.plural == "pods" {
+        service_account_admission::admit(storage, ns, &mut object).await?;
+    }
     // Held until the write is done, so no other Service write takes the same IP or ports.
     let _allocation = match (r.plural, opts.services) {
         ("services", Some(a)) => Some(a.allocate(storage, None, &mut object).await?),
@@ -178,7 +184,7 @@ pub async fn create(
     } else {
         object::set_resource_version(&mut object, revision);
         if r.plural == "namespaces" {
-            namespaces::ensure_default_service_account(storage, &name, epoch).await?;
+            namespaces::ensure_namespace_defaults(storage, &name, epoch, opts.root_ca).await?;
         }
         if r.namespaced && namespaces::termination_epoch() != epoch {
             let key = object_key(r, Some(ns), &name);
@@ -225,15 +231,16 @@ async fn replace(
             new = current.clone();
             new["spec"]["replicas"] = replicas;
         }
-        // Served by `binding.rs`, `eviction.rs`, `pod_logs.rs` and `pod_stream.rs`; the router
-        // sends no writes of them here.
+        // Served by `binding.rs`, `eviction.rs`, `pod_logs.rs`, `pod_stream.rs` and
+        // `token_request.rs`; the router sends no writes of them here.
         Some(
             Subresource::Binding
             | Subresource::Eviction
             | Subresource::Log
             | Subresource::Exec
             | Subresource::Attach
-            | Subresource::PortForward,
+            | Subresource::PortForward
+            | Subresource::Token,
         ) => return Err(ApiError::MethodNotAllowed),
         None if r.status => new["status"] = current["status"].clone(),
         None => {}
@@ -447,6 +454,7 @@ mod tests {
         validation: FieldValidation::Strict,
         dry_run: false,
         services: None,
+        root_ca: None,
     };
 
     fn cm(name: &str) -> Value {
