@@ -1,5 +1,5 @@
 //! Pod volumes against a real containerd and our apiserver: what containers see in their
-//! emptyDir, configMap, secret, downwardAPI and hostPath volumes, that ConfigMap updates reach
+//! emptyDir, configMap, secret, downwardAPI, hostPath and service account token volumes, that ConfigMap updates reach
 //! a running container, that volumes outlive container restarts and go with the pod, and the
 //! waiting reasons and events of volumes that cannot be set up.
 //!
@@ -254,6 +254,46 @@ async fn containers_share_volumes_see_configmap_updates_and_volumes_go_with_the_
     assert_eq!(
         exec(&node.cri, &app, "stat -L -c %a /etc/all/password").await,
         "440"
+    );
+
+    // The service account volume the apiserver added: a token bound to this pod that the
+    // apiserver accepts, the cluster CA and the namespace, where in-cluster clients look; and
+    // the `kubernetes` Service's variables.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(
+        exec(&node.cri, &app, &format!("cat {sa}/namespace")).await,
+        "default"
+    );
+    let ca = exec(&node.cri, &app, &format!("cat {sa}/ca.crt")).await;
+    let pki_ca = std::fs::read_to_string(node.server.dir().join("pki/ca.crt")).unwrap();
+    assert_eq!(ca, pki_ca.trim_end());
+    let token = exec(&node.cri, &app, &format!("cat {sa}/token")).await;
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let m = exec(&node.cri, &app, &format!("grep ' {sa} ' /proc/mounts")).await;
+    assert!(m.contains(" ro,"), "token volume not read-only: {m}");
+    let kc = kube::config::Kubeconfig::read_from(node.server.kubeconfig()).unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.clone().into()),
+        ..Default::default()
+    };
+    let as_pod = kube::Client::try_from(config).unwrap();
+    let me = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(as_pod, "default")
+        .get("vols")
+        .await
+        .expect("the pod's token authenticates");
+    assert_eq!(me.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(
+        exec(
+            &node.cri,
+            &app,
+            "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"
+        )
+        .await,
+        "10.96.0.1:443"
     );
 
     // hostPath DirectoryOrCreate: created on the node, shared with it; readOnly holds.

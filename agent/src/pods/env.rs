@@ -1,6 +1,6 @@
-//! A container's environment: literal values, `valueFrom` (pod fields, ConfigMap and Secret
-//! keys read through the API) and `envFrom`, with `$(VAR)` references expanded as the kubelet
-//! does.
+//! A container's environment: the Service variables (`service_env.rs`), literal values,
+//! `valueFrom` (pod fields, ConfigMap and Secret keys read through the API) and `envFrom`, with
+//! `$(VAR)` references expanded as the kubelet does.
 //!
 //! A missing ConfigMap, Secret or key that is not `optional` is an error naming it: the
 //! container then waits with `CreateContainerConfigError` instead of starting without it.
@@ -41,6 +41,9 @@ pub enum EnvError {
     /// A `fieldRef` path this agent does not support.
     #[error("unsupported fieldRef {0:?}")]
     UnsupportedField(String),
+    /// The Services have not been listed yet, so their variables are unknown.
+    #[error("services have not yet been read at least once, cannot construct envvars")]
+    ServicesNotSynced,
 }
 
 /// The pod facts `fieldRef` can read besides the pod object itself.
@@ -198,11 +201,13 @@ impl Sources {
     }
 }
 
-/// The environment of `container`, in order, with later definitions overriding earlier ones.
+/// The environment of `container`, in order, with later definitions overriding earlier ones:
+/// `base` (the Service variables) first, then `envFrom`, then `env`.
 pub async fn container_env(
     client: &Client,
     facts: PodFacts<'_>,
     container: &Container,
+    base: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let namespace = facts.pod.metadata.namespace.clone().unwrap_or_default();
     let mut sources = Sources {
@@ -211,7 +216,7 @@ pub async fn container_env(
         namespace,
         cache: HashMap::new(),
     };
-    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut vars: Vec<(String, String)> = base;
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
         vars.retain(|(n, _)| *n != k);
         vars.push((k, v));

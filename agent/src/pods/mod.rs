@@ -46,6 +46,7 @@ pub mod poller;
 pub mod probe;
 pub mod resources;
 pub mod sandbox;
+pub mod service_env;
 pub mod start_trace;
 pub mod static_pods;
 mod static_sync;
@@ -205,6 +206,10 @@ pub struct Context {
     pub snapshots: watch::Receiver<Arc<poller::Snapshot>>,
     /// Slots for pods starting (no ready sandbox yet), `config.parallel_pod_starts` of them.
     pub start_slots: Semaphore,
+    /// The service account tokens of the pods' projected volumes.
+    pub tokens: volumes::token::ServiceAccountTokens,
+    /// The Services, for containers' environment variables.
+    pub services: service_env::ServiceEnv,
 }
 
 /// A running worker.
@@ -242,6 +247,8 @@ pub async fn run(
     let ctx = Arc::new(Context {
         snapshots,
         start_slots: Semaphore::new(config.parallel_pod_starts.max(1)),
+        tokens: Default::default(),
+        services: service_env::ServiceEnv::spawn(client.clone(), cancel.child_token()),
         recorder: Recorder::new(client.clone(), &config.node_name),
         client: client.clone(),
         cri,

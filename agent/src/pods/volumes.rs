@@ -5,9 +5,9 @@
 //! Volumes live under `<pods dir>/<pod uid>/volumes/<plugin>/<volume>` (the kubelet's layout,
 //! e.g. `kubernetes.io~empty-dir`), bind-mounted into containers by the runtime. Supported:
 //! `emptyDir` ([`empty_dir`]), `hostPath` with its type checks ([`host_path`]), `configMap`,
-//! `secret`, `downwardAPI` and `projected` volumes of those three ([`projection`], written by
-//! [`atomic`]). Other kinds (and projected service account tokens) fail the container with a
-//! message naming the kind.
+//! `secret`, `downwardAPI` and `projected` volumes of those three and of service account
+//! tokens ([`projection`] and [`token`], written by [`atomic`]). Other kinds fail the container
+//! with a message naming the kind.
 //!
 //! Secret and projected volumes live on a tmpfs ([`tmpfs`]), as with the kubelet.
 //!
@@ -21,6 +21,7 @@ pub mod empty_dir;
 pub mod host_path;
 pub mod projection;
 pub mod tmpfs;
+pub mod token;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -34,8 +35,9 @@ use kube::{Api, Client};
 use super::env::PodFacts;
 use super::resources::{bytes, InvalidQuantity};
 use crate::cri::api;
-use atomic::{write_payload, AtomicWriteError, Payload};
+use atomic::{write_payload, AtomicWriteError, FileProjection, Payload};
 use host_path::{check_host_path, HostPathError};
+use token::ServiceAccountTokens;
 
 /// The directory of the emptyDir plugin below a pod's `volumes` dir.
 pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
@@ -118,6 +120,19 @@ pub enum VolumeError {
         /// The check that failed.
         #[source]
         source: HostPathError,
+    },
+    /// A service account token could not be had from the apiserver.
+    #[error("requesting a token of service account {namespace}/{service_account} for volume {volume:?}: {source}")]
+    Token {
+        /// The volume.
+        volume: String,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's ServiceAccount.
+        service_account: String,
+        /// The API error, boxed: it is large.
+        #[source]
+        source: Box<kube::Error>,
     },
     /// Writing a volume's files failed.
     #[error("volume {volume:?}: {source}")]
@@ -209,10 +224,11 @@ pub fn validate_sub_path(volume: &str, sub_path: &str) -> Result<(), VolumeError
     Ok(())
 }
 
-/// Reads ConfigMaps and Secrets for volumes.
+/// Reads ConfigMaps, Secrets and service account tokens for volumes.
 struct Reader<'a> {
     client: &'a Client,
     namespace: String,
+    tokens: &'a ServiceAccountTokens,
 }
 
 impl Reader<'_> {
@@ -328,8 +344,8 @@ async fn payload(
 }
 
 /// The payload of a projected volume: its configMap, secret and downwardAPI sources merged
-/// (later sources win on the same path). Other sources (service account tokens, trust
-/// bundles) are not supported.
+/// (later sources win on the same path), and service account tokens. Other sources (trust
+/// bundles, pod certificates) are not supported.
 async fn projected(
     reader: &Reader<'_>,
     facts: PodFacts<'_>,
@@ -366,10 +382,20 @@ async fn projected(
                 ..Default::default()
             };
             out.extend(projection::downward_payload(facts, &source, volume)?);
+        } else if let Some(t) = &src.service_account_token {
+            let token = reader
+                .tokens
+                .token(reader.client, facts.pod, t, volume)
+                .await?;
+            let file = FileProjection {
+                data: token.into_bytes(),
+                mode: mode.unwrap_or(projection::DEFAULT_MODE) as u32,
+            };
+            out.insert(t.path.clone(), file);
         } else {
             return Err(VolumeError::Unsupported {
                 volume: volume.into(),
-                kind: "projected serviceAccountToken/clusterTrustBundle/podCertificate source in",
+                kind: "projected clusterTrustBundle/podCertificate source in",
             });
         }
     }
@@ -467,6 +493,7 @@ fn kind(v: &Volume) -> &'static str {
 /// Sets up the volumes `container` mounts and returns its CRI mounts, in `volumeMounts` order.
 pub async fn container_mounts(
     client: &Client,
+    tokens: &ServiceAccountTokens,
     pods_dir: &Path,
     facts: PodFacts<'_>,
     container: &Container,
@@ -483,6 +510,7 @@ pub async fn container_mounts(
     let reader = Reader {
         client,
         namespace: facts.pod.metadata.namespace.clone().unwrap_or_default(),
+        tokens,
     };
     let mut dirs: HashMap<&str, PathBuf> = HashMap::new();
     let mut mounts = Vec::new();
@@ -562,6 +590,7 @@ pub fn mount_source(dir: &Path, vm: &VolumeMount) -> Result<PathBuf, VolumeError
 /// names of the volumes it changed; a volume that fails keeps its old files.
 pub async fn refresh(
     client: &Client,
+    tokens: &ServiceAccountTokens,
     pods_dir: &Path,
     facts: PodFacts<'_>,
 ) -> (Vec<String>, Vec<VolumeError>) {
@@ -569,6 +598,7 @@ pub async fn refresh(
     let reader = Reader {
         client,
         namespace: facts.pod.metadata.namespace.clone().unwrap_or_default(),
+        tokens,
     };
     let (mut changed, mut errors) = (Vec::new(), Vec::new());
     let volumes = facts.pod.spec.as_ref().and_then(|s| s.volumes.as_ref());

@@ -135,7 +135,11 @@ impl Worker {
             pod_ip: &sb.ip,
             host_ip: &host_ip,
         };
-        let config = match container_env(&ctx.client, facts, c).await {
+        let env = match ctx.services.vars(pod).await {
+            Ok(base) => container_env(&ctx.client, facts, c, base).await,
+            Err(e) => Err(e),
+        };
+        let config = match env {
             Ok(env) => container_config(pod, c, attempt, &env).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -147,7 +151,7 @@ impl Worker {
                 return false;
             }
         };
-        match container_mounts(&ctx.client, &ctx.config.pods_dir, facts, c).await {
+        match container_mounts(&ctx.client, &ctx.tokens, &ctx.config.pods_dir, facts, c).await {
             Ok(mounts) => config.mounts = mounts,
             Err(e) => {
                 let reason = e.waiting_reason();

@@ -1,6 +1,7 @@
-//! Keeping a running pod's volume files current: configMap, secret and downwardAPI volumes are
-//! compared with the API every `volume_refresh_interval` and swapped atomically when they
-//! changed, and the pod's volume directories go when the pod goes.
+//! Keeping a running pod's volume files current: configMap, secret, downwardAPI and projected
+//! volumes are compared with the API every `volume_refresh_interval` (service account tokens
+//! once they near their expiry) and swapped atomically when they changed, and the pod's volume
+//! directories and tokens go when the pod goes.
 
 use std::time::Instant;
 
@@ -29,7 +30,8 @@ impl Worker {
             host_ip: &host_ip,
         };
         let ctx = self.ctx.clone();
-        let (changed, errors) = refresh(&ctx.client, &ctx.config.pods_dir, facts).await;
+        let (changed, errors) =
+            refresh(&ctx.client, &ctx.tokens, &ctx.config.pods_dir, facts).await;
         if !changed.is_empty() {
             tracing::info!(pod = %key(pod), volumes = ?changed, "volume files updated");
         }
@@ -50,6 +52,7 @@ impl Worker {
         if uid.is_empty() {
             return;
         }
+        self.ctx.tokens.forget(uid);
         if let Err(e) = remove_pod_volumes(&self.ctx.config.pods_dir, uid) {
             tracing::warn!(pod = %key(pod), "removing volumes: {e}");
         }
