@@ -140,3 +140,12 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where `tool` on `PATH` really is (symlinks resolved), if anywhere.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+}

@@ -87,16 +87,24 @@ pub fn vars_for<'a>(
     ns: &str,
     links: bool,
 ) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    // As the kubelet does: a Service of the pod's namespace wins over the apiserver's
+    // `kubernetes` Service of the same name.
+    let mut chosen: std::collections::BTreeMap<&str, &Service> = Default::default();
+    let mut master = None;
     for svc in services {
         let svc_ns = svc.metadata.namespace.as_deref().unwrap_or_default();
         let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let master = svc_ns == "default" && name == "kubernetes";
-        // A namespace's own `kubernetes` Service does not shadow the apiserver's.
-        let own = svc_ns == ns && links && !(name == "kubernetes" && !master);
-        if !(master || own) {
-            continue;
+        if svc_ns == ns && links {
+            chosen.insert(name, svc);
+        } else if svc_ns == "default" && name == "kubernetes" {
+            master = Some(svc);
         }
+    }
+    if let Some(m) = master {
+        chosen.entry("kubernetes").or_insert(m);
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
         let Some(spec) = &svc.spec else { continue };
         let ip = spec.cluster_ip.as_deref().unwrap_or_default();
         if ip.is_empty() || ip == "None" {

@@ -227,7 +227,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     for tool in ["iptables-legacy-restore", "iptables-nft-restore", "nft"] {
         ensure!(
-            which(tool),
+            util::which(tool).is_some(),
             "{tool} is missing; run `cargo xtask deps` (iptables and nftables packages)"
         );
     }
@@ -306,12 +306,6 @@ fn selected(args: &Args, subject: Subject) -> bool {
             .only
             .iter()
             .any(|o| subject.label().contains(o.as_str()))
-}
-
-/// Whether `tool` is on `PATH`.
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// One subject, one run, in a fresh namespace (deleted by its guard, also on error).

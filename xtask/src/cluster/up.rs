@@ -72,7 +72,10 @@ pub fn up(args: &UpArgs) -> Result<()> {
         .arg(&bins.apiserver)
         .args(["serve", "--data-dir"])
         .arg(&cp_dir)
-        .args(["--bind", "127.0.0.1", "--port", &APISERVER_PORT.to_string()]);
+        // Pods reach it through the `kubernetes` Service at the control plane's LAN address.
+        .args(["--bind", "0.0.0.0", "--port", &APISERVER_PORT.to_string()])
+        .arg("--advertise-address")
+        .arg(underlay::control_plane_ip().to_string());
     std::fs::create_dir_all(&cp_dir)?;
     spawn(
         &mut state,

@@ -38,6 +38,7 @@ pub const EBPF_SCENARIOS: &[&str] = &[
     "pod to pod across nodes without NAT",
     "pod to outside is masqueraded",
     "service ClusterIP reaches the pods",
+    "a pod reaches the apiserver with its service account token",
     "NodePort from outside the cluster is masqueraded",
     "NodePort with externalTrafficPolicy Local keeps the client address",
     "a pod reaches itself through its Service (hairpin)",
@@ -67,6 +68,10 @@ pub const SCENARIOS: &[Scenario] = &[
     (
         "service ClusterIP reaches the pods",
         service_cluster_ip_reaches_pods,
+    ),
+    (
+        "a pod reaches the apiserver with its service account token",
+        pod_reaches_the_apiserver_with_its_token,
     ),
     (
         "NodePort from outside the cluster is masqueraded",
@@ -233,6 +238,36 @@ fn pod_to_outside_is_masqueraded(ctx: &Ctx) -> Result<()> {
     run_client_pod(ctx, "client-outside", "node-1", &script)
 }
 
+/// What in-cluster clients do, with a real one: stock `kubectl` (a static Go binary, bind-mounted
+/// from this host) in a pod with no kubeconfig uses client-go's in-cluster config — the
+/// mounted token, `ca.crt` and namespace, and `KUBERNETES_SERVICE_HOST`/`_PORT`, that is the
+/// `kubernetes` Service's ClusterIP, which the node's service proxy sends to the control
+/// plane's LAN address. It verifies the serving certificate against that IP. (busybox's wget
+/// cannot be the client: its TLS sends no signature_algorithms, which rustls requires.)
+fn pod_reaches_the_apiserver_with_its_token(ctx: &Ctx) -> Result<()> {
+    let kubectl = crate::util::which("kubectl")
+        .context("kubectl is not on PATH; it is mounted into the pod as the client")?;
+    let script = "out=$(kubectl get pod client-api -o 'jsonpath={.metadata.name}/{.spec.serviceAccountName}' 2>&1); \
+         echo \"got: $out\"; [ \"$out\" = client-api/default ]";
+    run_pod_to_completion(
+        ctx,
+        "client-api",
+        "node-2",
+        json!({
+            "nodeName": "node-2",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "client", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+                // kubectl keeps its discovery cache under $HOME.
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "volumeMounts": [{"name": "kubectl", "mountPath": "/bin/kubectl", "readOnly": true}],
+            }],
+            "volumes": [{"name": "kubectl", "hostPath": {"path": kubectl, "type": "File"}}],
+        }),
+    )
+}
+
 fn service_cluster_ip_reaches_pods(ctx: &Ctx) -> Result<()> {
     ctx.kubectl.apply(&json!({
         "apiVersion": "v1", "kind": "Service",
@@ -322,17 +357,24 @@ fn deleted_pods_go_away(ctx: &Ctx) -> Result<()> {
 
 /// Runs a busybox script in a pod pinned to `node` and requires it to exit 0.
 pub(super) fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> Result<()> {
+    let spec = json!({
+        "nodeName": node,
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "client", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", script],
+        }],
+    });
+    run_pod_to_completion(ctx, pod, node, spec)
+}
+
+/// Creates client pod `pod` with `spec` (`restartPolicy: Never`) and waits until it
+/// succeeded; fails with its status and output otherwise.
+fn run_pod_to_completion(ctx: &Ctx, pod: &str, node: &str, spec: Value) -> Result<()> {
     ctx.kubectl.apply(&json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod, "namespace": NS, "labels": {"role": "client"}},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "client", "image": ECHO_IMAGE, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script],
-            }],
-        },
+        "spec": spec,
     }))?;
     let phase = ctx.kubectl.wait_for(
         &format!("pod {pod} to finish"),
@@ -345,8 +387,12 @@ pub(super) fn run_client_pod(ctx: &Ctx, pod: &str, node: &str, script: &str) -> 
     )?;
     if phase != "Succeeded" {
         let status = ctx.kubectl.get(&["-n", NS, "pod", pod])?;
+        let logs = ctx
+            .kubectl
+            .run(&["-n", NS, "logs", pod])
+            .unwrap_or_else(|e| format!("(no logs: {e:#})"));
         bail!(
-            "client pod {pod} on {node} failed: {}",
+            "client pod {pod} on {node} failed: {}\nits output: {logs}",
             status["status"]["containerStatuses"]
         );
     }
