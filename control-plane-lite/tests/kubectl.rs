@@ -16,6 +16,57 @@ fn kubectl_version_and_api_resources() {
         version.contains("Server Version: v1.33.0-netlet"),
         "{version}"
     );
+    // Who the admin kubeconfig is, and what it may do (everything: no authorization yet).
+    let who: Value =
+        serde_json::from_str(&s.kubectl_ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "admin");
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        json!(["system:masters", "system:authenticated"])
+    );
+    assert_eq!(
+        s.kubectl_ok(&["auth", "can-i", "create", "pods"]).trim(),
+        "yes"
+    );
+    let rules = s.kubectl_ok(&["auth", "can-i", "--list"]);
+    assert!(rules.contains("*.*"), "{rules}");
+    // A service account token from `kubectl create token` is another user.
+    // (Its own kubeconfig: with the admin one's client certificate also sent, the certificate
+    // decides, as in Kubernetes.)
+    let token = s.kubectl_ok(&["create", "token", "default", "--duration", "10m"]);
+    let admin = std::fs::read_to_string(s.dir.path().join("admin.kubeconfig")).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap();
+    let kubeconfig = s.dir.path().join("token.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: sa}}\ncurrent-context: x\n",
+            s.pki("ca.crt"),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("kubectl")
+        .env("HOME", s.dir.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "system:serviceaccount:default:default",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resources = s.kubectl_ok(&["api-resources"]);
     for needle in [
         "configmaps",
@@ -42,9 +93,10 @@ fn kubectl_configmap_lifecycle() {
     }
     // Without -n kubectl uses the default namespace, which exists from the start.
     s.kubectl_ok(&["create", "configmap", "in-default"]);
+    // Every namespace also holds the cluster CA for in-cluster clients.
     assert_eq!(
         s.kubectl_ok(&["get", "cm", "-o", "name"]).trim(),
-        "configmap/in-default"
+        "configmap/in-default\nconfigmap/kube-root-ca.crt"
     );
 
     s.kubectl_ok(&[
@@ -335,7 +387,12 @@ fn kubectl_typed_creates_patches_and_namespace_delete() {
     s.kubectl_ok(&["delete", "namespace", "t1"]);
     s.kubectl_ok(&["create", "namespace", "t1"]);
     let left = s.kubectl_ok(&["get", "cm,secret,deploy,svc", "-n", "t1", "-o", "name"]);
-    assert_eq!(left.trim(), "", "namespace delete must remove its objects");
+    // Only what every new namespace gets.
+    assert_eq!(
+        left.trim(),
+        "configmap/kube-root-ca.crt",
+        "namespace delete must remove its objects"
+    );
 }
 
 #[test]

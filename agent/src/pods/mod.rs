@@ -11,14 +11,15 @@
 //! # Layout
 //! - [`labels`]: the labels linking runtime objects to pods.
 //! - [`sandbox`], [`dns`]: the sandbox config (pure). [`container`], [`env`], [`resources`]:
-//!   the container config (pure, except ConfigMap/Secret reads).
+//!   the container config (pure, except ConfigMap/Secret reads); [`service_env`]: the Service
+//!   variables of the environment, from a Service reflector.
 //! - [`poller`]: one runtime listing per interval for all pods. [`observed`]: the runtime's
 //!   view of a pod's containers. [`status`]: the pod status
 //!   computed from it (pure). [`backoff`]: CrashLoopBackOff delays.
 //! - [`probe`]: startup, liveness and readiness probes. [`hooks`]: postStart and preStop
 //!   hooks, and killing a container (preStop, then stop with the rest of the grace).
-//! - [`volumes`]: emptyDir, hostPath, configMap, secret and downwardAPI volumes and the
-//!   container mounts of `volumeMounts`.
+//! - [`volumes`]: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes
+//!   (service account tokens included) and the container mounts of `volumeMounts`.
 //! - [`start_trace`]: per-pod start stage timings.
 //! - [`events`]: core/v1 Events. [`worker`]: one pod's sync loop (its `start` submodule
 //!   creates, starts and restarts containers). [`teardown`]: stopping

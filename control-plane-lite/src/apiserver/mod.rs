@@ -38,7 +38,9 @@
 //!   account key) and kubeconfig; `server.rs`: the HTTPS accept loop and periodic compaction.
 //! - `tokens.rs`: service account tokens (signed JWTs); `token_request.rs`: the
 //!   `serviceaccounts/token` subresource and bearer-token authentication;
-//!   `service_account_admission.rs`: the token volume every pod gets.
+//!   `service_account_admission.rs`: the token volume every pod gets; `identity.rs`: who a
+//!   request comes from (certificate subject or token); `self_review.rs`: `kubectl auth
+//!   whoami` and `can-i`.
 //!
 //! Not done yet: authorization (every authenticated client, service accounts included, may do
 //! everything, as with `--authorization-mode=AlwaysAllow`), patch-strategy extensions in the OpenAPI schemas, PodDisruptionBudgets,
@@ -60,6 +62,7 @@ mod event_cache;
 mod events;
 mod eviction;
 mod http;
+mod identity;
 mod metadata;
 mod namespaces;
 mod node_api;
@@ -77,6 +80,7 @@ mod read;
 mod resources;
 mod router;
 mod selector;
+mod self_review;
 mod server;
 mod service_account_admission;
 mod services;

@@ -11,6 +11,7 @@ use super::discovery;
 use super::error::ApiError;
 use super::event_cache::EventCache;
 use super::http::{self, Body, Query, Rendering};
+use super::identity::Identity;
 use super::node_api::NodeDialer;
 use super::patch::{self, PatchType};
 use super::path::{self, Parsed, Subresource, Target};
@@ -19,8 +20,8 @@ use super::strict::FieldValidation;
 use super::token_request::ServiceAccountTokens;
 use super::tokens::TokenKeys;
 use super::{
-    binding, deletecollection, eviction, openapi, openapi_v2, pod_logs, pod_stream, read, watch,
-    write,
+    binding, deletecollection, eviction, openapi, openapi_v2, pod_logs, pod_stream, protobuf, read,
+    self_review, watch, write,
 };
 use crate::storage::Storage;
 
@@ -56,14 +57,19 @@ impl Router {
         }
     }
 
-    /// Answers one request. `authenticated` says whether the connection presented a client
-    /// certificate signed by the cluster CA; without one, a request needs a valid service
-    /// account bearer token. Everything but health checks requires one or the other. Any
-    /// authenticated client may do anything: there is no authorization (RBAC) yet.
-    pub async fn handle(&self, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+    /// Answers one request. `certificate_user` is the user of the connection's client
+    /// certificate, which the TLS layer checked against the cluster CA; without one, a request
+    /// needs a valid service account bearer token. Everything but health checks requires one
+    /// or the other. Any authenticated client may do anything: there is no authorization
+    /// (RBAC) yet.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        certificate_user: Option<Identity>,
+    ) -> Response<Body> {
         let method = req.method().clone();
         let uri_path = req.uri().path().to_string();
-        let result = self.dispatch(req, authenticated).await;
+        let result = self.dispatch(req, certificate_user).await;
         let resp = result.unwrap_or_else(|err| {
             if err.code() >= 500 {
                 tracing::warn!(%method, path = %uri_path, %err, "request failed");
@@ -77,24 +83,29 @@ impl Router {
     async fn dispatch(
         &self,
         req: Request<Incoming>,
-        authenticated: bool,
+        certificate_user: Option<Identity>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
             return Ok(http::text(200, "ok"));
         }
-        if !authenticated {
-            let bearer = req
-                .headers()
-                .get(hyper::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or(ApiError::Unauthorized)?;
-            self.tokens
-                .authenticate(self.storage.as_ref(), bearer)
-                .await?;
-        }
+        let user = match certificate_user {
+            Some(user) => user,
+            None => {
+                let bearer = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .ok_or(ApiError::Unauthorized)?;
+                let claims = self
+                    .tokens
+                    .authenticate(self.storage.as_ref(), bearer)
+                    .await?;
+                Identity::from_claims(&claims)
+            }
+        };
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let get_only = |doc: Option<serde_json::Value>| -> Result<Response<Body>, ApiError> {
             if req.method() != Method::GET {
@@ -128,6 +139,25 @@ impl Router {
             }
             ["openapi", "v3"] => get_only(Some(openapi::index())),
             ["openapi", "v3", rest @ ..] => get_only(openapi::document(&rest.join("/"))),
+            ["apis", group @ ("authentication.k8s.io" | "authorization.k8s.io"), version, plural]
+                if req.method() == Method::POST =>
+            {
+                let (group, version, plural) =
+                    (group.to_string(), version.to_string(), plural.to_string());
+                let (parts, body) = req.into_parts();
+                let bytes = http::read_body(&parts.headers, body).await?;
+                // kubectl sends these in protobuf; only their spec is echoed back, so one we
+                // do not decode is answered without it.
+                let body = if http::content_type(&parts.headers) == protobuf::MEDIA_TYPE {
+                    serde_json::json!({})
+                } else {
+                    http::json_body(&parts.headers, &bytes)?
+                };
+                match self_review::review(&group, &version, &plural, &body, &user) {
+                    Some(answer) => answer.map(|v| http::json(201, &v)),
+                    None => Err(ApiError::NoRoute),
+                }
+            }
             ["apis", group] => get_only(discovery::api_group_doc(group)),
             ["apis", group, version] => get_only(discovery::resource_list(group, version)),
             ["api", "v1", rest @ ..] => {

@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::identity::Identity;
 use super::router::Router;
 use crate::storage::Storage;
 
@@ -38,14 +39,16 @@ pub async fn serve(
             // The verifier only lets through certificates that chain to the CA, so any peer
             // certificate here is an authenticated admin; other requests may still carry a
             // bearer token, checked per request by the router.
-            let authenticated = stream
+            let user = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+                .and_then(|c| c.first())
+                .and_then(|c| Identity::from_certificate(c));
             let service = service_fn(move |req| {
                 let router = router.clone();
-                async move { Ok::<_, std::convert::Infallible>(router.handle(req, authenticated).await) }
+                let user = user.clone();
+                async move { Ok::<_, std::convert::Infallible>(router.handle(req, user).await) }
             });
             if let Err(err) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
