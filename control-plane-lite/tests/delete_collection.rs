@@ -41,7 +41,7 @@ async fn delete_collection_by_selectors_with_graceful_pods() {
         .expect("a ConfigMapList of the deleted objects");
     assert_eq!(names(&deleted.items), ["a", "b"]);
     let left = cms.list(&ListParams::default()).await.unwrap();
-    assert_eq!(names(&left.items), ["c"]);
+    assert_eq!(names(&left.items), ["c", "kube-root-ca.crt"]);
 
     // A bound pod is deleted gracefully (marked), an unbound one at once.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "d1");

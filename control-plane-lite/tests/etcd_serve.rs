@@ -108,8 +108,11 @@ fn kubectl_works_on_etcd_and_objects_live_in_etcd() {
         "--from-literal=a=b",
     ]);
     assert_eq!(
-        etcd.keys("/registry/configmaps/"),
-        ["/registry/configmaps/on-etcd/c1"],
+        etcd.keys("/registry/configmaps/on-etcd/"),
+        [
+            "/registry/configmaps/on-etcd/c1",
+            "/registry/configmaps/on-etcd/kube-root-ca.crt"
+        ],
         "the apiserver's keys are in etcd"
     );
     server.restart();

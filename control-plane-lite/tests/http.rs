@@ -209,13 +209,14 @@ fn http_list_pagination_and_selectors() {
     let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t1"}});
     let (code, created_ns) = s.curl("POST", "/api/v1/namespaces", Some(&ns));
     assert_eq!(code, 201);
-    // The namespace's default ServiceAccount takes the next revision.
+    // The namespace's default ServiceAccount and kube-root-ca.crt ConfigMap take the next
+    // revisions.
     let base: u64 = created_ns["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .parse::<u64>()
         .unwrap()
-        + 1;
+        + 2;
     for i in 0..5 {
         let env = if i % 2 == 0 { "prod" } else { "dev" };
         let cm = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"c-","labels":{"env":env}}});
@@ -251,9 +252,11 @@ fn http_list_pagination_and_selectors() {
         &format!("/api/v1/namespaces/t1/configmaps?limit=10&continue={token}"),
         None,
     );
-    assert_eq!(page2["items"].as_array().unwrap().len(), 3);
+    // The other three, and the namespace's kube-root-ca.crt.
+    assert_eq!(page2["items"].as_array().unwrap().len(), 4);
     assert!(page2["metadata"].get("continue").is_none());
-    // An exact snapshot read: two revisions after the namespace there were two configmaps.
+    // An exact snapshot read: two revisions after the namespace's own objects there were
+    // two configmaps besides kube-root-ca.crt.
     let (code, old) = s.curl(
         "GET",
         &format!(
@@ -263,7 +266,7 @@ fn http_list_pagination_and_selectors() {
         None,
     );
     assert_eq!(code, 200);
-    assert_eq!(old["items"].as_array().unwrap().len(), 2);
+    assert_eq!(old["items"].as_array().unwrap().len(), 3);
     assert_eq!(old["metadata"]["resourceVersion"], (base + 2).to_string());
     let (code, status) = s.curl(
         "GET",
@@ -278,11 +281,15 @@ fn http_list_pagination_and_selectors() {
         None,
     );
     assert_eq!(prod["items"].as_array().unwrap().len(), 3);
-    let (_, not_prod) = s.curl("GET", "/api/v1/configmaps?labelSelector=env!%3Dprod", None);
+    let (_, not_prod) = s.curl(
+        "GET",
+        "/api/v1/namespaces/t1/configmaps?labelSelector=env!%3Dprod",
+        None,
+    );
     assert_eq!(
         not_prod["items"].as_array().unwrap().len(),
-        3,
-        "two dev plus the unlabelled one"
+        4,
+        "two dev plus the unlabelled one and kube-root-ca.crt"
     );
     let (_, by_name) = s.curl(
         "GET",
@@ -315,13 +322,14 @@ fn http_watch_replays_history_and_initial_state() {
     let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"t1"}});
     let (code, created_ns) = s.curl("POST", "/api/v1/namespaces", Some(&ns));
     assert_eq!(code, 201);
-    // The namespace's default ServiceAccount takes the next revision.
+    // The namespace's default ServiceAccount and kube-root-ca.crt ConfigMap take the next
+    // revisions.
     let base: u64 = created_ns["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .parse::<u64>()
         .unwrap()
-        + 1;
+        + 2;
     let cm =
         json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","labels":{"w":"1"}}});
     let (_, created) = s.curl("POST", "/api/v1/namespaces/t1/configmaps", Some(&cm));
@@ -369,9 +377,16 @@ fn http_watch_replays_history_and_initial_state() {
         None,
     );
     let seen = events(&body);
-    assert_eq!(seen.len(), 1, "{body}");
-    assert_eq!(seen[0]["type"], "ADDED");
-    assert_eq!(seen[0]["object"]["metadata"]["name"], "d");
+    assert_eq!(seen.len(), 2, "{body}");
+    let mut names: Vec<&str> = seen
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "ADDED");
+            e["object"]["metadata"]["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "kube-root-ca.crt"]);
 }
 
 #[test]

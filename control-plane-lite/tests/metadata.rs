@@ -35,7 +35,7 @@ async fn metadata_get_list_and_watch() {
 
     // The watcher sees the existing object, then a new one.
     let metas: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), "default");
-    let mut events = watcher(metas, watcher::Config::default())
+    let mut events = watcher(metas, watcher::Config::default().labels("app=x"))
         .applied_objects()
         .boxed();
     let first = tokio::time::timeout(Duration::from_secs(30), events.next())
