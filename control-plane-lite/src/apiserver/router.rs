@@ -65,7 +65,7 @@ impl Router {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        certificate_user: Option<Identity>,
+        certificate_user: Option<Arc<Identity>>,
     ) -> Response<Body> {
         let method = req.method().clone();
         let uri_path = req.uri().path().to_string();
@@ -83,7 +83,7 @@ impl Router {
     async fn dispatch(
         &self,
         req: Request<Incoming>,
-        certificate_user: Option<Identity>,
+        certificate_user: Option<Arc<Identity>>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
@@ -103,7 +103,7 @@ impl Router {
                     .tokens
                     .authenticate(self.storage.as_ref(), bearer)
                     .await?;
-                Identity::from_claims(&claims)
+                Arc::new(Identity::from_claims(&claims))
             }
         };
         let segments: Vec<&str> = path.split('/').skip(1).collect();

@@ -44,7 +44,8 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| Identity::from_certificate(c));
+                .and_then(|c| Identity::from_certificate(c))
+                .map(Arc::new);
             let service = service_fn(move |req| {
                 let router = router.clone();
                 let user = user.clone();
