@@ -4,19 +4,10 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use integration::TestApiserver;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use integration::{create_namespace as namespace, status_code, TestApiserver};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, EvictParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::{json, Value};
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-}
 
 async fn pending_pod(pods: &Api<Pod>, name: &str) -> Pod {
     let pod: Pod = serde_json::from_value(json!({
@@ -32,13 +23,6 @@ async fn pending_pod(pods: &Api<Pod>, name: &str) -> Pod {
 fn binding(pod: &str, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
-}
-
-fn status_code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

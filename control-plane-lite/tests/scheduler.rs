@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use integration::TestApiserver;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use integration::{create_namespace as namespace, TestApiserver};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use netlet_control_plane::scheduler::{self, SchedulerConfig};
@@ -36,14 +36,6 @@ fn run_scheduler(client: &Client) -> DropGuard {
             .expect("scheduler");
     });
     token.drop_guard()
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
 }
 
 /// Creates a Ready node with `allocatable`, `labels` and `taints`.

@@ -2,27 +2,12 @@
 //! and CA ConfigMap, TokenRequest bound to a pod, bearer authentication with that token, and
 //! its revocation when the pod goes.
 
-use integration::TestApiserver;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use integration::{create_namespace as namespace, status_code as code, TestApiserver};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::{json, Value};
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-}
-
-fn code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
 
 /// A client that authenticates only with `token` (no client certificate).
 async fn bearer_client(server: &TestApiserver, token: &str) -> Client {

@@ -152,3 +152,27 @@ async fn try_client(kubeconfig: &Path) -> Option<Client> {
     api.list(&Default::default()).await.ok()?;
     Some(client)
 }
+
+/// Creates namespace `name` through `client` (a test's first step), failing the test if that
+/// fails.
+pub async fn create_namespace(client: &Client, name: &str) {
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
+/// The HTTP code of an API error (`None` for transport errors).
+pub fn status_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}

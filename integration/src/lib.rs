@@ -18,7 +18,7 @@ pub mod images;
 pub mod netns;
 pub mod process;
 
-pub use apiserver::TestApiserver;
+pub use apiserver::{create_namespace, status_code, TestApiserver};
 pub use netns::NetNs;
 pub use process::ChildGuard;
 

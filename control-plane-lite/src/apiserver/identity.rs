@@ -96,7 +96,6 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::tokens::{KubernetesClaims, ObjectRef};
     use rustls::pki_types::pem::PemObject;
 
     #[test]
@@ -116,28 +115,7 @@ mod tests {
 
     #[test]
     fn a_token_gives_the_service_account_groups_and_its_pod() {
-        let c = Claims {
-            iss: "i".into(),
-            sub: Claims::subject("ns", "robot"),
-            aud: vec![],
-            exp: 0,
-            iat: 0,
-            nbf: 0,
-            jti: "j1".into(),
-            kubernetes: KubernetesClaims {
-                namespace: "ns".into(),
-                serviceaccount: ObjectRef {
-                    name: "robot".into(),
-                    uid: "u1".into(),
-                },
-                pod: Some(ObjectRef {
-                    name: "p".into(),
-                    uid: "u2".into(),
-                }),
-                secret: None,
-                node: None,
-            },
-        };
+        let c = crate::apiserver::tokens::test_claims("ns", "robot");
         let info = Identity::from_claims(&c).user_info();
         assert_eq!(info["username"], "system:serviceaccount:ns:robot");
         assert_eq!(info["uid"], "u1");

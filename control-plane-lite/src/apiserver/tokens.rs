@@ -164,6 +164,33 @@ impl TokenKeys {
     }
 }
 
+/// Claims of ServiceAccount `ns`/`sa` (uid `u1`) bound to pod `p` (uid `u2`), for tests.
+#[cfg(test)]
+pub fn test_claims(ns: &str, sa: &str) -> Claims {
+    Claims {
+        iss: DEFAULT_ISSUER.into(),
+        sub: Claims::subject(ns, sa),
+        aud: vec![DEFAULT_ISSUER.into()],
+        exp: 0,
+        iat: 0,
+        nbf: 0,
+        jti: "j1".into(),
+        kubernetes: KubernetesClaims {
+            namespace: ns.into(),
+            serviceaccount: ObjectRef {
+                name: sa.into(),
+                uid: "u1".into(),
+            },
+            pod: Some(ObjectRef {
+                name: "p".into(),
+                uid: "u2".into(),
+            }),
+            secret: None,
+            node: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,28 +201,9 @@ mod tests {
     }
 
     fn claims(aud: &str, iat: i64, exp: i64) -> Claims {
-        Claims {
-            iss: DEFAULT_ISSUER.into(),
-            sub: Claims::subject("ns", "sa"),
-            aud: vec![aud.into()],
-            exp,
-            iat,
-            nbf: iat,
-            jti: "id".into(),
-            kubernetes: KubernetesClaims {
-                namespace: "ns".into(),
-                serviceaccount: ObjectRef {
-                    name: "sa".into(),
-                    uid: "u1".into(),
-                },
-                pod: Some(ObjectRef {
-                    name: "p".into(),
-                    uid: "u2".into(),
-                }),
-                secret: None,
-                node: None,
-            },
-        }
+        let mut c = test_claims("ns", "sa");
+        (c.aud, c.iat, c.nbf, c.exp) = (vec![aud.into()], iat, iat, exp);
+        c
     }
 
     fn now() -> i64 {
