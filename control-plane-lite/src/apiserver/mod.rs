@@ -102,5 +102,5 @@ pub use resources::{Resource, RESOURCES};
 pub use router::Router;
 pub use server::{compact_periodically, serve};
 pub use services::{CidrError, ServiceAllocator, ServiceCidr};
-pub use tls::{Pki, TlsError, IN_CLUSTER_NAMES, KUBELET_CLIENT_CN, MASTERS_GROUP};
+pub use tls::{Pki, TlsError, KUBELET_CLIENT_CN, MASTERS_GROUP};
 pub use tokens::{TokenKeys, DEFAULT_ISSUER};

@@ -108,7 +108,7 @@ const SERVICE_ACCOUNT_KEY: &str = "sa.key";
 /// The names in-cluster clients reach the apiserver by (the `kubernetes` Service's DNS names),
 /// besides `127.0.0.1` and `localhost`; the service IP and advertised address are added by the
 /// caller of [`Pki::ensure_serving_names`].
-pub const IN_CLUSTER_NAMES: [&str; 4] = [
+const IN_CLUSTER_NAMES: [&str; 4] = [
     "kubernetes",
     "kubernetes.default",
     "kubernetes.default.svc",
@@ -181,6 +181,38 @@ fn subject_alt_names(pem: &str) -> Result<Vec<String>, TlsError> {
         .collect())
 }
 
+/// Every name the serving certificate needs: loopback, [`IN_CLUSTER_NAMES`] and `extra`, once
+/// each.
+fn serving_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = ["127.0.0.1", "localhost"]
+        .into_iter()
+        .chain(IN_CLUSTER_NAMES)
+        .map(String::from)
+        .collect();
+    for n in extra {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+/// The issuer of a loaded PKI, to sign leaf certificates added to it later.
+fn loaded_issuer(ca_cert: &str, ca_key: &str) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let key = KeyPair::from_pem(ca_key).map_err(gen("the loaded CA key"))?;
+    Issuer::from_ca_cert_pem(ca_cert, key).map_err(gen("the loaded CA certificate"))
+}
+
+/// Writes `content` to `file` in the PKI directory `dir`.
+fn write_in(dir: &Path, file: &str, content: &str) -> Result<(), TlsError> {
+    let path = dir.join(file);
+    write_file(&path, content).map_err(|source| TlsError::Io {
+        op: "write",
+        path,
+        source,
+    })
+}
+
 /// A serving certificate for `names` signed by `issuer`: (cert, key) in PEM.
 fn server_cert(
     issuer: &Issuer<'_, KeyPair>,
@@ -206,10 +238,7 @@ impl Pki {
             let path = path.to_path_buf();
             move |source| TlsError::Io { op, path, source }
         };
-        let write = |file: &str, content: &str| {
-            let path = dir.join(file);
-            write_file(&path, content).map_err(io("write", &path))
-        };
+        let write = |file: &str, content: &str| write_in(dir, file, content);
         if FILES.iter().all(|f| dir.join(f).exists()) {
             let read = |f: &str| {
                 let path = dir.join(f);
@@ -223,9 +252,7 @@ impl Pki {
                         read(KUBELET_CLIENT_FILES[1])?,
                     )
                 } else {
-                    let key = KeyPair::from_pem(&ca_key).map_err(gen("the loaded CA key"))?;
-                    let issuer = Issuer::from_ca_cert_pem(&ca_cert, key)
-                        .map_err(gen("the loaded CA certificate"))?;
+                    let issuer = loaded_issuer(&ca_cert, &ca_key)?;
                     let (cert, key) = client_cert(&issuer, KUBELET_CLIENT_CN)?;
                     write(KUBELET_CLIENT_FILES[1], &key)?;
                     write(KUBELET_CLIENT_FILES[0], &cert)?;
@@ -291,9 +318,7 @@ impl Pki {
         let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca, ca_key);
 
-        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        names.extend(IN_CLUSTER_NAMES.map(String::from));
-        let (server_cert, server_key) = server_cert(&issuer, names)?;
+        let (server_cert, server_key) = server_cert(&issuer, serving_names(&[]))?;
 
         let (admin_cert, admin_key) = client_cert(&issuer, "admin")?;
         let (kubelet_client_cert, kubelet_client_key) = client_cert(&issuer, KUBELET_CLIENT_CN)?;
@@ -315,28 +340,19 @@ impl Pki {
     }
 
     /// Makes sure the serving certificate is valid for `names` (IPs or DNS names) as well as
-    /// `127.0.0.1` and `localhost`: when one is missing, issues a new serving certificate from
-    /// the same CA (so kubeconfigs stay valid) and writes it to `dir`. Returns whether it did.
+    /// `127.0.0.1`, `localhost` and the in-cluster DNS names: when one is missing, issues a new
+    /// serving certificate for all of them from the same CA (so kubeconfigs stay valid) and
+    /// writes it to `dir`. Returns whether it did.
     pub fn ensure_serving_names(&mut self, dir: &Path, names: &[String]) -> Result<bool, TlsError> {
         let have = subject_alt_names(&self.server_cert)?;
-        let mut wanted = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        for n in names {
-            if !wanted.contains(n) {
-                wanted.push(n.clone());
-            }
-        }
+        let wanted = serving_names(names);
         if wanted.iter().all(|n| have.contains(n)) {
             return Ok(false);
         }
-        let key = KeyPair::from_pem(&self.ca_key).map_err(gen("the loaded CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, key)
-            .map_err(gen("the loaded CA certificate"))?;
+        let issuer = loaded_issuer(&self.ca_cert, &self.ca_key)?;
         let (cert, key) = server_cert(&issuer, wanted)?;
-        let io = |op, path: PathBuf| move |source| TlsError::Io { op, path, source };
-        for (file, content) in [("server.key", &key), ("server.crt", &cert)] {
-            let path = dir.join(file);
-            write_file(&path, content).map_err(io("write", path.clone()))?;
-        }
+        write_in(dir, "server.key", &key)?;
+        write_in(dir, "server.crt", &cert)?;
         (self.server_cert, self.server_key) = (cert, key);
         Ok(true)
     }
@@ -487,7 +503,13 @@ mod tests {
         let wanted = vec!["10.96.0.1".to_string(), "10.200.0.2".to_string()];
         assert!(pki.ensure_serving_names(dir.path(), &wanted).unwrap());
         let got = subject_alt_names(&pki.server_cert).unwrap();
-        for n in ["127.0.0.1", "localhost", "10.96.0.1", "10.200.0.2"] {
+        for n in [
+            "127.0.0.1",
+            "localhost",
+            "10.96.0.1",
+            "10.200.0.2",
+            "kubernetes.default.svc",
+        ] {
             assert!(got.contains(&n.to_string()), "{n} in {got:?}");
         }
         assert_eq!(names(&pki.server_cert).1, "netlet-ca");
