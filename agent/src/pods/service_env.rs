@@ -56,13 +56,11 @@ impl ServiceEnv {
     /// The Service variables of `pod`'s containers. Static pods, which must start while the
     /// apiserver is away, get what is known instead of waiting.
     pub async fn vars(&self, pod: &Pod) -> Result<Vec<(String, String)>, EnvError> {
-        let wait = if is_static(pod) {
-            Duration::ZERO
-        } else {
-            SYNC_WAIT
-        };
-        let ready = tokio::time::timeout(wait, self.store.wait_until_ready()).await;
-        if ready.is_err() && !is_static(pod) {
+        if !is_static(pod)
+            && tokio::time::timeout(SYNC_WAIT, self.store.wait_until_ready())
+                .await
+                .is_err()
+        {
             return Err(EnvError::ServicesNotSynced);
         }
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();

@@ -24,9 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::error::ApiError;
 use super::node_tls;
-use super::path::Target;
-use super::read::get_object;
-use super::resources::find;
+use super::read::get_core;
 use super::tls::{Pki, TlsError};
 use crate::storage::Storage;
 
@@ -99,15 +97,7 @@ fn endpoint_of(name: &str, node: &Value) -> Result<NodeEndpoint, ApiError> {
 
 /// Where the agent of `node` serves its API.
 pub async fn node_endpoint(storage: &dyn Storage, node: &str) -> Result<NodeEndpoint, ApiError> {
-    let nodes = find("", "v1", "nodes").expect("nodes are in the resource table");
-    let t = Target {
-        resource: nodes,
-        namespace: None,
-        name: Some(node.to_string()),
-        subresource: None,
-        watch_path: false,
-    };
-    let (_, obj) = get_object(storage, &t, node).await?;
+    let obj = get_core(storage, "nodes", None, node).await?;
     endpoint_of(node, &obj)
 }
 

@@ -10,7 +10,7 @@ use super::http::{self, Body, Query, Rendering};
 use super::metadata;
 use super::object;
 use super::path::{collection_prefix, object_key, Subresource, Target};
-use super::resources::Resource;
+use super::resources::{find, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject};
 use crate::storage::{KeyValue, Storage, StorageError};
@@ -33,6 +33,24 @@ pub async fn get_object(
             name: name.to_string(),
         }),
     }
+}
+
+/// Reads core/v1 `plural` `name` (in `namespace` when namespaced), for the apiserver's own
+/// lookups (admission, token checks, node endpoints); 404 when absent.
+pub async fn get_core(
+    storage: &dyn Storage,
+    plural: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let t = Target {
+        resource: find("", "v1", plural).expect("core kinds are in the table"),
+        namespace: namespace.map(String::from),
+        name: None,
+        subresource: None,
+        watch_path: false,
+    };
+    get_object(storage, &t, name).await.map(|(_, v)| v)
 }
 
 /// GET `…/<name>[/status|/scale]`.

@@ -9,9 +9,7 @@ use serde_json::{json, Value};
 use super::defaults;
 use super::error::ApiError;
 use super::namespaces::ROOT_CA_CONFIG_MAP;
-use super::path::Target;
-use super::read::get_object;
-use super::resources::find;
+use super::read::get_core;
 use crate::storage::Storage;
 
 /// Where in-cluster clients read `token`, `ca.crt` and `namespace`.
@@ -36,15 +34,8 @@ pub async fn admit(storage: &dyn Storage, ns: &str, pod: &mut Value) -> Result<(
         .filter(|s| !s.is_empty())
         .unwrap_or("default")
         .to_string();
-    let t = Target {
-        resource: find("", "v1", "serviceaccounts").expect("serviceaccounts is in the table"),
-        namespace: Some(ns.to_string()),
-        name: None,
-        subresource: None,
-        watch_path: false,
-    };
-    let sa = match get_object(storage, &t, &sa_name).await {
-        Ok((_, sa)) => sa,
+    let sa = match get_core(storage, "serviceaccounts", Some(ns), &sa_name).await {
+        Ok(sa) => sa,
         Err(ApiError::NotFound { .. }) => {
             return Err(ApiError::Forbidden {
                 group: "",

@@ -12,8 +12,7 @@ use super::defaults;
 use super::error::{ApiError, FieldCause};
 use super::http::{self, Body};
 use super::path::Target;
-use super::read::get_object;
-use super::resources::find;
+use super::read::{get_core, get_object};
 use super::tokens::{Claims, KubernetesClaims, ObjectRef, TokenKeys};
 use crate::storage::Storage;
 
@@ -40,23 +39,6 @@ fn bound_kind(kind: &str) -> Option<(&'static str, bool)> {
         "Node" => Some(("nodes", false)),
         _ => None,
     }
-}
-
-/// Reads core/v1 `plural` `name` (in `namespace` when namespaced).
-async fn get_core(
-    storage: &dyn Storage,
-    plural: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<Value, ApiError> {
-    let t = Target {
-        resource: find("", "v1", plural).expect("core kinds are in the table"),
-        namespace: namespace.map(String::from),
-        name: None,
-        subresource: None,
-        watch_path: false,
-    };
-    get_object(storage, &t, name).await.map(|(_, v)| v)
 }
 
 fn uid_of(object: &Value) -> &str {
